@@ -1,0 +1,142 @@
+//! `MemberCluster`: a cluster the operator may place workloads on.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::CountryCode;
+
+/// A cluster the operator may place workloads on, where it is, and how to reach it.
+///
+/// A member receives new data only when it is Ready (reachable and authenticated), its
+/// location is verified (every node is in one of `attestation.nodeRegions`) and it is
+/// schedulable.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "residency.io",
+    version = "v1alpha1",
+    kind = "MemberCluster",
+    doc = "A cluster the operator may place workloads on: where it is (country, region), how its location is attested, and how to reach it.",
+    status = "MemberClusterStatus",
+    shortname = "mc",
+    category = "residency",
+    printcolumn = r#"{"name":"Country","type":"string","jsonPath":".spec.location.country"}"#,
+    printcolumn = r#"{"name":"Region","type":"string","jsonPath":".spec.location.region"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Verified","type":"string","jsonPath":".status.conditions[?(@.type==\"LocationVerified\")].status"}"#,
+    printcolumn = r#"{"name":"Schedulable","type":"boolean","jsonPath":".spec.schedulable"}"#,
+    printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.nodeCount","priority":1}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.kubernetesVersion","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberClusterSpec {
+    /// Where the cluster is: the country and region its data centre is in.
+    pub location: Location,
+    /// How the operator proves the location: the node region labels it expects.
+    pub attestation: Attestation,
+    /// How the operator reaches the cluster's API server.
+    pub connection: Connection,
+    /// Storage class for resident volumes (PVCs and StatefulSet volumeClaimTemplates of
+    /// Storage workloads) on this member. When empty, the member's default class is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+    /// False cordons the member: it receives no new placements, and workloads relocate away
+    /// from it (make before break). Use it to evacuate a cluster.
+    #[serde(default = "default_true")]
+    pub schedulable: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Where a cluster is.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Location {
+    /// ISO 3166-1 alpha-2 code of the country the cluster is in, e.g. `CH`.
+    pub country: CountryCode,
+    /// Region within the country, lower case, e.g. `zurich`.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub region: String,
+    /// Optional site or data centre name, for reports only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub site: Option<String>,
+}
+
+/// The evidence that proves a cluster's location.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Attestation {
+    /// The `topology.kubernetes.io/region` values every node must carry, e.g. `eu-central-2`.
+    /// A node with another region (or none) makes the cluster unverified: it then receives no
+    /// new data (fail closed).
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 63)))]
+    pub node_regions: Vec<NodeRegion>,
+}
+
+/// A node region label value.
+pub type NodeRegion = String;
+
+/// How to reach a member. Set exactly one of `local` and `kubeconfigSecretRef`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.local) != has(self.kubeconfigSecretRef)").message("set exactly one of connection.local and connection.kubeconfigSecretRef"))]
+pub struct Connection {
+    /// The cluster the operator itself runs in (its in-cluster or given credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalConnection>,
+    /// A Secret in the operator's namespace that holds a kubeconfig for the member.
+    /// Kubeconfigs with exec plugins or insecure TLS are refused unless the operator allows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig_secret_ref: Option<SecretKeyRef>,
+}
+
+/// Marker for the operator's own cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct LocalConnection {}
+
+/// A key of a Secret in the operator's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret that holds the kubeconfig (default `kubeconfig`).
+    #[serde(default = "default_kubeconfig_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_kubeconfig_key() -> String {
+    "kubeconfig".to_string()
+}
+
+/// What the operator observed on the member.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberClusterStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` (reachable and authenticated) and `LocationVerified` (every node in an attested
+    /// region).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The member's Kubernetes version (`/version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
+    /// The distinct node region labels seen, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub observed_node_regions: Vec<String>,
+    /// Number of nodes seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_count: Option<i32>,
+    /// Nodes outside the attested regions (at most 20 names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unverified_nodes: Vec<String>,
+}

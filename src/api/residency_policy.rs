@@ -1,0 +1,112 @@
+//! `ResidencyPolicy`: the law. Data of these countries may only be stored and processed there.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::CountryCode;
+
+/// Data of `countries` may only be stored and processed in `allowedLocations` and/or on the
+/// clusters matched by `clusterSelector` (when both are given, a cluster must match both).
+///
+/// Several policies may govern the same country: a cluster is then allowed only if every one of
+/// them allows it. A country that no policy governs is placed nowhere (default deny).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "residency.io",
+    version = "v1alpha1",
+    kind = "ResidencyPolicy",
+    doc = "Which countries' data may live where: data of spec.countries may only be stored and processed in spec.allowedLocations and/or on clusters matching spec.clusterSelector.",
+    status = "ResidencyPolicyStatus",
+    shortname = "rp",
+    category = "residency",
+    printcolumn = r#"{"name":"Countries","type":"string","jsonPath":".spec.countries"}"#,
+    printcolumn = r#"{"name":"Enforcement","type":"string","jsonPath":".spec.enforcement"}"#,
+    printcolumn = r#"{"name":"Clusters","type":"string","jsonPath":".status.matchedClusters"}"#,
+    printcolumn = r#"{"name":"Workloads","type":"integer","jsonPath":".status.governedWorkloads"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = kube::core::Rule::new("size(self.allowedLocations) > 0 || has(self.clusterSelector)").message("set allowedLocations, clusterSelector or both: a policy must say where its countries' data may live"))]
+#[serde(rename_all = "camelCase")]
+pub struct ResidencyPolicySpec {
+    /// The countries whose data this policy governs (ISO 3166-1 alpha-2, e.g. `AU`).
+    #[schemars(length(min = 1, max = 250), extend("x-kubernetes-list-type" = "set"))]
+    pub countries: Vec<CountryCode>,
+    /// The locations where their data may live: a country, optionally narrowed to a region.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub allowed_locations: Vec<AllowedLocation>,
+    /// A label selector on MemberCluster labels; clusters must match it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_selector: Option<LabelSelector>,
+    /// `Enforce` places, relocates and corrects drift; `Audit` computes and reports what the
+    /// policy would do, and never writes to a member.
+    #[serde(default)]
+    pub enforcement: Enforcement,
+}
+
+/// A location where governed data may live.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedLocation {
+    /// Country code of the location, e.g. `CH`.
+    pub country: CountryCode,
+    /// Region within the country, e.g. `zurich`. Empty allows every region of the country.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub region: Option<String>,
+}
+
+/// How a policy acts.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Enforcement {
+    /// Place, relocate and correct drift.
+    #[default]
+    Enforce,
+    /// Compute and report only; never write to a member.
+    Audit,
+}
+
+/// What the policy currently matches and what violates it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ResidencyPolicyStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` and, when data sits where the policy forbids it, `Compliant=False`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Member clusters this policy allows, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matched_clusters: Vec<String>,
+    /// Number of ResidentWorkloads holding data of a country this policy governs.
+    #[serde(default)]
+    pub governed_workloads: i32,
+    /// Data found where this policy forbids it (at most 20 entries; see `violationCount`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<Violation>,
+    /// Total number of violations.
+    #[serde(default)]
+    pub violation_count: i32,
+}
+
+/// One piece of data where a policy forbids it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Violation {
+    /// The member cluster holding it.
+    pub cluster: String,
+    /// The country whose data it is.
+    pub country: String,
+    /// Kind of the object, e.g. `PersistentVolumeClaim`.
+    pub kind: String,
+    /// Namespace of the object, when namespaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name of the object.
+    pub name: String,
+    /// What is wrong, in a sentence.
+    pub message: String,
+}

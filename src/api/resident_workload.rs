@@ -1,0 +1,239 @@
+//! `ResidentWorkload`: a bundle of manifests that stores or processes given countries' data.
+
+use std::borrow::Cow;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+use super::CountryCode;
+
+/// Storage or processing workloads for the data of `countries`. The operator places the
+/// `manifests` on every member cluster the governing policies allow (and that is ready,
+/// location-verified and schedulable), and relocates them, make before break, when that set
+/// changes.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "residency.io",
+    version = "v1alpha1",
+    kind = "ResidentWorkload",
+    doc = "Manifests that store or process the data of given countries, placed by the operator only on member clusters the policies allow.",
+    namespaced,
+    status = "ResidentWorkloadStatus",
+    shortname = "rw",
+    category = "residency",
+    printcolumn = r#"{"name":"Role","type":"string","jsonPath":".spec.role"}"#,
+    printcolumn = r#"{"name":"Countries","type":"string","jsonPath":".spec.countries"}"#,
+    printcolumn = r#"{"name":"Clusters","type":"string","jsonPath":".status.targets"}"#,
+    printcolumn = r#"{"name":"Compliant","type":"string","jsonPath":".status.conditions[?(@.type==\"Compliant\")].status"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ResidentWorkloadSpec {
+    /// The countries whose data the workload holds (ISO 3166-1 alpha-2, e.g. `AU`).
+    #[schemars(length(min = 1, max = 250), extend("x-kubernetes-list-type" = "set"))]
+    pub countries: Vec<CountryCode>,
+    /// `Storage` workloads keep data at rest: their volumes get location checks and are never
+    /// deleted as the last copy. `Processing` workloads only process it.
+    pub role: Role,
+    /// Namespaced objects to place in this workload's namespace on each target member:
+    /// Deployment, StatefulSet, DaemonSet, Job, CronJob, Pod, Service, ConfigMap, Secret,
+    /// PersistentVolumeClaim, ServiceAccount, NetworkPolicy, PodDisruptionBudget,
+    /// HorizontalPodAutoscaler, Ingress. Cluster-scoped and RBAC kinds are refused.
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(m, self.exists_one(o, o.kind == m.kind && o.metadata.name == m.metadata.name))").message("two manifests have the same kind and metadata.name"))]
+    pub manifests: Vec<Manifest>,
+    /// What happens to the volumes (PVCs) of a member the workload leaves: `Retain` keeps them,
+    /// labelled `residency.io/retained=true` and reported as a copy that must not stay there;
+    /// `Purge` deletes them once the workload is Ready elsewhere.
+    #[serde(default)]
+    pub volume_policy: VolumePolicy,
+}
+
+/// What a workload does with the data.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Stores data at rest (volumes).
+    Storage,
+    /// Processes data; keeps nothing at rest.
+    Processing,
+}
+
+/// Volume handling on eviction.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum VolumePolicy {
+    /// Keep the volumes (labelled and reported).
+    #[default]
+    Retain,
+    /// Delete them after the workload is Ready on its new clusters.
+    Purge,
+}
+
+/// Kinds a manifest may have, as `apiVersion` and `kind`.
+pub const ALLOWED_KINDS: &[(&str, &str)] = &[
+    ("v1", "ConfigMap"),
+    ("v1", "PersistentVolumeClaim"),
+    ("v1", "Pod"),
+    ("v1", "Secret"),
+    ("v1", "Service"),
+    ("v1", "ServiceAccount"),
+    ("apps/v1", "DaemonSet"),
+    ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"),
+    ("batch/v1", "CronJob"),
+    ("batch/v1", "Job"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("networking.k8s.io/v1", "Ingress"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("policy/v1", "PodDisruptionBudget"),
+];
+
+/// Whether `apiVersion`/`kind` may be placed.
+pub fn kind_allowed(api_version: &str, kind: &str) -> bool {
+    ALLOWED_KINDS
+        .iter()
+        .any(|(v, k)| *v == api_version && *k == kind)
+}
+
+/// An embedded namespaced Kubernetes object (apiVersion, kind, metadata.name and the rest).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(transparent)]
+pub struct Manifest(pub serde_json::Value);
+
+impl Manifest {
+    /// `apiVersion`, or "" when absent.
+    pub fn api_version(&self) -> &str {
+        self.0.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("")
+    }
+    /// `kind`, or "" when absent.
+    pub fn kind(&self) -> &str {
+        self.0.get("kind").and_then(|v| v.as_str()).unwrap_or("")
+    }
+    /// `metadata.name`, or "" when absent.
+    pub fn name(&self) -> &str {
+        self.0
+            .pointer("/metadata/name")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+    }
+}
+
+fn allowed_kinds_cel() -> String {
+    let list = ALLOWED_KINDS
+        .iter()
+        .map(|(v, k)| format!("'{v} {k}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    format!("(self.apiVersion + ' ' + self.kind) in [{list}]")
+}
+
+impl JsonSchema for Manifest {
+    fn schema_name() -> Cow<'static, str> {
+        "Manifest".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "An embedded namespaced Kubernetes object.",
+            "type": "object",
+            "x-kubernetes-embedded-resource": true,
+            "x-kubernetes-preserve-unknown-fields": true,
+            "required": ["apiVersion", "kind", "metadata"],
+            "properties": {
+                "apiVersion": {"type": "string", "minLength": 1, "maxLength": 253},
+                "kind": {"type": "string", "minLength": 1, "maxLength": 63},
+                "metadata": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "maxLength": 253},
+                        "namespace": {"type": "string", "maxLength": 63}
+                    }
+                }
+            },
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.metadata.name) && self.metadata.name != ''",
+                    "message": "every manifest needs metadata.name"
+                },
+                {
+                    "rule": "!has(self.metadata.namespace)",
+                    "message": "omit metadata.namespace: manifests are placed in the ResidentWorkload's namespace on each member"
+                },
+                {
+                    "rule": allowed_kinds_cel(),
+                    "messageExpression": "self.kind + ' (' + self.apiVersion + ') cannot be placed: cluster-scoped and RBAC kinds are refused, and only these namespaced kinds are supported: Deployment, StatefulSet, DaemonSet, Job, CronJob, Pod, Service, ConfigMap, Secret, PersistentVolumeClaim, ServiceAccount, NetworkPolicy, PodDisruptionBudget, HorizontalPodAutoscaler (autoscaling/v2), Ingress'"
+                }
+            ]
+        })
+    }
+}
+
+/// Where the workload is placed and how it is doing.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ResidentWorkloadStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Reconciling`, `Stalled` (kstatus), `Compliant` and `Drifted`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The member clusters the workload should run on, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
+    /// One entry per member cluster holding (or about to hold) a copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placements: Vec<Placement>,
+    /// The placement decision for every member cluster, with its reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<ClusterDecision>,
+}
+
+/// The decision for one member cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterDecision {
+    /// MemberCluster name.
+    pub name: String,
+    /// `Target`, `AllowedNotEligible` or `Forbidden`.
+    pub verdict: String,
+    /// Why, in one line.
+    pub reason: String,
+}
+
+/// The workload's copy on one member cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// MemberCluster name.
+    pub cluster: String,
+    /// `Pending`, `Applied`, `Ready`, `Evicting`, `Retained`, `Unknown` or `Failed`.
+    pub state: String,
+    /// What is happening, in a sentence.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Readiness of each placed object.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<ObjectStatus>,
+}
+
+/// Readiness of one placed object.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectStatus {
+    /// Kind, e.g. `Deployment`.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+    /// Whether it is ready (Deployment available, StatefulSet ready, PVC Bound, Job complete).
+    pub ready: bool,
+    /// Details when not ready.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}

@@ -1,0 +1,10 @@
+//! residency-operator: declares which countries' data may live in which clusters, places storage
+//! and processing workloads onto compliant member clusters, relocates them safely and proves where
+//! each country's data lives.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod facts;
+pub mod plan;
+pub mod placement;

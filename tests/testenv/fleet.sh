@@ -1,0 +1,428 @@
+#!/usr/bin/env bash
+# A local fleet of real Kubernetes control planes on loopback, built from upstream Go modules.
+#
+#   tests/testenv/fleet.sh up       build or reuse the binaries, start the fleet (idempotent)
+#   tests/testenv/fleet.sh down     stop exactly the processes this script started; remove state
+#   tests/testenv/fleet.sh status   list components with pid and resident memory, and the total
+#   tests/testenv/fleet.sh env      print the environment the tests read (eval "$(... env)")
+#
+# Topology (DESIGN.md section 6): one shared etcd (one key prefix per cluster), and
+#   mgmt    management cluster: kube-apiserver only (CRDs, the operator's own objects)
+#   zrh-1   CH/zurich member, nodes in region eu-central-2 (zones eu-central-2a, eu-central-2b)
+#   zrh-2   CH/zurich member, same region
+#   msk-1   RU/moscow member, nodes in region ru-central-1
+# Every member also runs kube-controller-manager, kube-scheduler and kwok with two fake nodes, a
+# default StorageClass `standard` and pre-created PersistentVolumes whose node affinity names the
+# member's region, so Deployments and StatefulSets get Running Pods and PVCs bind.
+#
+# Settings (environment):
+#   RESIDENCY_FLEET_DIR        state directory (default ${TMPDIR:-/tmp}/residency-fleet)
+#   RESIDENCY_FLEET_PORT_BASE  first port (default 17400): etcd uses BASE and BASE+1,
+#                              the apiservers BASE+10, BASE+11, ... in fleet order
+#   RESIDENCY_FLEET_PVS        pre-created PersistentVolumes per member (default 40)
+#   RESIDENCY_FLEET_TIMEOUT    seconds to wait for each component (default 120)
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$HERE/versions.env"
+STATE="${RESIDENCY_FLEET_DIR:-${TMPDIR:-/tmp}/residency-fleet}"
+PORT_BASE="${RESIDENCY_FLEET_PORT_BASE:-17400}"
+PVS="${RESIDENCY_FLEET_PVS:-40}"
+TIMEOUT="${RESIDENCY_FLEET_TIMEOUT:-120}"
+CACHE="${RESIDENCY_CACHE:-$HOME/.cache/residency-operator}/testenv"
+BIN="$CACHE/bin"
+KUBECONFIG_OUT="$STATE/kubeconfig"
+
+# name role country region  (role: mgmt = apiserver only; member = full control plane + kwok)
+FLEET=(
+  "mgmt   mgmt   -  -"
+  "zrh-1  member CH eu-central-2"
+  "zrh-2  member CH eu-central-2"
+  "msk-1  member RU ru-central-1"
+)
+
+log() { printf '[fleet %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# process bookkeeping: every process we start has a pid file; a pid counts as ours only when
+# its command line mentions our state directory (guards against pid reuse).
+
+pidfile() { echo "$STATE/pids/$1.pid"; }
+logfile() { echo "$STATE/logs/$1.log"; }
+
+is_running() {
+  local f; f="$(pidfile "$1")"
+  [[ -f "$f" ]] || return 1
+  local pid; pid="$(cat "$f")"
+  [[ -r "/proc/$pid/cmdline" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$STATE"
+}
+
+# start ID CMD... : start CMD in the background unless ID already runs
+start() {
+  local id="$1"; shift
+  if is_running "$id"; then
+    log "$id: already running (pid $(cat "$(pidfile "$id")"))"
+    return 0
+  fi
+  log "$id: starting"
+  # setsid: the component must not receive the terminal's signals; we stop it by pid.
+  setsid "$@" >"$(logfile "$id")" 2>&1 < /dev/null &
+  echo $! >"$(pidfile "$id")"
+}
+
+# fail_component ID WHAT : report a component that did not come up, with its log file
+fail_component() {
+  local id="$1" what="$2" lf; lf="$(logfile "$1")"
+  log "component $id $what; last lines of its log $lf:"
+  tail -n 20 "$lf" >&2 || true
+  die "component $id $what (log: $lf)"
+}
+
+# expect_alive ID : the process must still be running
+expect_alive() {
+  is_running "$1" || fail_component "$1" "exited during start-up"
+}
+
+# wait_until ID DESCRIPTION CMD... : poll CMD until it succeeds or TIMEOUT passes
+wait_until() {
+  local id="$1" desc="$2"; shift 2
+  local start=$SECONDS
+  until "$@" >/dev/null 2>&1; do
+    expect_alive "$id"
+    (( SECONDS - start < TIMEOUT )) || fail_component "$id" "did not become $desc within ${TIMEOUT} s"
+    sleep 0.5
+  done
+  log "$id: $desc after $((SECONDS - start)) s"
+}
+
+# ---------------------------------------------------------------------------------------------
+# PKI: one CA per cluster (ECDSA P-256), a serving cert for 127.0.0.1, an admin client cert
+# (O=system:masters) and a service-account signing key.
+
+gen_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+
+pki() {
+  local name="$1" d="$STATE/pki/$1"
+  [[ -f "$d/.complete" ]] && return 0
+  mkdir -p "$d"
+  gen_key "$d/ca.key"
+  openssl req -x509 -new -key "$d/ca.key" -days 3650 -subj "/CN=residency-fleet-$name-ca" \
+    -out "$d/ca.crt" 2>/dev/null
+  gen_key "$d/apiserver.key"
+  openssl req -new -key "$d/apiserver.key" -subj "/CN=kube-apiserver" -out "$d/apiserver.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' >"$d/apiserver.ext"
+  openssl x509 -req -in "$d/apiserver.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$d/apiserver.ext" -out "$d/apiserver.crt" 2>/dev/null
+  gen_key "$d/admin.key"
+  openssl req -new -key "$d/admin.key" -subj "/O=system:masters/CN=fleet-admin" -out "$d/admin.csr" 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\n' >"$d/admin.ext"
+  openssl x509 -req -in "$d/admin.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$d/admin.ext" -out "$d/admin.crt" 2>/dev/null
+  gen_key "$d/sa.key"
+  openssl pkey -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
+  touch "$d/.complete"
+}
+
+b64() { base64 -w0 <"$1"; }
+
+# kubeconfig_entry NAME PORT: the cluster/user/context of one cluster (admin credentials)
+write_kubeconfigs() {
+  local i=0 clusters="" users="" contexts="" name role country region
+  for row in "${FLEET[@]}"; do
+    read -r name role country region <<<"$row"
+    local port=$((PORT_BASE + 10 + i)) d="$STATE/pki/$name"
+    clusters+="- name: $name
+  cluster:
+    server: https://127.0.0.1:$port
+    certificate-authority-data: $(b64 "$d/ca.crt")
+"
+    users+="- name: $name-admin
+  user:
+    client-certificate-data: $(b64 "$d/admin.crt")
+    client-key-data: $(b64 "$d/admin.key")
+"
+    contexts+="- name: $name
+  context:
+    cluster: $name
+    user: $name-admin
+"
+    # one single-context kubeconfig per cluster for its own components
+    cat >"$STATE/kubeconfigs/$name.yaml" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: $name
+  cluster:
+    server: https://127.0.0.1:$port
+    certificate-authority: $d/ca.crt
+users:
+- name: admin
+  user:
+    client-certificate: $d/admin.crt
+    client-key: $d/admin.key
+contexts:
+- name: $name
+  context: {cluster: $name, user: admin}
+current-context: $name
+EOF
+    i=$((i + 1))
+  done
+  umask 077
+  cat >"$KUBECONFIG_OUT.tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+${clusters}users:
+${users}contexts:
+${contexts}current-context: mgmt
+EOF
+  mv "$KUBECONFIG_OUT.tmp" "$KUBECONFIG_OUT"
+}
+
+# ---------------------------------------------------------------------------------------------
+# components
+
+kc() { "$BIN/kubectl" --kubeconfig "$STATE/kubeconfigs/$1.yaml" "${@:2}"; }
+
+start_etcd() {
+  mkdir -p "$STATE/etcd"
+  start etcd "$BIN/etcd" --name fleet --data-dir "$STATE/etcd/data" \
+    --listen-client-urls "http://127.0.0.1:$PORT_BASE" --advertise-client-urls "http://127.0.0.1:$PORT_BASE" \
+    --listen-peer-urls "http://127.0.0.1:$((PORT_BASE + 1))" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$((PORT_BASE + 1))" \
+    --initial-cluster "fleet=http://127.0.0.1:$((PORT_BASE + 1))" \
+    --unsafe-no-fsync --quota-backend-bytes 4294967296 --log-level warn
+  wait_until etcd "healthy" curl -fsS "http://127.0.0.1:$PORT_BASE/health"
+}
+
+start_apiserver() {
+  local name="$1" port="$2" d="$STATE/pki/$1"
+  mkdir -p "$STATE/certs/$name"
+  start "$name-kube-apiserver" "$BIN/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$PORT_BASE" --etcd-prefix "/fleet/$name" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$port" \
+    --cert-dir "$STATE/certs/$name" --tls-cert-file "$d/apiserver.crt" --tls-private-key-file "$d/apiserver.key" \
+    --client-ca-file "$d/ca.crt" --authorization-mode RBAC \
+    --service-account-issuer "https://127.0.0.1:$port" --service-account-key-file "$d/sa.pub" \
+    --service-account-signing-key-file "$d/sa.key" \
+    --service-cluster-ip-range 10.0.0.0/24 --allow-privileged=true \
+    --disable-admission-plugins ServiceAccount --profiling=false --v=0
+}
+
+wait_apiserver() {
+  local name="$1" port="$2" d="$STATE/pki/$1"
+  wait_until "$name-kube-apiserver" "ready" curl -fsS --cacert "$d/ca.crt" --cert "$d/admin.crt" \
+    --key "$d/admin.key" "https://127.0.0.1:$port/readyz"
+}
+
+start_member_components() {
+  local name="$1" d="$STATE/pki/$1" kcfg="$STATE/kubeconfigs/$1.yaml"
+  start "$name-kube-controller-manager" "$BIN/kube-controller-manager" --kubeconfig "$kcfg" \
+    --leader-elect=false --secure-port 0 --service-account-private-key-file "$d/sa.key" \
+    --root-ca-file "$d/ca.crt" --use-service-account-credentials=false \
+    --controllers '*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller' \
+    --concurrent-deployment-syncs 10 --concurrent-statefulset-syncs 10 --v=0 --profiling=false
+  start "$name-kube-scheduler" "$BIN/kube-scheduler" --kubeconfig "$kcfg" \
+    --leader-elect=false --secure-port 0 --profiling=false --v=0
+  local cfg="$STATE/kwok/$name.yaml"
+  mkdir -p "$STATE/kwok"
+  {
+    cat <<EOF
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokConfiguration
+options:
+  manageAllNodes: true
+  cidr: 10.200.0.1/16
+  nodeIP: 10.201.0.1
+EOF
+    local s
+    for s in "$CACHE/kwok-stages-$KWOK_VERSION"/*.yaml; do echo "---"; cat "$s"; done
+  } >"$cfg"
+  start "$name-kwok" "$BIN/kwok" --kubeconfig "$kcfg" --config "$cfg" --manage-all-nodes=true
+}
+
+# seed_member NAME REGION: fake nodes, the default StorageClass and pre-created PVs
+seed_member() {
+  local name="$1" region="$2" f="$STATE/seed/$1.yaml" zone i
+  mkdir -p "$STATE/seed"
+  : >"$f"
+  for zone in a b; do
+    cat >>"$f" <<EOF
+apiVersion: v1
+kind: Node
+metadata:
+  name: $name-node-$zone
+  annotations:
+    kwok.x-k8s.io/node: fake
+  labels:
+    kubernetes.io/hostname: $name-node-$zone
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    type: kwok
+    topology.kubernetes.io/region: $region
+    topology.kubernetes.io/zone: $region$zone
+status:
+  allocatable: {cpu: "64", memory: 256Gi, pods: "250"}
+  capacity: {cpu: "64", memory: 256Gi, pods: "250"}
+---
+EOF
+  done
+  cat >>"$f" <<EOF
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: standard
+  annotations:
+    storageclass.kubernetes.io/is-default-class: "true"
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: Immediate
+reclaimPolicy: Retain
+allowedTopologies:
+- matchLabelExpressions:
+  - key: topology.kubernetes.io/region
+    values: [$region]
+EOF
+  for ((i = 1; i <= PVS; i++)); do
+    cat >>"$f" <<EOF
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: $name-pv-$(printf %03d "$i")
+  labels:
+    topology.kubernetes.io/region: $region
+spec:
+  capacity: {storage: 10Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: standard
+  local: {path: /mnt/fleet/pv-$i}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions:
+        - key: topology.kubernetes.io/region
+          operator: In
+          values: [$region]
+EOF
+  done
+  # --server-side: a seed that is already there is not an error (idempotent)
+  kc "$name" apply --server-side --field-manager residency-fleet -f "$f" >/dev/null
+}
+
+nodes_ready() {
+  local n
+  n="$(kc "$1" get nodes -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True)"
+  [[ "$n" -ge 2 ]]
+}
+
+default_sa_exists() { kc "$1" get serviceaccount default -n default; }
+
+# ---------------------------------------------------------------------------------------------
+
+cmd_up() {
+  local start_all=$SECONDS
+  command -v openssl >/dev/null || die "openssl is required"
+  command -v curl >/dev/null || die "curl is required"
+  "$HERE/build.sh" >/dev/null
+  mkdir -p "$STATE"/{pids,logs,pki,kubeconfigs}
+  local row name role country region i=0
+  for row in "${FLEET[@]}"; do read -r name role country region <<<"$row"; pki "$name"; done
+  write_kubeconfigs
+  start_etcd
+  # apiservers one after another: on two cores, parallel start-up only slows each of them down
+  for row in "${FLEET[@]}"; do
+    read -r name role country region <<<"$row"
+    start_apiserver "$name" $((PORT_BASE + 10 + i))
+    wait_apiserver "$name" $((PORT_BASE + 10 + i))
+    i=$((i + 1))
+  done
+  for row in "${FLEET[@]}"; do
+    read -r name role country region <<<"$row"
+    [[ "$role" == member ]] || continue
+    start_member_components "$name"
+    seed_member "$name" "$region"
+  done
+  for row in "${FLEET[@]}"; do
+    read -r name role country region <<<"$row"
+    [[ "$role" == member ]] || continue
+    wait_until "$name-kwok" "managing 2 Ready nodes" nodes_ready "$name"
+    wait_until "$name-kube-controller-manager" "running controllers" default_sa_exists "$name"
+    expect_alive "$name-kube-scheduler"
+  done
+  log "fleet up in $((SECONDS - start_all)) s"
+  cat >&2 <<EOF
+
+  The fleet is running. Use it with:
+    export KUBECONFIG=$KUBECONFIG_OUT
+    $BIN/kubectl --context zrh-1 get nodes -L topology.kubernetes.io/region
+  Contexts: mgmt, zrh-1, zrh-2, msk-1.  Environment for the tests: eval "\$($0 env)"
+  Stop it with: $0 down
+
+EOF
+}
+
+cmd_down() {
+  [[ -d "$STATE/pids" ]] || { log "no fleet state in $STATE; nothing to stop"; rm -rf "$STATE"; return 0; }
+  local f id pid pids=()
+  for f in "$STATE"/pids/*.pid; do
+    [[ -e "$f" ]] || continue
+    id="$(basename "$f" .pid)"
+    if is_running "$id"; then
+      pid="$(cat "$f")"
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid")
+    fi
+  done
+  local deadline=$((SECONDS + 15)) p
+  for p in "${pids[@]}"; do
+    while kill -0 "$p" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+    kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null || true
+  done
+  rm -rf "$STATE"
+  log "stopped ${#pids[@]} processes; removed $STATE"
+}
+
+cmd_status() {
+  local f id pid rss total=0
+  printf '%-34s %8s %10s\n' COMPONENT PID RSS_MIB
+  for f in "$STATE"/pids/*.pid; do
+    [[ -e "$f" ]] || continue
+    id="$(basename "$f" .pid)"
+    if is_running "$id"; then
+      pid="$(cat "$f")"
+      rss="$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")"
+      total=$((total + rss))
+      printf '%-34s %8s %10s\n' "$id" "$pid" "$((rss / 1024))"
+    else
+      printf '%-34s %8s %10s\n' "$id" "-" "stopped"
+    fi
+  done
+  printf '%-34s %8s %10s\n' TOTAL "" "$((total / 1024))"
+}
+
+cmd_env() {
+  local regions="" row name role country region
+  for row in "${FLEET[@]}"; do
+    read -r name role country region <<<"$row"
+    [[ "$role" == member ]] && regions+="${regions:+,}$name=$region"
+  done
+  cat <<EOF
+export RESIDENCY_KUBECONFIG=$KUBECONFIG_OUT
+export RESIDENCY_MGMT_CONTEXT=mgmt
+export RESIDENCY_MEMBER_REGIONS=$regions
+export RESIDENCY_KUBECTL=$BIN/kubectl
+export RESIDENCY_HELM=$BIN/helm
+export RESIDENCY_FLEET_DIR=$STATE
+EOF
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  env) cmd_env ;;
+  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+esac

@@ -6,5 +6,5 @@
 pub mod api;
 pub mod cli;
 pub mod facts;
-pub mod plan;
 pub mod placement;
+pub mod plan;

@@ -139,12 +139,22 @@ mod tests {
 
     #[test]
     fn transition_time_changes_only_on_flip() {
-        let d1 = [Desired::new(types::READY, Status::False, "Pending", "waiting")];
+        let d1 = [Desired::new(
+            types::READY,
+            Status::False,
+            "Pending",
+            "waiting",
+        )];
         let c1 = merge(&[], &d1, Some(1), ts(100));
         assert_eq!(c1[0].last_transition_time, Time(ts(100)));
 
         // same status, new message and generation: time kept
-        let d2 = [Desired::new(types::READY, Status::False, "Applying", "applying to zrh-1")];
+        let d2 = [Desired::new(
+            types::READY,
+            Status::False,
+            "Applying",
+            "applying to zrh-1",
+        )];
         let c2 = merge(&c1, &d2, Some(2), ts(200));
         assert_eq!(c2[0].last_transition_time, Time(ts(100)));
         assert_eq!(c2[0].reason, "Applying");
@@ -172,7 +182,12 @@ mod tests {
     fn other_condition_types_are_kept() {
         let a = merge(
             &[],
-            &[Desired::new(types::DRIFTED, Status::False, "NoDrift", "none")],
+            &[Desired::new(
+                types::DRIFTED,
+                Status::False,
+                "NoDrift",
+                "none",
+            )],
             None,
             ts(1),
         );

@@ -19,7 +19,9 @@ pub struct CountryCode(String);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CountryCodeError {
     /// Not two upper-case ASCII letters.
-    #[error("'{0}' is not a country code: use two upper-case letters (ISO 3166-1 alpha-2, e.g. CH)")]
+    #[error(
+        "'{0}' is not a country code: use two upper-case letters (ISO 3166-1 alpha-2, e.g. CH)"
+    )]
     Malformed(String),
     /// Two letters, but not an assigned code.
     #[error("'{0}' is not an assigned ISO 3166-1 alpha-2 country code{hint}", hint = hint(.0))]
@@ -140,11 +142,26 @@ mod tests {
 
     #[test]
     fn rejects_unassigned_and_malformed_codes() {
-        assert!(matches!(CountryCode::parse("UK"), Err(CountryCodeError::Unassigned(_))));
-        assert!(matches!(CountryCode::parse("XX"), Err(CountryCodeError::Unassigned(_))));
-        assert!(matches!(CountryCode::parse("ch"), Err(CountryCodeError::Malformed(_))));
-        assert!(matches!(CountryCode::parse("CHE"), Err(CountryCodeError::Malformed(_))));
-        assert!(matches!(CountryCode::parse(""), Err(CountryCodeError::Malformed(_))));
+        assert!(matches!(
+            CountryCode::parse("UK"),
+            Err(CountryCodeError::Unassigned(_))
+        ));
+        assert!(matches!(
+            CountryCode::parse("XX"),
+            Err(CountryCodeError::Unassigned(_))
+        ));
+        assert!(matches!(
+            CountryCode::parse("ch"),
+            Err(CountryCodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            CountryCode::parse("CHE"),
+            Err(CountryCodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            CountryCode::parse(""),
+            Err(CountryCodeError::Malformed(_))
+        ));
         let msg = CountryCode::parse("UK").unwrap_err().to_string();
         assert!(msg.contains("GB"), "{msg}");
     }

@@ -59,7 +59,10 @@ pub struct Location {
     /// ISO 3166-1 alpha-2 code of the country the cluster is in, e.g. `CH`.
     pub country: CountryCode,
     /// Region within the country, lower case, e.g. `zurich`.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub region: String,
     /// Optional site or data centre name, for reports only.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -4,17 +4,17 @@
 pub mod conditions;
 pub mod country;
 pub mod member_cluster;
-pub mod resident_workload;
 pub mod residency_policy;
+pub mod resident_workload;
 pub mod validate;
 
 pub use country::CountryCode;
 pub use member_cluster::{MemberCluster, MemberClusterSpec, MemberClusterStatus};
-pub use resident_workload::{ResidentWorkload, ResidentWorkloadSpec, ResidentWorkloadStatus};
 pub use residency_policy::{ResidencyPolicy, ResidencyPolicySpec, ResidencyPolicyStatus};
+pub use resident_workload::{ResidentWorkload, ResidentWorkloadSpec, ResidentWorkloadStatus};
 
-use kube::CustomResourceExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 
 /// API group of every kind.
 pub const GROUP: &str = "residency.io";
@@ -46,5 +46,9 @@ pub mod labels {
 
 /// Every CRD of the API, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![MemberCluster::crd(), ResidencyPolicy::crd(), ResidentWorkload::crd()]
+    vec![
+        MemberCluster::crd(),
+        ResidencyPolicy::crd(),
+        ResidentWorkload::crd(),
+    ]
 }

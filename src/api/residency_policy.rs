@@ -54,7 +54,10 @@ pub struct AllowedLocation {
     pub country: CountryCode,
     /// Region within the country, e.g. `zurich`. Empty allows every region of the country.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub region: Option<String>,
 }
 

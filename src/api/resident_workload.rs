@@ -42,8 +42,9 @@ pub struct ResidentWorkloadSpec {
     /// Deployment, StatefulSet, DaemonSet, Job, CronJob, Pod, Service, ConfigMap, Secret,
     /// PersistentVolumeClaim, ServiceAccount, NetworkPolicy, PodDisruptionBudget,
     /// HorizontalPodAutoscaler, Ingress. Cluster-scoped and RBAC kinds are refused.
+    /// Two manifests must not share kind and name (checked by `plan` and the operator; the API
+    /// server cannot afford that check within its CEL cost budget).
     #[schemars(length(min = 1, max = 64))]
-    #[x_kube(validation = kube::core::Rule::new("self.all(m, self.exists_one(o, o.kind == m.kind && o.metadata.name == m.metadata.name))").message("two manifests have the same kind and metadata.name"))]
     pub manifests: Vec<Manifest>,
     /// What happens to the volumes (PVCs) of a member the workload leaves: `Retain` keeps them,
     /// labelled `residency.io/retained=true` and reported as a copy that must not stay there;
@@ -105,7 +106,10 @@ pub struct Manifest(pub serde_json::Value);
 impl Manifest {
     /// `apiVersion`, or "" when absent.
     pub fn api_version(&self) -> &str {
-        self.0.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("")
+        self.0
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
     }
     /// `kind`, or "" when absent.
     pub fn kind(&self) -> &str {
@@ -120,13 +124,15 @@ impl Manifest {
     }
 }
 
+/// CEL: the (apiVersion, kind) pair is in [`ALLOWED_KINDS`] (a map lookup keeps the
+/// estimated cost within the API server's budget).
 fn allowed_kinds_cel() -> String {
-    let list = ALLOWED_KINDS
+    let map = ALLOWED_KINDS
         .iter()
-        .map(|(v, k)| format!("'{v} {k}'"))
+        .map(|(v, k)| format!("'{k}': '{v}'"))
         .collect::<Vec<_>>()
-        .join(",");
-    format!("(self.apiVersion + ' ' + self.kind) in [{list}]")
+        .join(", ");
+    format!("self.kind in {{{map}}} && {{{map}}}[self.kind] == self.apiVersion")
 }
 
 impl JsonSchema for Manifest {
@@ -140,19 +146,21 @@ impl JsonSchema for Manifest {
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "An embedded namespaced Kubernetes object.",
+            "description": "An embedded namespaced Kubernetes object (apiVersion, kind, metadata.name and the rest of the object).",
             "type": "object",
-            "x-kubernetes-embedded-resource": true,
             "x-kubernetes-preserve-unknown-fields": true,
             "required": ["apiVersion", "kind", "metadata"],
             "properties": {
-                "apiVersion": {"type": "string", "minLength": 1, "maxLength": 253},
+                "apiVersion": {"type": "string", "minLength": 1, "maxLength": 64},
                 "kind": {"type": "string", "minLength": 1, "maxLength": 63},
                 "metadata": {
                     "type": "object",
+                    "x-kubernetes-preserve-unknown-fields": true,
                     "properties": {
                         "name": {"type": "string", "maxLength": 253},
-                        "namespace": {"type": "string", "maxLength": 63}
+                        "namespace": {"type": "string", "maxLength": 63},
+                        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "annotations": {"type": "object", "additionalProperties": {"type": "string"}}
                     }
                 }
             },

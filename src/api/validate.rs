@@ -9,8 +9,8 @@ use std::fmt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::member_cluster::MemberClusterSpec;
-use super::resident_workload::{ALLOWED_KINDS, ResidentWorkloadSpec, kind_allowed};
 use super::residency_policy::ResidencyPolicySpec;
+use super::resident_workload::{ALLOWED_KINDS, ResidentWorkloadSpec, kind_allowed};
 use super::{MemberCluster, ResidencyPolicy, ResidentWorkload};
 
 /// One problem with an object: where (a field path such as `spec.manifests[1].kind`) and what.
@@ -173,7 +173,10 @@ fn member_cluster_spec(e: &mut Errors, spec: &MemberClusterSpec) {
             );
         }
         if r.key.is_empty() {
-            e.add("spec.connection.kubeconfigSecretRef.key", "must not be empty");
+            e.add(
+                "spec.connection.kubeconfigSecretRef.key",
+                "must not be empty",
+            );
         }
     }
     if let Some(sc) = &spec.storage_class_name
@@ -242,7 +245,10 @@ fn resident_workload_spec(e: &mut Errors, spec: &ResidentWorkloadSpec) {
             e.add(format!("{p}.kind"), "is required");
         }
         if m.name().is_empty() {
-            e.add(format!("{p}.metadata.name"), "every manifest needs metadata.name");
+            e.add(
+                format!("{p}.metadata.name"),
+                "every manifest needs metadata.name",
+            );
         } else if !is_dns_subdomain(m.name()) {
             e.add(
                 format!("{p}.metadata.name"),
@@ -293,8 +299,8 @@ fn resident_workload_spec(e: &mut Errors, spec: &ResidentWorkloadSpec) {
 mod tests {
     use super::*;
     use crate::api::member_cluster::*;
-    use crate::api::resident_workload::*;
     use crate::api::residency_policy::*;
+    use crate::api::resident_workload::*;
     use crate::api::{CountryCode, ResidentWorkloadSpec};
     use serde_json::json;
 

@@ -63,20 +63,17 @@ impl ClusterSet {
 
     /// The cluster indexes in the set, in increasing order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        self.words
-            .iter()
-            .enumerate()
-            .flat_map(|(at, &word)| {
-                let mut rest = word;
-                std::iter::from_fn(move || {
-                    if rest == 0 {
-                        return None;
-                    }
-                    let bit = rest.trailing_zeros() as usize;
-                    rest &= rest - 1;
-                    Some(at * 64 + bit)
-                })
+        self.words.iter().enumerate().flat_map(|(at, &word)| {
+            let mut rest = word;
+            std::iter::from_fn(move || {
+                if rest == 0 {
+                    return None;
+                }
+                let bit = rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                Some(at * 64 + bit)
             })
+        })
     }
 }
 
@@ -88,7 +85,10 @@ mod tests {
     fn full_set_holds_exactly_len_clusters() {
         for len in [0, 1, 63, 64, 65, 130] {
             let full = ClusterSet::full(len);
-            assert_eq!(full.iter().collect::<Vec<_>>(), (0..len).collect::<Vec<_>>());
+            assert_eq!(
+                full.iter().collect::<Vec<_>>(),
+                (0..len).collect::<Vec<_>>()
+            );
             assert!(!full.contains(len));
             assert_eq!(full.is_empty(), len == 0);
         }

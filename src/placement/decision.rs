@@ -235,7 +235,14 @@ impl Decision {
                 )
             }
         };
-        format!("{audit}{body}")
+        if audit.is_empty() {
+            body
+        } else {
+            format!(
+                "{audit}{}",
+                body.replacen("Not placed", "would not be placed", 1)
+            )
+        }
     }
 }
 

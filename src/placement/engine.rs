@@ -195,7 +195,11 @@ impl Engine {
                     .iter()
                     .map(|participant| ConflictEntry {
                         policy: self.policies[participant.policy].name.clone(),
-                        countries: participant.countries.iter().map(|c| c.to_string()).collect(),
+                        countries: participant
+                            .countries
+                            .iter()
+                            .map(|c| c.to_string())
+                            .collect(),
                         allows: self
                             .names(&self.index[participant.policy].allowed)
                             .into_iter()
@@ -367,11 +371,15 @@ impl Engine {
     }
 
     fn names(&self, set: &ClusterSet) -> Vec<&str> {
-        set.iter().map(|at| self.clusters[at].name.as_str()).collect()
+        set.iter()
+            .map(|at| self.clusters[at].name.as_str())
+            .collect()
     }
 
     fn owned_names(&self, set: &ClusterSet) -> Vec<String> {
-        set.iter().map(|at| self.clusters[at].name.clone()).collect()
+        set.iter()
+            .map(|at| self.clusters[at].name.clone())
+            .collect()
     }
 }
 

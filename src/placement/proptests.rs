@@ -65,12 +65,14 @@ fn cluster() -> impl Strategy<Value = ClusterFacts> {
 }
 
 fn location() -> impl Strategy<Value = Location> {
-    (prop::sample::select(&LOCATIONS[..]), prop::bool::weighted(0.3)).prop_map(
-        |((country, region), with_region)| Location {
+    (
+        prop::sample::select(&LOCATIONS[..]),
+        prop::bool::weighted(0.3),
+    )
+        .prop_map(|((country, region), with_region)| Location {
             country: country.to_string(),
             region: with_region.then(|| region.to_string()),
-        },
-    )
+        })
 }
 
 fn requirement() -> impl Strategy<Value = SelectorRequirement> {
@@ -180,7 +182,11 @@ fn enforced_universe() -> impl Strategy<Value = Universe> {
                 .workload
                 .countries
                 .iter()
-                .filter(|c| engine.policies_governing(c, Enforcement::Enforce).is_empty())
+                .filter(|c| {
+                    engine
+                        .policies_governing(c, Enforcement::Enforce)
+                        .is_empty()
+                })
                 .cloned()
                 .collect();
             for (country, mut cover) in lacking.into_iter().zip(covers) {
@@ -401,7 +407,6 @@ fn generated_universes_reach_every_outcome() {
             *seen.entry("findings".to_string()).or_default() += 1;
         }
     }
-    eprintln!("{seen:?}");
     for key in [
         "Enforce/Placeable",
         "Enforce/NoPolicyForCountry",

@@ -6,9 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// A Kubernetes `LabelSelector`: every `match_labels` pair and every `match_expressions`
 /// requirement must hold. The empty selector matches every label set.
-#[derive(
-    Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Selector {
     /// Labels that must be present with exactly these values.

@@ -73,11 +73,17 @@ fn workload(countries: &[&str]) -> WorkloadFacts {
 }
 
 fn reason_of<'d>(decision: &'d Decision, cluster: &str) -> &'d str {
-    &decision.verdict(cluster).expect("cluster has a verdict").reason
+    &decision
+        .verdict(cluster)
+        .expect("cluster has a verdict")
+        .reason
 }
 
 fn verdict_of<'d>(decision: &'d Decision, cluster: &str) -> &'d Verdict {
-    &decision.verdict(cluster).expect("cluster has a verdict").verdict
+    &decision
+        .verdict(cluster)
+        .expect("cluster has a verdict")
+        .verdict
 }
 
 fn zurich_and_moscow() -> Vec<ClusterFacts> {
@@ -174,7 +180,10 @@ fn default_deny_when_one_country_is_ungoverned() {
         assert_eq!(verdict.verdict, Verdict::Forbidden);
         assert_eq!(
             verdict.reason,
-            format!("{}: forbidden: no policy governs BD (default deny)", verdict.name)
+            format!(
+                "{}: forbidden: no policy governs BD (default deny)",
+                verdict.name
+            )
         );
     }
     assert_eq!(decision.governing_policies, vec!["apac-to-zurich"]);
@@ -230,7 +239,11 @@ fn workload_without_countries_is_not_placed() {
         reason_of(&decision, "zrh-1"),
         "zrh-1: forbidden: the workload declares no country (default deny)"
     );
-    assert!(decision.summary().starts_with("Not placed: the workload declares no country"));
+    assert!(
+        decision
+            .summary()
+            .starts_with("Not placed: the workload declares no country")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -280,7 +293,11 @@ fn intersection_of_two_policies_for_the_same_country() {
     ];
     let policies = vec![
         policy("swiss-or-german", &["AU"], &["CH", "DE"]),
-        policy("zurich-or-frankfurt", &["AU"], &["CH/zurich", "DE/frankfurt"]),
+        policy(
+            "zurich-or-frankfurt",
+            &["AU"],
+            &["CH/zurich", "DE/frankfurt"],
+        ),
         policy("no-germany", &["AU"], &["CH"]),
     ];
     let decision = decide(&policies, &clusters, &workload(&["AU"]));
@@ -394,7 +411,10 @@ fn conflict_with_a_policy_allowing_no_known_cluster() {
 // Eligibility filters
 
 fn single_ineligible(edit: impl Fn(&mut ClusterFacts)) -> Decision {
-    let mut clusters = vec![cluster("zrh-1", "CH", "zurich"), cluster("zrh-2", "CH", "zurich")];
+    let mut clusters = vec![
+        cluster("zrh-1", "CH", "zurich"),
+        cluster("zrh-2", "CH", "zurich"),
+    ];
     edit(&mut clusters[1]);
     let policies = vec![policy("apac-to-zurich", &["AU"], &["CH/zurich"])];
     decide(&policies, &clusters, &workload(&["AU"]))
@@ -591,7 +611,7 @@ fn audit_only_conflict_keeps_its_reason() {
     assert!(
         decision
             .summary()
-            .starts_with("Audit only, nothing is written: Not placed: no cluster is allowed")
+            .starts_with("Audit only, nothing is written: would not be placed: no cluster is")
     );
 }
 
@@ -616,7 +636,10 @@ fn mixed_enforce_and_audit_yields_findings_for_targets() {
     let policies = vec![
         policy("apac-to-zurich", &["AU", "NZ"], &["CH/zurich", "RU"]),
         audit(policy("apac-audit", &["AU", "NZ", "JP"], &["RU"])),
-        audit(with_selector(policy("gold-audit", &["NZ"], &[]), &[("tier", "gold")])),
+        audit(with_selector(
+            policy("gold-audit", &["NZ"], &[]),
+            &[("tier", "gold")],
+        )),
     ];
     let mut clusters = zurich_and_moscow();
     clusters[1].ready = false; // zrh-2 is not a target: no finding for it.
@@ -694,7 +717,10 @@ fn audit_policies_do_not_forbid_in_enforce_mode() {
 fn forbidden_reason_names_first_policy_and_counts_the_others() {
     let policies = vec![
         policy("c-policy", &["NZ"], &["CH"]),
-        with_selector(policy("b-policy", &["AU"], &["CH", "RU"]), &[("tier", "gold")]),
+        with_selector(
+            policy("b-policy", &["AU"], &["CH", "RU"]),
+            &[("tier", "gold")],
+        ),
         policy("a-policy", &["NZ", "AU"], &["CH"]),
         policy("d-policy", &["AU"], &["CH", "RU"]),
     ];
@@ -758,8 +784,16 @@ fn index_maps_countries_to_policies_by_enforcement() {
         engine.policies_governing("NZ", Enforcement::Enforce),
         vec!["a-au-nz"]
     );
-    assert!(engine.policies_governing("NZ", Enforcement::Audit).is_empty());
-    assert!(engine.policies_governing("BD", Enforcement::Enforce).is_empty());
+    assert!(
+        engine
+            .policies_governing("NZ", Enforcement::Audit)
+            .is_empty()
+    );
+    assert!(
+        engine
+            .policies_governing("BD", Enforcement::Enforce)
+            .is_empty()
+    );
     assert_eq!(
         engine.policy_names().collect::<Vec<_>>(),
         vec!["a-au-nz", "m-au-audit", "z-au"]
@@ -858,12 +892,14 @@ fn input_order_does_not_matter() {
     let first = decide(&policies, &clusters, &workload(&["AU", "DE"]));
     policies.reverse();
     clusters.reverse();
-    assert_eq!(first, decide(&policies, &clusters, &workload(&["DE", "AU"])));
-    assert_eq!(first.governing_policies, vec![
-        "apac-audit",
-        "apac-to-zurich",
-        "europe-to-zurich"
-    ]);
+    assert_eq!(
+        first,
+        decide(&policies, &clusters, &workload(&["DE", "AU"]))
+    );
+    assert_eq!(
+        first.governing_policies,
+        vec!["apac-audit", "apac-to-zurich", "europe-to-zurich"]
+    );
 }
 
 #[test]
@@ -895,7 +931,10 @@ fn decision_serializes_with_camel_case_keys() {
     assert_eq!(json["mode"], "Enforce");
     assert_eq!(json["outcome"]["type"], "Placeable");
     assert_eq!(json["targets"], serde_json::json!(["zrh-1"]));
-    assert_eq!(json["governingPolicies"], serde_json::json!(["apac-to-zurich"]));
+    assert_eq!(
+        json["governingPolicies"],
+        serde_json::json!(["apac-to-zurich"])
+    );
     assert_eq!(json["auditFindings"], serde_json::json!([]));
     assert_eq!(json["clusters"][0]["verdict"]["type"], "Forbidden");
     assert_eq!(
@@ -910,7 +949,10 @@ fn decision_serializes_with_camel_case_keys() {
     );
     let json = serde_json::to_value(&conflict).unwrap();
     assert_eq!(json["outcome"]["type"], "Conflict");
-    assert_eq!(json["outcome"]["policies"][0]["allows"], serde_json::json!(["msk-1"]));
+    assert_eq!(
+        json["outcome"]["policies"][0]["allows"],
+        serde_json::json!(["msk-1"])
+    );
 }
 
 #[test]

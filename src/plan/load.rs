@@ -97,10 +97,7 @@ fn collect_files(p: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<InputError
         for e in entries {
             if e.is_dir() {
                 collect_files(&e, files, errors);
-            } else if matches!(
-                e.extension().and_then(|x| x.to_str()),
-                Some("yaml" | "yml")
-            ) {
+            } else if matches!(e.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")) {
                 files.push(e);
             }
         }
@@ -161,7 +158,11 @@ pub(crate) fn load_text(file: &Path, text: &str, input: &mut Input, errors: &mut
             input.skipped.push(format!(
                 "{}: document {document}: skipped {} {kind}/{name} (not a residency.io object)",
                 file.display(),
-                if api_version.is_empty() { "<no apiVersion>" } else { api_version },
+                if api_version.is_empty() {
+                    "<no apiVersion>"
+                } else {
+                    api_version
+                },
             ));
             continue;
         }
@@ -308,7 +309,8 @@ spec:
 
     #[test]
     fn reads_documents_and_skips_other_kinds() {
-        let text = format!("{POLICY}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: x}}\n---\n");
+        let text =
+            format!("{POLICY}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: x}}\n---\n");
         let (input, errors) = load_str(&text);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(input.policies.len(), 1);
@@ -321,7 +323,12 @@ spec:
         let (_, errors) = load_str(&text);
         assert_eq!(errors.len(), 1, "{errors:?}");
         let e = errors[0].to_string();
-        assert!(e.starts_with("t.yaml: document 2 (ResidencyPolicy/apac-to-zurich): spec.countries[1]:"), "{e}");
+        assert!(
+            e.starts_with(
+                "t.yaml: document 2 (ResidencyPolicy/apac-to-zurich): spec.countries[1]:"
+            ),
+            "{e}"
+        );
         assert!(e.contains("'UK' is not an assigned"), "{e}");
     }
 
@@ -339,7 +346,11 @@ spec:
         let (_, errors) = load_str(&text);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].path.as_deref(), Some("spec"));
-        assert!(errors[0].message.contains("allowedLocations, clusterSelector"));
+        assert!(
+            errors[0]
+                .message
+                .contains("allowedLocations, clusterSelector")
+        );
     }
 
     #[test]
@@ -352,11 +363,19 @@ spec:
 
     #[test]
     fn a_later_definition_replaces_an_earlier_one() {
-        let text = format!("{POLICY}---\n{}", POLICY.replace("region: zurich", "region: geneva"));
+        let text = format!(
+            "{POLICY}---\n{}",
+            POLICY.replace("region: zurich", "region: geneva")
+        );
         let (input, errors) = load_str(&text);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(input.policies.len(), 1);
-        assert_eq!(input.policies[0].spec.allowed_locations[0].region.as_deref(), Some("geneva"));
+        assert_eq!(
+            input.policies[0].spec.allowed_locations[0]
+                .region
+                .as_deref(),
+            Some("geneva")
+        );
         assert!(input.skipped[0].contains("replaces its earlier definition"));
     }
 

@@ -59,6 +59,8 @@ build() {
     rm -rf "$dir.tmp"; mkdir -p "$dir.tmp"
     (cd "$HERE/gomod/$name" &&
       run_with_progress "$name $version" go build -trimpath -pgo=off -ldflags "-s -w $ldflags" -o "$dir.tmp/" "$@")
+    # etcd's main package is called "server"; give the binary its real name
+    if [[ -f "$dir.tmp/server" ]]; then mv "$dir.tmp/server" "$dir.tmp/etcd"; fi
     touch "$dir.tmp/.complete"
     rm -rf "$dir"; mv "$dir.tmp" "$dir"
   fi
@@ -94,8 +96,6 @@ main() {
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
   build kwok "$KWOK_VERSION" "" sigs.k8s.io/kwok/cmd/kwok
   build helm "$HELM_VERSION" "$(helm_ldflags)" helm.sh/helm/v3/cmd/helm
-  # etcd's main package builds as "v3"; give it its real name.
-  [[ -e "$CACHE/bin/v3" ]] && { ln -sfn "$(readlink "$CACHE/bin/v3")" "$CACHE/bin/etcd"; rm -f "$CACHE/bin/v3"; }
   # kwok needs its stage definitions, shipped in its module.
   local kwokdir
   kwokdir="$(cd "$HERE/gomod/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)"

@@ -236,6 +236,13 @@ options:
   manageAllNodes: true
   cidr: 10.200.0.1/16
   nodeIP: 10.201.0.1
+  podPlayStageParallelism: 4
+  nodePlayStageParallelism: 4
+  nodeLeaseParallelism: 4
+  nodeLeaseDurationSeconds: 40
+  podsOnNodeSyncParallelism: 1
+  enablePodsOnNodeSyncListPager: true
+  enablePodsOnNodeSyncStreamWatch: true
 EOF
     local s
     for s in "$CACHE/kwok-stages-$KWOK_VERSION"/*.yaml; do echo "---"; cat "$s"; done

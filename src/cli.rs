@@ -20,6 +20,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the operator against a management cluster (kubeconfig or in-cluster config).
+    Run(RunArgs),
     /// Print every CustomResourceDefinition as YAML, or write one file per CRD into a directory.
     Crds {
         /// Write `<plural>.<group>.yaml` files into this directory instead of printing.
@@ -39,6 +41,41 @@ pub enum Command {
     },
 }
 
+/// Options of `run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Kubeconfig of the management cluster (default: in-cluster config, then $KUBECONFIG).
+    #[arg(long, env = "RESIDENCY_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Context in the kubeconfig (default: its current context).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// The operator's namespace: member kubeconfig Secrets are read only from here.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "residency-system")]
+    pub namespace: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub http_addr: std::net::SocketAddr,
+    /// Maximum concurrent reconciles per controller.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: u16,
+    /// Seconds between member probes (reachability and location attestation).
+    #[arg(long, default_value_t = 10)]
+    pub probe_interval: u64,
+    /// Allow member kubeconfigs with exec or auth-provider plugins.
+    #[arg(long)]
+    pub allow_exec_plugins: bool,
+    /// Allow member kubeconfigs with insecure-skip-tls-verify or plain http.
+    #[arg(long)]
+    pub allow_insecure_tls: bool,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
+    pub log_format: crate::telemetry::LogFormat,
+    /// Exit when standard input closes (lets a test harness own the process).
+    #[arg(long, hide = true)]
+    pub exit_on_stdin_close: bool,
+}
+
 /// Output formats of `plan`.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum Format {
@@ -51,6 +88,13 @@ pub enum Format {
 /// Runs a command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Run(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(run_operator(args))?;
+            Ok(0)
+        }
         Command::Crds { output_dir } => {
             write_crds(output_dir)?;
             Ok(0)
@@ -61,6 +105,63 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(crate::plan::run(&files, output == Format::Json, &mut out)?)
         }
     }
+}
+
+async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    crate::telemetry::init(args.log_format);
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+            let options = kube::config::KubeConfigOptions {
+                context: args.context.clone(),
+                ..Default::default()
+            };
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    let client = kube::Client::try_from(config)?;
+    let settings = crate::controller::Settings {
+        namespace: args.namespace.clone(),
+        connection_policy: crate::fleet::kubeconfig::ConnectionPolicy {
+            allow_exec: args.allow_exec_plugins,
+            allow_insecure_tls: args.allow_insecure_tls,
+        },
+        probe_interval: std::time::Duration::from_secs(args.probe_interval.max(1)),
+        concurrency: args.concurrency.max(1),
+        ..Default::default()
+    };
+    let metrics = crate::metrics::Metrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let http_state = crate::http::HttpState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(crate::http::serve(args.http_addr, http_state, async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    }));
+    if args.exit_on_stdin_close {
+        // a plain thread: a blocking read must not occupy the async runtime
+        std::thread::spawn(|| {
+            use std::io::Read;
+            let mut buf = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+            tracing::info!("standard input closed; exiting");
+            std::process::exit(0);
+        });
+    }
+    tracing::info!(namespace = %args.namespace, "starting residency-operator");
+    let result = crate::controller::runner::run(client, settings, metrics, ready).await;
+    let _ = stop_tx.send(true);
+    let _ = http.await;
+    result?;
+    Ok(())
 }
 
 fn write_crds(dir: Option<PathBuf>) -> anyhow::Result<()> {

@@ -5,6 +5,13 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
+pub mod desired;
 pub mod facts;
+pub mod fleet;
+pub mod http;
+pub mod metrics;
 pub mod placement;
 pub mod plan;
+pub mod readiness;
+pub mod telemetry;

@@ -201,6 +201,9 @@ pub struct ResidentWorkloadStatus {
     /// The placement decision for every member cluster, with its reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clusters: Vec<ClusterDecision>,
+    /// The policies governing the workload's countries, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub governing_policies: Vec<String>,
 }
 
 /// The decision for one member cluster.

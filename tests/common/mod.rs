@@ -8,6 +8,8 @@
 //! - `RESIDENCY_MEMBER_REGIONS`: `context=region,...`, e.g. `zrh-1=eu-central-2,msk-1=ru-central-1`
 #![allow(dead_code)]
 
+pub mod operator;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -114,4 +116,110 @@ pub fn unique(prefix: &str) -> String {
         std::process::id() % 100_000,
         nanos % 0xfffff
     )
+}
+
+impl Fleet {
+    /// A standalone kubeconfig (YAML) holding only `context`, with credentials embedded: what
+    /// goes into a member's kubeconfig Secret.
+    pub fn kubeconfig_for(&self, context: &str) -> String {
+        let mut k = self.kubeconfig.clone();
+        let ctx = k
+            .contexts
+            .iter()
+            .find(|c| c.name == context)
+            .cloned()
+            .unwrap_or_else(|| panic!("no context {context}"));
+        let inner = ctx.context.clone().expect("context body");
+        k.contexts.retain(|c| c.name == context);
+        k.clusters.retain(|c| c.name == inner.cluster);
+        k.auth_infos
+            .retain(|a| Some(&a.name) == inner.user.as_ref());
+        k.current_context = Some(context.to_string());
+        serde_yaml::to_string(&k).expect("kubeconfig to YAML")
+    }
+
+    /// Path of the kubeconfig file.
+    pub fn kubeconfig_path() -> String {
+        std::env::var("RESIDENCY_KUBECONFIG")
+            .or_else(|_| std::env::var("KUBECONFIG"))
+            .unwrap_or_else(|_| panic!("RESIDENCY_KUBECONFIG is not set: {HOW}"))
+    }
+}
+
+/// The documents of a YAML file, as dynamic objects.
+pub fn documents(path: &std::path::Path) -> Vec<kube::api::DynamicObject> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .map(|v| serde_yaml::from_value(v).unwrap())
+        .collect()
+}
+
+/// A path in the repository.
+pub fn repo(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// The YAML files of a directory (or the file itself), sorted.
+pub fn yaml_files(path: &str) -> Vec<std::path::PathBuf> {
+    let p = repo(path);
+    if p.is_file() {
+        return vec![p];
+    }
+    let mut files: Vec<_> = std::fs::read_dir(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The typed API of a dynamic object's kind (namespaced ones in their namespace, or `default_ns`).
+pub async fn dynamic_api(
+    client: &Client,
+    obj: &kube::api::DynamicObject,
+    default_ns: &str,
+) -> Result<kube::Api<kube::api::DynamicObject>, kube::Error> {
+    use kube::ResourceExt;
+    let types = obj.types.as_ref().expect("apiVersion and kind");
+    let gvk = kube::core::GroupVersionKind::try_from(types).expect("valid apiVersion");
+    let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await?;
+    Ok(match caps.scope {
+        kube::discovery::Scope::Namespaced => {
+            let ns = obj.namespace().unwrap_or_else(|| default_ns.to_string());
+            kube::Api::namespaced_with(client.clone(), &ns, &ar)
+        }
+        kube::discovery::Scope::Cluster => kube::Api::all_with(client.clone(), &ar),
+    })
+}
+
+/// Server-side applies every document of the YAML files under `path` (a file or directory).
+pub async fn apply_path(client: &Client, path: &str) {
+    use kube::ResourceExt;
+    for file in yaml_files(path) {
+        for doc in documents(&file) {
+            let api = dynamic_api(client, &doc, "default")
+                .await
+                .expect("discovery");
+            api.patch(
+                &doc.name_any(),
+                &kube::api::PatchParams::apply("residency-tests").force(),
+                &kube::api::Patch::Apply(&doc),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{}: apply {}: {e}", file.display(), doc.name_any()));
+        }
+    }
+}
+
+impl Fleet {
+    /// The client of the seed member `cluster` (`zrh-1`, ...): its context is the cluster name
+    /// with `RESIDENCY_CONTEXT_PREFIX` in front (empty for the local fleet, `kind-` for kind).
+    pub async fn member(&self, cluster: &str) -> Client {
+        let prefix = std::env::var("RESIDENCY_CONTEXT_PREFIX").unwrap_or_default();
+        self.client(&format!("{prefix}{cluster}")).await
+    }
 }

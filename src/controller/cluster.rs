@@ -1,0 +1,274 @@
+//! The MemberCluster reconciler: connect, probe, attest the location, report.
+//!
+//! Every `probe_interval` it connects to the member (its own cluster, or a kubeconfig Secret in
+//! the operator's namespace), reads `/version` and the nodes' region labels, and records
+//! whether the member is reachable and where its nodes are. Status is written only when it
+//! changes. Credentials are never logged.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{Context, Error, Result};
+use crate::api::conditions::{self, Desired, Status, types};
+use crate::api::{FIELD_MANAGER, MemberCluster, MemberClusterStatus};
+use crate::fleet::attest::{self, NodeInfo, REGION_LABEL};
+use crate::fleet::kubeconfig::config_from_kubeconfig;
+use crate::fleet::registry::Connection;
+
+const CONTROLLER: &str = "cluster";
+
+/// Why a member has no usable connection: a CamelCase reason and a message.
+struct Refused {
+    reason: &'static str,
+    message: String,
+}
+
+/// Reconciles one member cluster.
+pub async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let start = Instant::now();
+    let name = mc.name_any();
+    if mc.metadata.deletion_timestamp.is_some() {
+        ctx.fleet.remove(&name);
+        return Ok(Action::await_change());
+    }
+    let previous = mc.status.clone().unwrap_or_default();
+    let mut status = MemberClusterStatus {
+        observed_generation: mc.metadata.generation,
+        ..Default::default()
+    };
+    let desired = match connect(&ctx, &mc).await {
+        Err(refused) => {
+            ctx.fleet.set(
+                &name,
+                Connection {
+                    client: None,
+                    reachable: false,
+                    fingerprint: String::new(),
+                    last_error: Some(refused.message.clone()),
+                },
+            );
+            vec![
+                Desired::new(types::READY, Status::False, refused.reason, refused.message),
+                Desired::new(
+                    types::LOCATION_VERIFIED,
+                    Status::Unknown,
+                    "NotConnected",
+                    "The location cannot be attested without a connection.",
+                ),
+            ]
+        }
+        Ok((client, fingerprint)) => match probe(&client).await {
+            Err(e) => {
+                let message = format!("Cannot reach the API server: {e}");
+                ctx.fleet.set(
+                    &name,
+                    Connection {
+                        client: Some(client),
+                        reachable: false,
+                        fingerprint,
+                        last_error: Some(e.to_string()),
+                    },
+                );
+                // keep what was observed before: the cluster did not change, we just cannot see it
+                status.kubernetes_version = previous.kubernetes_version.clone();
+                status.observed_node_regions = previous.observed_node_regions.clone();
+                status.node_count = previous.node_count;
+                vec![
+                    Desired::new(types::READY, Status::False, "Unreachable", message),
+                    Desired::new(
+                        types::LOCATION_VERIFIED,
+                        Status::Unknown,
+                        "Unreachable",
+                        "The nodes cannot be read while the cluster is unreachable.",
+                    ),
+                ]
+            }
+            Ok((version, nodes)) => {
+                ctx.fleet.set(
+                    &name,
+                    Connection {
+                        client: Some(client),
+                        reachable: true,
+                        fingerprint,
+                        last_error: None,
+                    },
+                );
+                let a = attest::attest(&mc.spec.attestation.node_regions, &nodes);
+                status.kubernetes_version = Some(version.clone());
+                status.observed_node_regions = a.observed_regions.clone();
+                status.node_count = Some(i32::try_from(a.node_count).unwrap_or(i32::MAX));
+                status.unverified_nodes = a.unverified_nodes.clone();
+                vec![
+                    Desired::new(
+                        types::READY,
+                        Status::True,
+                        "Connected",
+                        format!("Reachable; Kubernetes {version}."),
+                    ),
+                    Desired::new(
+                        types::LOCATION_VERIFIED,
+                        Status::from(a.verified),
+                        a.reason,
+                        a.message,
+                    ),
+                ]
+            }
+        },
+    };
+    status.conditions = conditions::merge(
+        &previous.conditions,
+        &desired,
+        mc.metadata.generation,
+        Timestamp::now(),
+    );
+    let ready = conditions::is_true(&status.conditions, types::READY);
+    let verified = conditions::is_true(&status.conditions, types::LOCATION_VERIFIED);
+    ctx.metrics.member_health(&name, ready, verified);
+    if status != previous {
+        info!(cluster = %name, ready, verified, "member status changed");
+        let api: Api<MemberCluster> = Api::all(ctx.client.clone());
+        let patch = json!({"apiVersion": "residency.io/v1alpha1", "kind": "MemberCluster", "status": status});
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .map_err(Error::mgmt(format!("patch status of MemberCluster {name}")))?;
+    }
+    ctx.metrics.reconciled(CONTROLLER, start.elapsed());
+    Ok(Action::requeue(ctx.settings.probe_interval))
+}
+
+/// Logs, counts and requeues with backoff.
+pub fn error_policy(mc: Arc<MemberCluster>, err: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!("cluster/{}", mc.name_any());
+    warn!(cluster = %mc.name_any(), category = err.category(), error = %err, "probe failed");
+    ctx.metrics.failed(CONTROLLER, err.category());
+    Action::requeue(ctx.backoff.next(&key))
+}
+
+/// A client for the member, reusing the previous one while its configuration is unchanged.
+async fn connect(ctx: &Context, mc: &MemberCluster) -> Result<(Client, String), Refused> {
+    let name = mc.name_any();
+    if mc.spec.connection.local.is_some() {
+        return Ok((ctx.client.clone(), "local".into()));
+    }
+    let Some(secret_ref) = mc.spec.connection.kubeconfig_secret_ref.as_ref() else {
+        return Err(Refused {
+            reason: "NoConnection",
+            message: "Set connection.local or connection.kubeconfigSecretRef.".into(),
+        });
+    };
+    let ns = &ctx.settings.namespace;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let secret = secrets
+        .get_opt(&secret_ref.name)
+        .await
+        .map_err(|e| Refused {
+            reason: "SecretUnreadable",
+            message: format!("Cannot read Secret {ns}/{}: {e}", secret_ref.name),
+        })?;
+    let Some(secret) = secret else {
+        return Err(Refused {
+            reason: "SecretNotFound",
+            message: format!(
+                "Secret {ns}/{} does not exist; create it with the member's kubeconfig under key '{}'.",
+                secret_ref.name, secret_ref.key
+            ),
+        });
+    };
+    let fingerprint = format!(
+        "{}/{}/{}",
+        secret.resource_version().unwrap_or_default(),
+        secret_ref.key,
+        mc.metadata.generation.unwrap_or_default()
+    );
+    if let Some(existing) = ctx.fleet.get(&name)
+        && existing.fingerprint == fingerprint
+        && let Some(client) = existing.client
+    {
+        return Ok((client, fingerprint));
+    }
+    let Some(bytes) = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&secret_ref.key))
+        .map(|b| b.0.clone())
+    else {
+        return Err(Refused {
+            reason: "KubeconfigKeyMissing",
+            message: format!(
+                "Secret {ns}/{} has no key '{}'.",
+                secret_ref.name, secret_ref.key
+            ),
+        });
+    };
+    let config = config_from_kubeconfig(&bytes, ctx.settings.connection_policy)
+        .await
+        .map_err(|e| Refused {
+            reason: connection_reason(e.category()),
+            message: format!("Kubeconfig in Secret {ns}/{} refused: {e}", secret_ref.name),
+        })?;
+    let client = Client::try_from(config).map_err(|e| Refused {
+        reason: "InvalidKubeconfig",
+        message: format!(
+            "Kubeconfig in Secret {ns}/{} unusable: {e}",
+            secret_ref.name
+        ),
+    })?;
+    Ok((client, fingerprint))
+}
+
+/// CamelCase condition reason from a connection error category (`exec_plugin_refused` ->
+/// `ExecPluginRefused`).
+fn connection_reason(category: &str) -> &'static str {
+    match category {
+        "exec_plugin_refused" => "ExecPluginRefused",
+        "insecure_tls_refused" => "InsecureTlsRefused",
+        "no_current_context" | "missing_entry" | "parse" => "InvalidKubeconfig",
+        _ => "InvalidKubeconfig",
+    }
+}
+
+/// Reads the version and the nodes' regions. Any failure means "unreachable".
+async fn probe(client: &Client) -> Result<(String, Vec<NodeInfo>), kube::Error> {
+    let version = client.apiserver_version().await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let list = nodes.list_metadata(&ListParams::default()).await?;
+    let infos = list
+        .items
+        .iter()
+        .map(|n| NodeInfo {
+            name: n.name_any(),
+            region: n.labels().get(REGION_LABEL).cloned(),
+        })
+        .collect();
+    Ok((version.git_version, infos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_reason;
+
+    #[test]
+    fn reasons_are_camel_case() {
+        assert_eq!(
+            connection_reason("exec_plugin_refused"),
+            "ExecPluginRefused"
+        );
+        assert_eq!(
+            connection_reason("insecure_tls_refused"),
+            "InsecureTlsRefused"
+        );
+        assert_eq!(connection_reason("anything"), "InvalidKubeconfig");
+    }
+}

@@ -1,0 +1,192 @@
+//! The reconcilers and their shared context.
+//!
+//! - `cluster`: connects to each MemberCluster, probes it and attests its location (status).
+//! - `workload`: places each ResidentWorkload on its target clusters and relocates it, make
+//!   before break, when they change.
+//! - `policy`: reports what each ResidencyPolicy matches.
+//!
+//! The workload controller is event-driven: changes to policies and member clusters trigger
+//! exactly the workloads they can affect (watch mappers over the reflector caches below).
+
+pub mod cluster;
+pub mod policy;
+pub mod runner;
+pub mod status;
+pub mod workload;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
+
+use crate::api::{MemberCluster, ResidencyPolicy, ResidentWorkload};
+use crate::fleet::kubeconfig::{ConnectionError, ConnectionPolicy};
+use crate::fleet::member::MemberError;
+use crate::fleet::registry::Fleet;
+use crate::metrics::Metrics;
+
+/// Errors of the reconcilers.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the management cluster failed.
+    #[error("management cluster: {action}: {source}")]
+    Mgmt {
+        /// What was being done.
+        action: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A call to a member cluster failed.
+    #[error(transparent)]
+    Member(#[from] MemberError),
+    /// A member's connection could not be configured.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// Cleanup cannot finish yet.
+    #[error("cleanup blocked: {0}")]
+    CleanupBlocked(String),
+    /// The finalizer machinery failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    /// Stable category, used as metric label and Event reason.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Mgmt { .. } => "mgmt_api",
+            Error::Member(e) => e.category(),
+            Error::Connection(e) => e.category(),
+            Error::CleanupBlocked(_) => "cleanup_blocked",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+
+    pub(crate) fn mgmt(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+        let action = action.into();
+        move |source| Error::Mgmt { action, source }
+    }
+}
+
+/// Result alias of the reconcilers.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Settings of the running operator.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespace holding the members' kubeconfig Secrets.
+    pub namespace: String,
+    /// What member kubeconfigs may use.
+    pub connection_policy: ConnectionPolicy,
+    /// How often members are probed.
+    pub probe_interval: Duration,
+    /// How often a workload with work in flight is re-checked.
+    pub progress_interval: Duration,
+    /// How often a settled workload is re-checked (reads only).
+    pub resync_interval: Duration,
+    /// Maximum concurrent reconciles per controller.
+    pub concurrency: u16,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            namespace: "residency-system".into(),
+            connection_policy: ConnectionPolicy::default(),
+            probe_interval: Duration::from_secs(10),
+            progress_interval: Duration::from_secs(2),
+            resync_interval: Duration::from_secs(300),
+            concurrency: 8,
+        }
+    }
+}
+
+/// Everything a reconciler needs.
+pub struct Context {
+    /// Client of the management cluster.
+    pub client: Client,
+    /// Member connections.
+    pub fleet: Arc<Fleet>,
+    /// Cache of MemberClusters.
+    pub clusters: Store<MemberCluster>,
+    /// Cache of ResidencyPolicies.
+    pub policies: Store<ResidencyPolicy>,
+    /// Cache of ResidentWorkloads.
+    pub workloads: Store<ResidentWorkload>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Settings.
+    pub settings: Settings,
+    /// Set once every controller runs.
+    pub ready: Arc<AtomicBool>,
+    /// Per-object error backoff.
+    pub backoff: Backoff,
+}
+
+impl Context {
+    /// True once the cluster and policy caches hold a full list: before that, a decision could
+    /// see too few clusters or policies.
+    pub fn synced(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The event reporter of the operator.
+    pub fn reporter() -> Reporter {
+        Reporter {
+            controller: "residency-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        }
+    }
+}
+
+/// Backoff for failed reconciles: exponential per object, from 1 s up to 5 min.
+#[derive(Default)]
+pub struct Backoff {
+    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl Backoff {
+    /// The delay before retrying `key` after another failure.
+    pub fn next(&self, key: &str) -> Duration {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = f.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        backoff_delay(*n)
+    }
+
+    /// Forgets `key`'s failures after a success.
+    pub fn reset(&self, key: &str) {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        f.remove(key);
+    }
+}
+
+/// 1 s, 2 s, 4 s, ... capped at 300 s.
+pub fn backoff_delay(failures: u32) -> Duration {
+    let secs = 1u64 << failures.saturating_sub(1).min(9);
+    Duration::from_secs(secs.min(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff_delay(1), Duration::from_secs(1));
+        assert_eq!(backoff_delay(2), Duration::from_secs(2));
+        assert_eq!(backoff_delay(5), Duration::from_secs(16));
+        assert_eq!(backoff_delay(30), Duration::from_secs(300));
+        let b = Backoff::default();
+        assert_eq!(b.next("a"), Duration::from_secs(1));
+        assert_eq!(b.next("a"), Duration::from_secs(2));
+        b.reset("a");
+        assert_eq!(b.next("a"), Duration::from_secs(1));
+    }
+}

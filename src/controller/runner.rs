@@ -1,0 +1,131 @@
+//! Wiring: caches, watches with mappers, the three controllers, graceful shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::Api;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::Recorder;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, CustomResourceExt, ResourceExt};
+use tracing::info;
+
+use super::{Backoff, Context, Settings, cluster, policy, workload};
+use crate::api::{MemberCluster, ResidencyPolicy, ResidentWorkload};
+use crate::fleet::registry::Fleet;
+use crate::metrics::Metrics;
+
+/// Why the operator cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A CRD is not installed.
+    #[error(
+        "CustomResourceDefinition {0} is not installed on the management cluster: install the CRDs first (kubectl apply --server-side -f crds/)"
+    )]
+    CrdMissing(String),
+    /// The management cluster could not be asked.
+    #[error("cannot check the CRDs on the management cluster: {0}")]
+    Mgmt(#[source] kube::Error),
+}
+
+impl StartError {
+    /// Stable category.
+    pub fn category(&self) -> &'static str {
+        match self {
+            StartError::CrdMissing(_) => "crd_missing",
+            StartError::Mgmt(_) => "mgmt_api",
+        }
+    }
+}
+
+/// Fails fast when a CRD is missing.
+pub async fn check_crds(client: &Client) -> Result<(), StartError> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [
+        MemberCluster::crd(),
+        ResidencyPolicy::crd(),
+        ResidentWorkload::crd(),
+    ] {
+        let name = crd.name_any();
+        if api
+            .get_opt(&name)
+            .await
+            .map_err(StartError::Mgmt)?
+            .is_none()
+        {
+            return Err(StartError::CrdMissing(name));
+        }
+    }
+    Ok(())
+}
+
+/// Runs the controllers until SIGTERM or SIGINT; running reconciles finish first.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+) -> Result<(), StartError> {
+    check_crds(&client).await?;
+    let wc = watcher::Config::default();
+    let config = controller::Config::default().concurrency(settings.concurrency);
+
+    let (clusters, cluster_writer) = reflector::store::<MemberCluster>();
+    let cluster_events = watcher(Api::<MemberCluster>::all(client.clone()), wc.clone())
+        .default_backoff()
+        .reflect(cluster_writer)
+        .touched_objects();
+    let (policies, policy_writer) = reflector::store::<ResidencyPolicy>();
+    let policy_events = watcher(Api::<ResidencyPolicy>::all(client.clone()), wc.clone())
+        .default_backoff()
+        .reflect(policy_writer)
+        .touched_objects();
+
+    let workloads_ctrl = Controller::new(Api::<ResidentWorkload>::all(client.clone()), wc.clone())
+        .with_config(config.clone());
+    let workloads = workloads_ctrl.store();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        fleet: Arc::new(Fleet::default()),
+        clusters: clusters.clone(),
+        policies: policies.clone(),
+        workloads: workloads.clone(),
+        metrics,
+        recorder: Recorder::new(client.clone(), Context::reporter()),
+        settings,
+        ready: ready.clone(),
+        backoff: Backoff::default(),
+    });
+
+    let (w1, w2, p2) = (workloads.clone(), workloads, policies.clone());
+    let workload_loop = workloads_ctrl
+        .watches_stream(policy_events, move |p| workload::map_policy(&w1, &p))
+        .watches_stream(cluster_events, move |c| workload::map_cluster(&w2, &p2, &c))
+        .shutdown_on_signal()
+        .run(workload::reconcile, workload::error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+    let cluster_loop = Controller::new(Api::<MemberCluster>::all(client.clone()), wc.clone())
+        .with_config(config.clone())
+        .shutdown_on_signal()
+        .run(cluster::reconcile, cluster::error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+    let policy_loop = Controller::new(Api::<ResidencyPolicy>::all(client.clone()), wc)
+        .with_config(config)
+        .shutdown_on_signal()
+        .run(policy::reconcile, policy::error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+    // The only waiter on these two stores: a store wakes just one concurrent waiter, so the
+    // reconcilers check `ctx.ready` instead of waiting themselves. The workload store belongs to
+    // its controller, which waits for it before reconciling.
+    let readiness = async move {
+        let _ = clusters.wait_until_ready().await;
+        let _ = policies.wait_until_ready().await;
+        ready.store(true, Ordering::Relaxed);
+        info!("caches synced; controllers running");
+    };
+    tokio::join!(workload_loop, cluster_loop, policy_loop, readiness);
+    info!("controllers stopped");
+    Ok(())
+}

@@ -1,0 +1,516 @@
+//! Pure status computation for ResidentWorkloads: which clusters a workload leaves, when it may
+//! leave them (make before break), and its conditions. No client, fully unit-tested.
+
+use crate::api::conditions::{Desired, Status, types};
+use crate::api::resident_workload::{ClusterDecision, Placement};
+use crate::placement::{Decision, Ineligibility, Mode, Verdict};
+
+/// Placement states as they appear in `status.placements[].state`.
+pub mod state {
+    /// Applied; not every object is ready yet.
+    pub const APPLIED: &str = "Applied";
+    /// Every object is ready.
+    pub const READY: &str = "Ready";
+    /// The workload leaves this cluster once every target is Ready.
+    pub const EVICTING: &str = "Evicting";
+    /// Removed, but its volumes were kept (labelled `residency.io/retained=true`).
+    pub const RETAINED: &str = "Retained";
+    /// The cluster could not be reached; its copy is kept until it can be.
+    pub const UNKNOWN: &str = "Unknown";
+    /// The member refused an object.
+    pub const FAILED: &str = "Failed";
+}
+
+/// Clusters that hold a copy (per the previous status) but are no longer targets, and that the
+/// workload must leave. A cluster that is still allowed and merely not Ready keeps its copy: it
+/// is probably coming back, and nothing can be removed from an unreachable cluster anyway.
+/// Clusters whose copy was already removed with its volumes retained are not listed.
+pub fn leaving(decision: &Decision, previous: &[Placement]) -> Vec<String> {
+    let mut out: Vec<String> = previous
+        .iter()
+        .filter(|p| p.state != state::RETAINED)
+        .filter(|p| !decision.targets.contains(&p.cluster))
+        .filter(|p| {
+            !matches!(
+                decision.verdict(&p.cluster).map(|v| &v.verdict),
+                Some(Verdict::AllowedNotEligible { because }) if because == &[Ineligibility::NotReady]
+            )
+        })
+        .map(|p| p.cluster.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Make before break: the workload may leave other clusters only when it has at least one
+/// target and is Ready on every target.
+pub fn may_evict(decision: &Decision, placements: &[Placement]) -> bool {
+    !decision.targets.is_empty()
+        && decision.targets.iter().all(|t| {
+            placements
+                .iter()
+                .any(|p| &p.cluster == t && p.state == state::READY)
+        })
+}
+
+/// The per-cluster decisions for status.
+pub fn cluster_decisions(decision: &Decision) -> Vec<ClusterDecision> {
+    decision
+        .clusters
+        .iter()
+        .map(|c| ClusterDecision {
+            name: c.name.clone(),
+            verdict: match c.verdict {
+                Verdict::Target => "Target",
+                Verdict::AllowedNotEligible { .. } => "AllowedNotEligible",
+                Verdict::Forbidden => "Forbidden",
+            }
+            .to_string(),
+            reason: c.reason.clone(),
+        })
+        .collect()
+}
+
+fn list(names: &[String]) -> String {
+    names.join(", ")
+}
+
+/// The conditions of a workload with a valid spec: Ready, Reconciling, Stalled, Compliant.
+pub fn conditions(decision: &Decision, placements: &[Placement]) -> Vec<Desired> {
+    let forbidden_copies: Vec<String> = placements
+        .iter()
+        .filter(|p| !decision.allowed.contains(&p.cluster))
+        .map(|p| {
+            if p.state == state::RETAINED {
+                format!("{} (retained volumes)", p.cluster)
+            } else {
+                p.cluster.clone()
+            }
+        })
+        .collect();
+    let compliant = if !decision.is_placeable() {
+        Desired::new(
+            types::COMPLIANT,
+            Status::False,
+            decision.reason(),
+            decision.summary(),
+        )
+    } else if !forbidden_copies.is_empty() {
+        Desired::new(
+            types::COMPLIANT,
+            Status::False,
+            "ForbiddenCopies",
+            format!(
+                "Data of this workload is still on {}, which the policies do not allow; {}",
+                list(&forbidden_copies),
+                if placements.iter().any(|p| p.state == state::RETAINED) {
+                    "retained volumes must be copied or deleted by an operator, then their PVCs deleted."
+                } else {
+                    "it is removed once the workload is Ready on its targets."
+                }
+            ),
+        )
+    } else {
+        Desired::new(
+            types::COMPLIANT,
+            Status::True,
+            "Compliant",
+            decision.summary(),
+        )
+    };
+
+    if decision.mode == Mode::Audit {
+        return vec![
+            Desired::new(
+                types::READY,
+                Status::True,
+                "AuditOnly",
+                format!(
+                    "Governed only by Audit policies: nothing is written to members. {}",
+                    decision.summary()
+                ),
+            ),
+            Desired::new(
+                types::RECONCILING,
+                Status::False,
+                "AuditOnly",
+                "Nothing to do in Audit mode.",
+            ),
+            Desired::new(
+                types::STALLED,
+                Status::False,
+                "AuditOnly",
+                "Nothing to do in Audit mode.",
+            ),
+            compliant,
+        ];
+    }
+    if !decision.is_placeable() {
+        return vec![
+            Desired::new(
+                types::READY,
+                Status::False,
+                decision.reason(),
+                decision.summary(),
+            ),
+            Desired::new(
+                types::RECONCILING,
+                Status::False,
+                decision.reason(),
+                "Waiting for a policy or cluster change.",
+            ),
+            Desired::new(
+                types::STALLED,
+                Status::True,
+                decision.reason(),
+                decision.summary(),
+            ),
+            compliant,
+        ];
+    }
+    let unknown: Vec<String> = decision
+        .targets
+        .iter()
+        .filter(|t| {
+            placements
+                .iter()
+                .any(|p| &p.cluster == *t && p.state == state::UNKNOWN)
+        })
+        .cloned()
+        .collect();
+    let failed: Vec<&Placement> = placements
+        .iter()
+        .filter(|p| p.state == state::FAILED)
+        .collect();
+    let waiting: Vec<String> = decision
+        .targets
+        .iter()
+        .filter_map(|t| {
+            let p = placements.iter().find(|p| &p.cluster == t)?;
+            (p.state != state::READY).then(|| {
+                let pending: Vec<String> = p
+                    .objects
+                    .iter()
+                    .filter(|o| !o.ready)
+                    .map(|o| {
+                        if o.message.is_empty() {
+                            format!("{} {}", o.kind, o.name)
+                        } else {
+                            format!("{} {}: {}", o.kind, o.name, o.message)
+                        }
+                    })
+                    .collect();
+                if pending.is_empty() {
+                    format!("{t}: {}", p.message)
+                } else {
+                    format!("{t}: {}", pending.join("; "))
+                }
+            })
+        })
+        .collect();
+    let evicting: Vec<String> = placements
+        .iter()
+        .filter(|p| p.state == state::EVICTING)
+        .map(|p| p.cluster.clone())
+        .collect();
+    let targets = list(&decision.targets);
+    if let Some(f) = failed.first() {
+        let msg = format!("{}: {}", f.cluster, f.message);
+        return vec![
+            Desired::new(types::READY, Status::False, "ApplyFailed", msg.clone()),
+            Desired::new(types::RECONCILING, Status::True, "ApplyFailed", msg.clone()),
+            Desired::new(
+                types::STALLED,
+                Status::False,
+                "ApplyFailed",
+                "Retrying with backoff.",
+            ),
+            compliant,
+        ];
+    }
+    if !unknown.is_empty() {
+        let msg = format!(
+            "Cannot reach {}; copies there are kept and the placement finishes when it is back.",
+            list(&unknown)
+        );
+        return vec![
+            Desired::new(
+                types::READY,
+                Status::False,
+                "ClusterUnreachable",
+                msg.clone(),
+            ),
+            Desired::new(types::RECONCILING, Status::True, "ClusterUnreachable", msg),
+            Desired::new(
+                types::STALLED,
+                Status::False,
+                "ClusterUnreachable",
+                "Waiting for the cluster.",
+            ),
+            compliant,
+        ];
+    }
+    if !waiting.is_empty() {
+        let msg = if evicting.is_empty() {
+            format!("Placing on {targets}; waiting for {}.", waiting.join("; "))
+        } else {
+            format!(
+                "Relocating from {} to {targets} (make before break); waiting for {}.",
+                list(&evicting),
+                waiting.join("; ")
+            )
+        };
+        return vec![
+            Desired::new(types::READY, Status::False, "Progressing", msg.clone()),
+            Desired::new(types::RECONCILING, Status::True, "Progressing", msg),
+            Desired::new(
+                types::STALLED,
+                Status::False,
+                "Progressing",
+                "Making progress.",
+            ),
+            compliant,
+        ];
+    }
+    if !evicting.is_empty() {
+        let msg = format!(
+            "Ready on {targets}; removing the copies on {}.",
+            list(&evicting)
+        );
+        return vec![
+            Desired::new(types::READY, Status::True, "Ready", msg.clone()),
+            Desired::new(types::RECONCILING, Status::True, "Evicting", msg),
+            Desired::new(
+                types::STALLED,
+                Status::False,
+                "Evicting",
+                "Making progress.",
+            ),
+            compliant,
+        ];
+    }
+    vec![
+        Desired::new(
+            types::READY,
+            Status::True,
+            "Ready",
+            format!("Ready on {targets}."),
+        ),
+        Desired::new(types::RECONCILING, Status::False, "Ready", "Up to date."),
+        Desired::new(types::STALLED, Status::False, "Ready", "Up to date."),
+        compliant,
+    ]
+}
+
+/// The conditions of a workload whose spec is invalid: nothing is applied anywhere.
+pub fn invalid_conditions(message: &str) -> Vec<Desired> {
+    let msg = format!("The spec is invalid, nothing is applied: {message}");
+    vec![
+        Desired::new(types::READY, Status::False, "InvalidSpec", msg.clone()),
+        Desired::new(
+            types::RECONCILING,
+            Status::False,
+            "InvalidSpec",
+            "Waiting for a spec change.",
+        ),
+        Desired::new(types::STALLED, Status::True, "InvalidSpec", msg.clone()),
+        Desired::new(types::COMPLIANT, Status::Unknown, "InvalidSpec", msg),
+    ]
+}
+
+/// True while the workload has work in flight (the controller then polls the members).
+pub fn in_progress(decision: &Decision, placements: &[Placement]) -> bool {
+    placements.iter().any(|p| {
+        matches!(
+            p.state.as_str(),
+            state::APPLIED | state::EVICTING | state::UNKNOWN | state::FAILED
+        )
+    }) || (decision.is_placeable()
+        && decision.mode == Mode::Enforce
+        && !decision
+            .targets
+            .iter()
+            .all(|t| placements.iter().any(|p| &p.cluster == t)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::resident_workload::ObjectStatus;
+    use crate::placement::{
+        ClusterFacts, Enforcement, Location, PolicyFacts, WorkloadFacts, decide,
+    };
+    use std::collections::BTreeSet;
+
+    fn cluster(name: &str, country: &str, region: &str, ready: bool) -> ClusterFacts {
+        ClusterFacts {
+            name: name.into(),
+            labels: Default::default(),
+            country: country.into(),
+            region: region.into(),
+            ready,
+            verified: true,
+            schedulable: true,
+        }
+    }
+
+    fn decision(allow: &str, zrh2_ready: bool) -> Decision {
+        let policy = PolicyFacts {
+            name: "apac-to-zurich".into(),
+            countries: BTreeSet::from(["AU".to_string()]),
+            allowed_locations: vec![Location {
+                country: allow.into(),
+                region: None,
+            }],
+            cluster_selector: None,
+            enforcement: Enforcement::Enforce,
+        };
+        let clusters = [
+            cluster("zrh-1", "CH", "zurich", true),
+            cluster("zrh-2", "CH", "zurich", zrh2_ready),
+            cluster("msk-1", "RU", "moscow", true),
+        ];
+        let w = WorkloadFacts {
+            namespace: "t".into(),
+            name: "w".into(),
+            countries: BTreeSet::from(["AU".to_string()]),
+        };
+        decide(&[policy], &clusters, &w)
+    }
+
+    fn placement(cluster: &str, st: &str) -> Placement {
+        Placement {
+            cluster: cluster.into(),
+            state: st.into(),
+            message: String::new(),
+            objects: vec![ObjectStatus {
+                kind: "Deployment".into(),
+                name: "d".into(),
+                ready: st == state::READY,
+                message: if st == state::READY {
+                    String::new()
+                } else {
+                    "1 of 2 replicas available".into()
+                },
+            }],
+        }
+    }
+
+    #[test]
+    fn the_old_cluster_is_left_only_after_every_target_is_ready() {
+        let d = decision("CH", true);
+        let prev = [placement("msk-1", state::READY)];
+        assert_eq!(leaving(&d, &prev), ["msk-1"]);
+        let half = [
+            placement("zrh-1", state::READY),
+            placement("zrh-2", state::APPLIED),
+        ];
+        assert!(!may_evict(&d, &half));
+        let all = [
+            placement("zrh-1", state::READY),
+            placement("zrh-2", state::READY),
+        ];
+        assert!(may_evict(&d, &all));
+        assert!(
+            !may_evict(&decision("XX", true), &all),
+            "no targets: never evict"
+        );
+    }
+
+    #[test]
+    fn an_allowed_cluster_that_is_only_not_ready_keeps_its_copy() {
+        let d = decision("CH", false);
+        assert_eq!(d.targets, ["zrh-1"]);
+        let prev = [
+            placement("zrh-2", state::READY),
+            placement("msk-1", state::READY),
+        ];
+        assert_eq!(leaving(&d, &prev), ["msk-1"]);
+    }
+
+    #[test]
+    fn retained_placements_are_not_left_again() {
+        let d = decision("CH", true);
+        assert!(leaving(&d, &[placement("msk-1", state::RETAINED)]).is_empty());
+    }
+
+    #[test]
+    fn relocation_conditions() {
+        let d = decision("CH", true);
+        let placements = [
+            placement("zrh-1", state::READY),
+            placement("zrh-2", state::APPLIED),
+            placement("msk-1", state::EVICTING),
+        ];
+        let c = conditions(&d, &placements);
+        assert_eq!(c[0].reason, "Progressing");
+        assert!(
+            c[0].message
+                .contains("Relocating from msk-1 to zrh-1, zrh-2"),
+            "{}",
+            c[0].message
+        );
+        assert!(
+            c[0].message
+                .contains("zrh-2: Deployment d: 1 of 2 replicas available")
+        );
+        assert_eq!(c[3].type_, types::COMPLIANT);
+        assert_eq!(c[3].reason, "ForbiddenCopies");
+
+        let done = [
+            placement("zrh-1", state::READY),
+            placement("zrh-2", state::READY),
+            placement("msk-1", state::RETAINED),
+        ];
+        let c = conditions(&d, &done);
+        assert_eq!((c[0].status, c[0].reason.as_str()), (Status::True, "Ready"));
+        assert_eq!(c[1].status, Status::False);
+        assert_eq!(
+            (c[3].status, c[3].reason.as_str()),
+            (Status::False, "ForbiddenCopies")
+        );
+        assert!(c[3].message.contains("msk-1 (retained volumes)"));
+        assert!(!in_progress(&d, &done));
+
+        let clean = [
+            placement("zrh-1", state::READY),
+            placement("zrh-2", state::READY),
+        ];
+        let c = conditions(&d, &clean);
+        assert_eq!(
+            (c[3].status, c[3].reason.as_str()),
+            (Status::True, "Compliant")
+        );
+    }
+
+    #[test]
+    fn unplaceable_is_stalled_and_not_compliant() {
+        let d = decision("XX", true);
+        let c = conditions(&d, &[]);
+        assert_eq!(
+            (c[0].status, c[2].status, c[3].status),
+            (Status::False, Status::True, Status::False)
+        );
+        assert_eq!(c[3].reason, d.reason());
+    }
+
+    #[test]
+    fn unreachable_target_is_reported() {
+        let d = decision("CH", true);
+        let p = [
+            placement("zrh-1", state::READY),
+            placement("zrh-2", state::UNKNOWN),
+        ];
+        let c = conditions(&d, &p);
+        assert_eq!(c[0].reason, "ClusterUnreachable");
+        assert!(in_progress(&d, &p));
+    }
+
+    #[test]
+    fn invalid_spec_is_stalled() {
+        let c = invalid_conditions("spec.manifests[0].kind: ClusterRole cannot be placed");
+        assert_eq!(c[2].status, Status::True);
+        assert_eq!(c[3].status, Status::Unknown);
+    }
+}

@@ -1,0 +1,564 @@
+//! The ResidentWorkload reconciler: read -> decide (pure) -> apply -> observe -> status.
+//!
+//! Placement is make before break: the workload is applied to its new targets first, and only
+//! when it is Ready on every target is it removed from the clusters it left. Nothing is written
+//! to a member that the last probe did not reach, nothing is removed because a call failed, and
+//! a Storage workload's volumes are retained (labelled) on a cluster it leaves unless its spec
+//! says `volumePolicy: Purge`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::status::{self, state};
+use super::{Context, Error, Result};
+use crate::api::conditions::{self, types};
+use crate::api::resident_workload::{ObjectStatus, Placement, Role};
+use crate::api::{
+    FINALIZER, MemberCluster, ResidencyPolicy, ResidentWorkload, ResidentWorkloadStatus, validate,
+};
+use crate::desired;
+use crate::facts::{self, StatusSource};
+use crate::fleet::member::{Member, MemberError};
+use crate::placement::{Decision, Engine, Mode};
+
+const CONTROLLER: &str = "workload";
+
+/// Reconciles one workload (dispatching through the finalizer).
+pub async fn reconcile(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
+    let start = Instant::now();
+    let ns = rw.namespace().unwrap_or_default();
+    let api: Api<ResidentWorkload> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = format!("{ns}/{}", rw.name_any());
+    let result = finalizer(&api, FINALIZER, rw, |event| async {
+        match event {
+            Event::Apply(rw) => apply(rw, ctx.clone()).await,
+            Event::Cleanup(rw) => cleanup(rw, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    ctx.metrics.reconciled(CONTROLLER, start.elapsed());
+    if result.is_ok() {
+        ctx.backoff.reset(&key);
+    }
+    result
+}
+
+/// Logs, counts and requeues with per-object exponential backoff.
+pub fn error_policy(rw: Arc<ResidentWorkload>, err: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!("{}/{}", rw.namespace().unwrap_or_default(), rw.name_any());
+    warn!(workload = %key, category = err.category(), error = %err, "reconcile failed");
+    ctx.metrics.failed(CONTROLLER, err.category());
+    Action::requeue(ctx.backoff.next(&key))
+}
+
+/// The placement decision for `rw` from the current caches (pure once the caches are read).
+pub fn decide(
+    clusters: &[Arc<MemberCluster>],
+    policies: &[Arc<ResidencyPolicy>],
+    rw: &ResidentWorkload,
+) -> Decision {
+    let clusters: Vec<_> = clusters
+        .iter()
+        .map(|c| facts::cluster(c, StatusSource::Conditions))
+        .collect();
+    let policies: Vec<_> = policies.iter().map(|p| facts::policy(p)).collect();
+    Engine::new(&policies, &clusters).decide(&facts::workload(rw))
+}
+
+fn storage_class(ctx: &Context, rw: &ResidentWorkload, cluster: &str) -> Option<String> {
+    if rw.spec.role != Role::Storage {
+        return None;
+    }
+    ctx.clusters
+        .get(&ObjectRef::new(cluster))
+        .and_then(|mc| mc.spec.storage_class_name.clone())
+}
+
+fn member<'a>(ctx: &'a Context, cluster: &'a str) -> Option<Member<'a>> {
+    ctx.fleet.client(cluster).map(|client| Member {
+        name: cluster,
+        client,
+        metrics: &ctx.metrics,
+    })
+}
+
+fn unreachable_message(ctx: &Context, cluster: &str) -> String {
+    let why = ctx
+        .fleet
+        .get(cluster)
+        .and_then(|c| c.last_error)
+        .unwrap_or_else(|| "not probed yet".into());
+    format!("Cannot reach {cluster} ({why}); nothing is written there until it is back.")
+}
+
+/// Applies the workload on one target and reports how it is doing there.
+async fn place_on(
+    ctx: &Context,
+    rw: &ResidentWorkload,
+    cluster: &str,
+    failures: &mut Vec<MemberError>,
+) -> Placement {
+    let mut placement = Placement {
+        cluster: cluster.to_string(),
+        state: state::UNKNOWN.into(),
+        message: String::new(),
+        objects: Vec::new(),
+    };
+    let objects = match desired::build(rw, storage_class(ctx, rw, cluster).as_deref()) {
+        Ok(o) => o,
+        Err(e) => {
+            placement.state = state::FAILED.into();
+            placement.message = e.to_string();
+            return placement;
+        }
+    };
+    let Some(m) = member(ctx, cluster) else {
+        placement.message = unreachable_message(ctx, cluster);
+        return placement;
+    };
+    let ns = rw.namespace().unwrap_or_default();
+    let result = async {
+        m.ensure_namespace(&ns).await?;
+        m.place(&objects).await
+    }
+    .await;
+    match result {
+        Ok(objects) => {
+            let ready = objects.iter().all(|o| o.ready);
+            placement.state = if ready { state::READY } else { state::APPLIED }.into();
+            placement.objects = objects;
+        }
+        Err(e) if e.is_connectivity() => {
+            ctx.fleet.mark_unreachable(cluster, e.source.to_string());
+            placement.message = unreachable_message(ctx, cluster);
+        }
+        Err(e) => {
+            placement.state = state::FAILED.into();
+            placement.message = e.to_string();
+            failures.push(e);
+        }
+    }
+    placement
+}
+
+/// Removes the workload from a cluster it left. `None` when nothing is left there.
+async fn evict_from(
+    ctx: &Context,
+    rw: &ResidentWorkload,
+    previous: &Placement,
+    failures: &mut Vec<MemberError>,
+) -> Option<Placement> {
+    let cluster = previous.cluster.as_str();
+    if ctx.clusters.get(&ObjectRef::new(cluster)).is_none() {
+        warn!(
+            cluster,
+            "MemberCluster was deleted; forgetting the copy recorded there"
+        );
+        return None;
+    }
+    let mut kept = previous.clone();
+    let Some(m) = member(ctx, cluster) else {
+        kept.state = state::UNKNOWN.into();
+        kept.message = format!(
+            "{} Its copy is kept until it can be removed.",
+            unreachable_message(ctx, cluster)
+        );
+        return Some(kept);
+    };
+    let objects = match desired::build(rw, storage_class(ctx, rw, cluster).as_deref()) {
+        Ok(o) => o,
+        Err(e) => {
+            kept.state = state::FAILED.into();
+            kept.message = e.to_string();
+            return Some(kept);
+        }
+    };
+    let ns = rw.namespace().unwrap_or_default();
+    match m
+        .evict(&objects, &ns, &rw.name_any(), rw.spec.volume_policy)
+        .await
+    {
+        Ok(retained) if retained.is_empty() => None,
+        Ok(retained) => Some(retained_placement(cluster, retained)),
+        Err(e) => {
+            if e.is_connectivity() {
+                ctx.fleet.mark_unreachable(cluster, e.source.to_string());
+                kept.state = state::UNKNOWN.into();
+            } else {
+                kept.state = state::FAILED.into();
+            }
+            kept.message = format!("Could not remove the copy yet: {e}");
+            failures.push(e);
+            Some(kept)
+        }
+    }
+}
+
+fn retained_placement(cluster: &str, pvcs: Vec<String>) -> Placement {
+    Placement {
+        cluster: cluster.to_string(),
+        state: state::RETAINED.into(),
+        message: format!(
+            "The workload left {cluster}; its volumes {} were retained (label residency.io/retained=true). \
+             This data must not stay here: copy or delete it, then delete the PVCs.",
+            pvcs.join(", ")
+        ),
+        objects: pvcs
+            .into_iter()
+            .map(|name| ObjectStatus {
+                kind: "PersistentVolumeClaim".into(),
+                name,
+                ready: false,
+                message: "retained".into(),
+            })
+            .collect(),
+    }
+}
+
+/// Re-checks a cluster that holds retained volumes (read only). `None` once they are gone.
+async fn refresh_retained(
+    ctx: &Context,
+    rw: &ResidentWorkload,
+    previous: &Placement,
+) -> Option<Placement> {
+    let cluster = previous.cluster.as_str();
+    ctx.clusters.get(&ObjectRef::new(cluster))?;
+    let Some(m) = member(ctx, cluster) else {
+        // unreachable: the volumes are still there as far as anyone knows
+        return Some(previous.clone());
+    };
+    let ns = rw.namespace().unwrap_or_default();
+    match m.retained_volumes(&ns, &rw.name_any()).await {
+        Ok(names) if names.is_empty() => None,
+        Ok(names) => Some(retained_placement(cluster, names)),
+        Err(_) => Some(previous.clone()),
+    }
+}
+
+async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.synced() {
+        return Ok(Action::requeue(std::time::Duration::from_millis(500)));
+    }
+    let ns = rw.namespace().unwrap_or_default();
+    let name = rw.name_any();
+    let previous = rw.status.clone().unwrap_or_default();
+    let generation = rw.metadata.generation;
+
+    if let Err(errors) = validate::resident_workload(&rw) {
+        let message = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        let status = ResidentWorkloadStatus {
+            observed_generation: generation,
+            conditions: conditions::merge(
+                &previous.conditions,
+                &status::invalid_conditions(&message),
+                generation,
+                Timestamp::now(),
+            ),
+            placements: previous.placements.clone(),
+            ..Default::default()
+        };
+        if changed(&previous, &status) {
+            publish(
+                &ctx,
+                &rw,
+                EventType::Warning,
+                "Refused",
+                &format!("Nothing is applied: {message}"),
+            )
+            .await;
+            patch_status(&ctx, &rw, &status).await?;
+        }
+        return Ok(Action::await_change());
+    }
+
+    let decision = decide(&ctx.clusters.state(), &ctx.policies.state(), &rw);
+    tracing::debug!(workload = %format!("{ns}/{name}"), decision = %decision.summary(), "decided");
+    let mut placements: Vec<Placement> = Vec::new();
+    let mut failures: Vec<MemberError> = Vec::new();
+    let enforce = decision.mode == Mode::Enforce && decision.is_placeable();
+    if enforce {
+        for target in &decision.targets {
+            placements.push(place_on(&ctx, &rw, target, &mut failures).await);
+        }
+        let leaving = status::leaving(&decision, &previous.placements);
+        let may_evict = status::may_evict(&decision, &placements);
+        for cluster in &leaving {
+            let Some(prev) = previous.placements.iter().find(|p| &p.cluster == cluster) else {
+                continue;
+            };
+            if may_evict {
+                if let Some(p) = evict_from(&ctx, &rw, prev, &mut failures).await {
+                    placements.push(p);
+                }
+            } else {
+                let mut p = prev.clone();
+                p.state = state::EVICTING.into();
+                p.message = format!(
+                    "Kept until the workload is Ready on {} (make before break).",
+                    decision.targets.join(", ")
+                );
+                placements.push(p);
+            }
+        }
+    }
+    // Every other recorded copy is kept as it is (Audit mode, unplaceable, or an allowed
+    // cluster that is only not Ready); retained volumes are re-checked, read only.
+    let mut handled: BTreeSet<String> = placements.iter().map(|p| p.cluster.clone()).collect();
+    if enforce {
+        // evicted clusters are handled even when nothing is left of them
+        handled.extend(status::leaving(&decision, &previous.placements));
+    }
+    for prev in previous
+        .placements
+        .iter()
+        .filter(|p| !handled.contains(&p.cluster))
+    {
+        if prev.state == state::RETAINED {
+            if let Some(p) = refresh_retained(&ctx, &rw, prev).await {
+                placements.push(p);
+            }
+        } else if ctx.clusters.get(&ObjectRef::new(&prev.cluster)).is_some() {
+            placements.push(prev.clone());
+        }
+    }
+    placements.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+
+    let status = ResidentWorkloadStatus {
+        observed_generation: generation,
+        conditions: conditions::merge(
+            &previous.conditions,
+            &status::conditions(&decision, &placements),
+            generation,
+            Timestamp::now(),
+        ),
+        targets: if decision.mode == Mode::Enforce {
+            decision.targets.clone()
+        } else {
+            Vec::new()
+        },
+        placements,
+        clusters: status::cluster_decisions(&decision),
+        governing_policies: decision.governing_policies.clone(),
+    };
+    if changed(&previous, &status) {
+        events(&ctx, &rw, &previous, &status, &decision).await;
+        patch_status(&ctx, &rw, &status).await?;
+        info!(workload = %format!("{ns}/{name}"), targets = ?status.targets, "status updated");
+    }
+    if let Some(e) = failures.into_iter().next() {
+        return Err(e.into());
+    }
+    Ok(if status::in_progress(&decision, &status.placements) {
+        Action::requeue(ctx.settings.progress_interval)
+    } else {
+        Action::requeue(ctx.settings.resync_interval)
+    })
+}
+
+/// Deleting a workload removes what it placed, retaining volumes like an eviction does.
+async fn cleanup(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.synced() {
+        return Err(Error::CleanupBlocked("caches are not synced yet".into()));
+    }
+    let previous = rw.status.clone().unwrap_or_default();
+    let mut clusters: BTreeSet<String> = previous
+        .placements
+        .iter()
+        .filter(|p| p.state != state::RETAINED)
+        .map(|p| p.cluster.clone())
+        .collect();
+    clusters.extend(previous.targets.iter().cloned());
+    let mut failures = Vec::new();
+    for cluster in clusters {
+        if ctx.clusters.get(&ObjectRef::new(&cluster)).is_none() {
+            continue;
+        }
+        let record = previous
+            .placements
+            .iter()
+            .find(|p| p.cluster == cluster)
+            .cloned()
+            .unwrap_or(Placement {
+                cluster: cluster.clone(),
+                state: state::APPLIED.into(),
+                message: String::new(),
+                objects: Vec::new(),
+            });
+        if let Some(p) = evict_from(&ctx, &rw, &record, &mut failures).await
+            && p.state != state::RETAINED
+        {
+            let msg = format!("{cluster}: {}", p.message);
+            publish(&ctx, &rw, EventType::Warning, "CleanupBlocked", &msg).await;
+            return Err(Error::CleanupBlocked(msg));
+        }
+    }
+    publish(
+        &ctx,
+        &rw,
+        EventType::Normal,
+        "CleanedUp",
+        "Removed the workload from every member cluster.",
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+fn changed(previous: &ResidentWorkloadStatus, next: &ResidentWorkloadStatus) -> bool {
+    previous != next
+}
+
+async fn patch_status(
+    ctx: &Context,
+    rw: &ResidentWorkload,
+    status: &ResidentWorkloadStatus,
+) -> Result<()> {
+    let api: Api<ResidentWorkload> =
+        Api::namespaced(ctx.client.clone(), &rw.namespace().unwrap_or_default());
+    let patch = json!({"apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload", "status": status});
+    api.patch_status(
+        &rw.name_any(),
+        &PatchParams::apply(crate::api::FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await
+    .map_err(Error::mgmt(format!(
+        "patch status of ResidentWorkload {}",
+        rw.name_any()
+    )))?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, rw: &ResidentWorkload, type_: EventType, reason: &str, note: &str) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &rw.object_ref(&())).await {
+        warn!(error = %e, reason, "could not publish event");
+    }
+}
+
+/// Events for what changed: placed, evicted, retained, unplaceable.
+async fn events(
+    ctx: &Context,
+    rw: &ResidentWorkload,
+    previous: &ResidentWorkloadStatus,
+    next: &ResidentWorkloadStatus,
+    decision: &Decision,
+) {
+    let state_of = |s: &ResidentWorkloadStatus, c: &str| {
+        s.placements
+            .iter()
+            .find(|p| p.cluster == c)
+            .map(|p| p.state.clone())
+    };
+    for p in &next.placements {
+        let before = state_of(previous, &p.cluster);
+        if p.state == state::READY && before.as_deref() != Some(state::READY) {
+            let note = format!("Ready on {}.", p.cluster);
+            publish(ctx, rw, EventType::Normal, "Placed", &note).await;
+        }
+        if p.state == state::RETAINED && before.as_deref() != Some(state::RETAINED) {
+            publish(ctx, rw, EventType::Warning, "VolumesRetained", &p.message).await;
+        }
+    }
+    for p in &previous.placements {
+        if state_of(next, &p.cluster).is_none() && p.state != state::RETAINED {
+            let note = format!(
+                "Removed from {} after the workload was Ready on {}.",
+                p.cluster,
+                next.targets.join(", ")
+            );
+            publish(ctx, rw, EventType::Normal, "Evicted", &note).await;
+        }
+    }
+    let was = conditions::find(&previous.conditions, types::COMPLIANT).map(|c| c.reason.clone());
+    if !decision.is_placeable() && was.as_deref() != Some(decision.reason()) {
+        publish(
+            ctx,
+            rw,
+            EventType::Warning,
+            decision.reason(),
+            &decision.summary(),
+        )
+        .await;
+    }
+}
+
+/// Workloads a policy change can affect: those holding a country it governs (now) or that it
+/// governed before (recorded in their status).
+pub fn map_policy(
+    workloads: &Store<ResidentWorkload>,
+    policy: &ResidencyPolicy,
+) -> Vec<ObjectRef<ResidentWorkload>> {
+    let name = policy.name_any();
+    workloads
+        .state()
+        .iter()
+        .filter(|w| {
+            w.spec
+                .countries
+                .iter()
+                .any(|c| policy.spec.countries.contains(c))
+                || w.status
+                    .as_ref()
+                    .is_some_and(|s| s.governing_policies.contains(&name))
+        })
+        .map(|w| ObjectRef::from_obj(w.as_ref()))
+        .collect()
+}
+
+/// Workloads a member cluster change can affect: those with a copy or a target there, and
+/// those governed by a policy that allows the cluster (it may become a target).
+pub fn map_cluster(
+    workloads: &Store<ResidentWorkload>,
+    policies: &Store<ResidencyPolicy>,
+    cluster: &MemberCluster,
+) -> Vec<ObjectRef<ResidentWorkload>> {
+    let name = cluster.name_any();
+    let facts = facts::cluster(cluster, StatusSource::Conditions);
+    let allowing: Vec<Arc<ResidencyPolicy>> = policies
+        .state()
+        .into_iter()
+        .filter(|p| facts::policy(p).allows(&facts))
+        .collect();
+    workloads
+        .state()
+        .iter()
+        .filter(|w| {
+            let status = w.status.as_ref();
+            status.is_some_and(|s| {
+                s.targets.contains(&name) || s.placements.iter().any(|p| p.cluster == name)
+            }) || allowing.iter().any(|p| {
+                w.spec
+                    .countries
+                    .iter()
+                    .any(|c| p.spec.countries.contains(c))
+            })
+        })
+        .map(|w| ObjectRef::from_obj(w.as_ref()))
+        .collect()
+}

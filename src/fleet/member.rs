@@ -1,0 +1,245 @@
+//! Thin I/O against one member cluster: apply a workload's objects, read their readiness, evict
+//! them. Every decision about *what* to do is made by the caller from pure functions; this
+//! module only talks to the API server, and never writes after a failed read.
+
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use crate::api::labels;
+use crate::api::resident_workload::ObjectStatus;
+use crate::api::{FIELD_MANAGER, resident_workload::VolumePolicy};
+use crate::desired::{self, DesiredObject, HASH_ANNOTATION};
+use crate::metrics::Metrics;
+use crate::readiness;
+
+/// A failed call to a member's API server.
+#[derive(Debug, thiserror::Error)]
+#[error("member {cluster}: {action}: {source}")]
+pub struct MemberError {
+    /// MemberCluster name.
+    pub cluster: String,
+    /// What was being done, e.g. "apply Deployment malware-analysis".
+    pub action: String,
+    /// The API error.
+    #[source]
+    pub source: kube::Error,
+}
+
+impl MemberError {
+    /// Stable category.
+    pub fn category(&self) -> &'static str {
+        match &self.source {
+            kube::Error::Api(s) if s.code == 403 || s.code == 401 => "member_forbidden",
+            kube::Error::Api(s) if s.code == 422 || s.code == 400 => "member_rejected",
+            kube::Error::Api(_) => "member_api",
+            _ => "member_unreachable",
+        }
+    }
+
+    /// True when the API server could not be reached at all (as opposed to refusing a request).
+    pub fn is_connectivity(&self) -> bool {
+        !matches!(self.source, kube::Error::Api(_))
+    }
+}
+
+/// One member cluster, as seen by the workload controller.
+pub struct Member<'a> {
+    /// MemberCluster name.
+    pub name: &'a str,
+    /// A client of a member the last probe reached.
+    pub client: Client,
+    /// Where writes are counted.
+    pub metrics: &'a Metrics,
+}
+
+fn params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+impl Member<'_> {
+    fn err(&self, action: String) -> impl FnOnce(kube::Error) -> MemberError + '_ {
+        move |source| MemberError {
+            cluster: self.name.to_string(),
+            action,
+            source,
+        }
+    }
+
+    fn api(&self, obj: &DesiredObject) -> Api<DynamicObject> {
+        // desired objects are built only from ALLOWED_KINDS, which all have a resource
+        let ar = desired::api_resource(&obj.api_version, &obj.kind).unwrap_or_else(|| {
+            kube::core::ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&())
+        });
+        Api::namespaced_with(self.client.clone(), &obj.namespace, &ar)
+    }
+
+    /// Creates the namespace when it is missing (never updates someone else's namespace).
+    pub async fn ensure_namespace(&self, namespace: &str) -> Result<(), MemberError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let found = api
+            .get_opt(namespace)
+            .await
+            .map_err(self.err(format!("get Namespace {namespace}")))?;
+        if found.is_none() {
+            api.patch(
+                namespace,
+                &params(),
+                &Patch::Apply(desired::namespace_object(namespace)),
+            )
+            .await
+            .map_err(self.err(format!("create Namespace {namespace}")))?;
+            self.metrics.wrote(self.name, "apply");
+        }
+        Ok(())
+    }
+
+    /// Applies every object whose live copy does not carry the desired hash (so a steady fleet
+    /// sees no writes), then reports the readiness of each.
+    pub async fn place(&self, objects: &[DesiredObject]) -> Result<Vec<ObjectStatus>, MemberError> {
+        let mut out = Vec::with_capacity(objects.len());
+        for obj in objects {
+            let api = self.api(obj);
+            let what = format!("{} {}", obj.kind, obj.name);
+            let live = api
+                .get_opt(&obj.name)
+                .await
+                .map_err(self.err(format!("get {what}")))?;
+            let live_hash = live
+                .as_ref()
+                .and_then(|l| l.annotations().get(HASH_ANNOTATION).cloned());
+            let retained = live
+                .as_ref()
+                .is_some_and(|l| l.labels().contains_key(labels::RETAINED));
+            let live = match live {
+                Some(l) if live_hash.as_deref() == Some(obj.hash.as_str()) && !retained => l,
+                _ => {
+                    if retained {
+                        // a retained volume is back in use here: it is no longer a leftover
+                        let unlabel = json!({"metadata": {"labels": {labels::RETAINED: null}}});
+                        api.patch(&obj.name, &PatchParams::default(), &Patch::Merge(unlabel))
+                            .await
+                            .map_err(self.err(format!("unlabel retained {what}")))?;
+                        self.metrics.wrote(self.name, "label");
+                    }
+                    let applied = api
+                        .patch(&obj.name, &params(), &Patch::Apply(&obj.object))
+                        .await
+                        .map_err(self.err(format!("apply {what}")))?;
+                    self.metrics.wrote(self.name, "apply");
+                    applied
+                }
+            };
+            let value = serde_json::to_value(&live).unwrap_or_default();
+            let r = readiness::evaluate(&obj.kind, &value);
+            out.push(ObjectStatus {
+                kind: obj.kind.clone(),
+                name: obj.name.clone(),
+                ready: r.ready,
+                message: r.message,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Removes a workload's objects (in reverse apply order). Volumes are retained (labelled
+    /// `residency.io/retained=true`) unless the policy is `Purge`; that includes the PVCs the
+    /// StatefulSet controller created from volumeClaimTemplates, found by the workload's labels.
+    /// Returns the names of the retained PVCs. Stops at the first failed call.
+    pub async fn evict(
+        &self,
+        objects: &[DesiredObject],
+        namespace: &str,
+        workload: &str,
+        volumes: VolumePolicy,
+    ) -> Result<Vec<String>, MemberError> {
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
+        let selector = desired::workload_selector(namespace, workload);
+        // list first: if this fails nothing is touched
+        let claimed = pvcs
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(self.err(format!("list PersistentVolumeClaims ({selector})")))?;
+        for obj in objects.iter().rev() {
+            if obj.kind == "PersistentVolumeClaim" {
+                continue; // handled with the other volumes below
+            }
+            let what = format!("{} {}", obj.kind, obj.name);
+            match self
+                .api(obj)
+                .delete(&obj.name, &DeleteParams::background())
+                .await
+            {
+                Ok(_) => self.metrics.wrote(self.name, "delete"),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(self.err(format!("delete {what}"))(e)),
+            }
+        }
+        let mut names: Vec<String> = claimed.items.iter().map(|p| p.name_any()).collect();
+        for obj in objects.iter().filter(|o| o.kind == "PersistentVolumeClaim") {
+            if !names.contains(&obj.name) {
+                names.push(obj.name.clone());
+            }
+        }
+        names.sort();
+        let mut retained = Vec::new();
+        for name in names {
+            match volumes {
+                VolumePolicy::Retain => {
+                    let patch = json!({"metadata": {"labels": {labels::RETAINED: "true"}}});
+                    match pvcs
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                        .await
+                    {
+                        Ok(_) => {
+                            self.metrics.wrote(self.name, "label");
+                            retained.push(name);
+                        }
+                        Err(kube::Error::Api(s)) if s.code == 404 => {}
+                        Err(e) => {
+                            return Err(self
+                                .err(format!("label PersistentVolumeClaim {name} retained"))(
+                                e
+                            ));
+                        }
+                    }
+                }
+                VolumePolicy::Purge => {
+                    match pvcs.delete(&name, &DeleteParams::background()).await {
+                        Ok(_) => self.metrics.wrote(self.name, "delete"),
+                        Err(kube::Error::Api(s)) if s.code == 404 => {}
+                        Err(e) => {
+                            return Err(self.err(format!("delete PersistentVolumeClaim {name}"))(
+                                e,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(retained)
+    }
+
+    /// The workload's retained PVCs still on this member (a failed list is an error, never
+    /// "none").
+    pub async fn retained_volumes(
+        &self,
+        namespace: &str,
+        workload: &str,
+    ) -> Result<Vec<String>, MemberError> {
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
+        let selector = format!(
+            "{},{}=true",
+            desired::workload_selector(namespace, workload),
+            labels::RETAINED
+        );
+        let list = pvcs
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(self.err(format!("list retained PersistentVolumeClaims ({selector})")))?;
+        let mut names: Vec<String> = list.items.iter().map(|p| p.name_any()).collect();
+        names.sort();
+        Ok(names)
+    }
+}

@@ -1,0 +1,6 @@
+//! The fleet of member clusters: connections and location attestation.
+
+pub mod attest;
+pub mod kubeconfig;
+pub mod member;
+pub mod registry;

@@ -1,0 +1,211 @@
+//! Runs the real operator binary against the fleet's management cluster.
+#![allow(dead_code)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::process::{Child, Command};
+use tokio::sync::OnceCell;
+
+use super::{Fleet, eventually};
+
+/// Namespace of the operator (holds the member kubeconfig Secrets).
+pub const OPERATOR_NS: &str = "residency-system";
+const MANAGER: &str = "residency-tests";
+
+/// The operator process of this test binary. It exits when the test process exits (its
+/// standard input closes).
+pub struct Operator {
+    _child: Child,
+    /// Where it serves /metrics.
+    pub http: String,
+    /// Its log file.
+    pub log: std::path::PathBuf,
+}
+
+static OPERATOR: OnceCell<Operator> = OnceCell::const_new();
+
+/// Installs the CRDs from `crds/` (server-side apply) and waits until they are Established.
+pub async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in files {
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("install CRD {name}: {e}"));
+        eventually(
+            &format!("CRD {name} Established"),
+            Duration::from_secs(60),
+            || async {
+                let c = crds.get(&name).await.map_err(|e| e.to_string())?;
+                let ok = c
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if ok {
+                    Ok(())
+                } else {
+                    Err("not Established".into())
+                }
+            },
+        )
+        .await;
+    }
+}
+
+/// Creates (or updates) a namespace.
+pub async fn ensure_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if api.get_opt(name).await.unwrap().is_none() {
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        let _ = api.create(&PostParams::default(), &ns).await;
+    }
+}
+
+/// Stores every member's kubeconfig as a Secret `<cluster>-kubeconfig` in the operator's
+/// namespace, the way a platform team would. `<cluster>` is the context name without
+/// `RESIDENCY_CONTEXT_PREFIX` (e.g. `kind-` for kind clusters), so it matches the seed
+/// MemberClusters (`zrh-1`, `zrh-2`, `msk-1`).
+pub async fn member_secrets(fleet: &Fleet, client: &Client) {
+    ensure_namespace(client, OPERATOR_NS).await;
+    let api: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NS);
+    let prefix = std::env::var("RESIDENCY_CONTEXT_PREFIX").unwrap_or_default();
+    for m in &fleet.members {
+        let cluster = m
+            .context
+            .strip_prefix(prefix.as_str())
+            .unwrap_or(&m.context);
+        let name = format!("{cluster}-kubeconfig");
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name},
+            "stringData": {"kubeconfig": fleet.kubeconfig_for(&m.context)}
+        }))
+        .unwrap();
+        api.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("secret {name}: {e}"));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the operator once per test binary (CRDs and member Secrets first).
+pub async fn start(fleet: &Fleet) -> &'static Operator {
+    OPERATOR
+        .get_or_init(|| async {
+            let client = fleet.mgmt_client().await;
+            install_crds(&client).await;
+            member_secrets(fleet, &client).await;
+            let port = free_port();
+            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+            let log = dir.join(format!(
+                "operator-{}-{}.log",
+                std::env::current_exe()
+                    .unwrap()
+                    .file_stem()
+                    .unwrap()
+                    .to_string_lossy(),
+                std::process::id()
+            ));
+            let file = std::fs::File::create(&log).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_residency-operator"))
+                .args([
+                    "run",
+                    "--kubeconfig",
+                    &Fleet::kubeconfig_path(),
+                    "--context",
+                    &fleet.mgmt,
+                ])
+                .args([
+                    "--namespace",
+                    OPERATOR_NS,
+                    "--probe-interval",
+                    "2",
+                    "--exit-on-stdin-close",
+                ])
+                .args(["--http-addr", &format!("127.0.0.1:{port}")])
+                .env("RUST_LOG", "info,residency_operator=debug")
+                .stdin(Stdio::piped())
+                .stdout(file.try_clone().unwrap())
+                .stderr(file)
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start the operator");
+            let http = format!("http://127.0.0.1:{port}");
+            let url = format!("{http}/readyz");
+            eventually("operator /readyz", Duration::from_secs(60), || async {
+                match tokio::process::Command::new("curl")
+                    .args(["-fsS", &url])
+                    .output()
+                    .await
+                {
+                    Ok(o) if o.status.success() => Ok(()),
+                    _ => Err("not ready".to_string()),
+                }
+            })
+            .await;
+            eprintln!("operator running; log: {}", log.display());
+            Operator {
+                _child: child,
+                http,
+                log,
+            }
+        })
+        .await
+}
+
+/// GET on the operator's HTTP endpoint.
+pub async fn http_get(op: &Operator, path: &str) -> String {
+    let o = tokio::process::Command::new("curl")
+        .args(["-fsS", &format!("{}{path}", op.http)])
+        .output()
+        .await
+        .expect("curl");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Deletes an object of a typed API and waits until it is gone (finalizers done).
+pub async fn delete_and_wait<K>(api: &Api<K>, name: &str, timeout: Duration)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let _ = api.delete(name, &DeleteParams::default()).await;
+    eventually(&format!("{name} deleted"), timeout, || async {
+        match api.get_opt(name).await {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) => Err("still there".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+}

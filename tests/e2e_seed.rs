@@ -1,0 +1,324 @@
+//! The seed scenario end to end, through the real operator binary on the local fleet: the APAC
+//! workloads first run on msk-1; apac-to-zurich is edited to CH/zurich; they end up Running on
+//! zrh-1 and zrh-2 on eu-central-2 nodes, the msk-1 copy is removed only after the new ones
+//! are Ready, and the msk-1 volume is retained and flagged.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::operator::{self, delete_and_wait};
+use common::{Fleet, apply_path, eventually};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::{Client, ResourceExt};
+use residency_operator::api::{MemberCluster, ResidencyPolicy, ResidentWorkload};
+
+const NS: &str = "threat-intel";
+const STORE: &str = "apac-threat-store";
+const ANALYSIS: &str = "apac-threat-analysis";
+const T: Duration = Duration::from_secs(120);
+
+fn cond<'a>(
+    rw: &'a ResidentWorkload,
+    t: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    rw.status.as_ref()?.conditions.iter().find(|c| c.type_ == t)
+}
+
+/// Waits until a workload is Ready with exactly these targets.
+async fn ready_on(api: &Api<ResidentWorkload>, name: &str, targets: &[&str]) -> ResidentWorkload {
+    eventually(&format!("{name} Ready on {targets:?}"), T, || async {
+        let rw = api.get(name).await.map_err(|e| e.to_string())?;
+        let s = rw.status.clone().unwrap_or_default();
+        let ready = cond(&rw, "Ready").is_some_and(|c| c.status == "True");
+        let settled = cond(&rw, "Reconciling").is_some_and(|c| c.status == "False");
+        if ready && settled && s.targets == targets {
+            Ok(rw)
+        } else {
+            Err(format!(
+                "targets {:?}, conditions {:?}",
+                s.targets,
+                s.conditions
+                    .iter()
+                    .map(|c| format!("{}={} {}: {}", c.type_, c.status, c.reason, c.message))
+                    .collect::<Vec<_>>()
+            ))
+        }
+    })
+    .await
+}
+
+/// True when both seed workloads run fully on `cluster`.
+async fn running_on(client: &Client) -> bool {
+    let d: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let s: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
+    let dep_ok = matches!(d.get_opt("malware-analysis").await, Ok(Some(d))
+        if d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0) >= 2);
+    let sts_ok = matches!(s.get_opt("sample-store").await, Ok(Some(s))
+        if s.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) >= 1);
+    dep_ok && sts_ok
+}
+
+/// True when neither seed workload object is left on `client`'s cluster (a failed call is
+/// "not gone").
+async fn gone_from(client: &Client) -> bool {
+    let d: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let s: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
+    matches!(d.get_opt("malware-analysis").await, Ok(None))
+        && matches!(s.get_opt("sample-store").await, Ok(None))
+}
+
+#[tokio::test]
+async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
+    let fleet = Fleet::from_env();
+    let op = operator::start(&fleet).await;
+    let mgmt = fleet.mgmt_client().await;
+    let zrh1 = fleet.member("zrh-1").await;
+    let zrh2 = fleet.member("zrh-2").await;
+    let msk1 = fleet.member("msk-1").await;
+
+    // 1. the seed: clusters, policies (APAC still on RU/moscow), workloads
+    apply_path(&mgmt, "examples/seed").await;
+    let clusters: Api<MemberCluster> = Api::all(mgmt.clone());
+    for name in ["zrh-1", "zrh-2", "msk-1"] {
+        eventually(&format!("{name} Ready and LocationVerified"), T, || async {
+            let mc = clusters.get(name).await.map_err(|e| e.to_string())?;
+            let conds = mc.status.map(|s| s.conditions).unwrap_or_default();
+            let ok = |t: &str| conds.iter().any(|c| c.type_ == t && c.status == "True");
+            if ok("Ready") && ok("LocationVerified") {
+                Ok(())
+            } else {
+                Err(format!("{conds:?}"))
+            }
+        })
+        .await;
+    }
+    let workloads: Api<ResidentWorkload> = Api::namespaced(mgmt.clone(), NS);
+    ready_on(&workloads, STORE, &["msk-1"]).await;
+    ready_on(&workloads, ANALYSIS, &["msk-1"]).await;
+    assert!(running_on(&msk1).await, "the workloads run on msk-1 first");
+    assert!(
+        gone_from(&zrh1).await && gone_from(&zrh2).await,
+        "nothing on zrh-* yet"
+    );
+
+    // 2. watch the order: Ready on both Zurich clusters, and the msk-1 copy removed
+    let stop = Arc::new(AtomicBool::new(false));
+    let observer = {
+        let (stop, zrh1, zrh2, msk1) = (stop.clone(), zrh1.clone(), zrh2.clone(), msk1.clone());
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let (mut ready_at, mut gone_at) = (None, None);
+            while !stop.load(Ordering::Relaxed) {
+                // removal is sampled first, so a removal before readiness cannot hide in one sample
+                if gone_at.is_none() && gone_from(&msk1).await {
+                    gone_at = Some(start.elapsed());
+                }
+                if ready_at.is_none() && running_on(&zrh1).await && running_on(&zrh2).await {
+                    ready_at = Some(start.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (ready_at, gone_at)
+        })
+    };
+
+    // 3. the edit: apac-to-zurich allows only CH/zurich
+    let edited = Instant::now();
+    apply_path(&mgmt, "examples/seed-relocated").await;
+    let store = ready_on(&workloads, STORE, &["zrh-1", "zrh-2"]).await;
+    let analysis = ready_on(&workloads, ANALYSIS, &["zrh-1", "zrh-2"]).await;
+    eventually("msk-1 copy removed", T, || async {
+        if gone_from(&msk1).await {
+            Ok(())
+        } else {
+            Err("still on msk-1".to_string())
+        }
+    })
+    .await;
+    let relocation = edited.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (ready_at, gone_at) = observer.await.unwrap();
+    let (ready_at, gone_at) = (
+        ready_at.expect("saw Ready on zrh-*"),
+        gone_at.expect("saw removal"),
+    );
+    eprintln!(
+        "relocation: Ready on zrh-1 and zrh-2 at {ready_at:?}, msk-1 copy removed at {gone_at:?}, all settled {relocation:?} after the edit"
+    );
+    assert!(
+        ready_at <= gone_at,
+        "the old copy was removed ({gone_at:?}) before the new ones were Ready ({ready_at:?})"
+    );
+
+    // 4. Pods Running on eu-central-2 nodes, PVCs Bound there
+    for (name, client) in [("zrh-1", &zrh1), ("zrh-2", &zrh2)] {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+        let nodes: Api<Node> = Api::all(client.clone());
+        let list = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=residency-operator"))
+            .await
+            .unwrap();
+        assert_eq!(list.items.len(), 3, "{name}: 2 analysis pods + 1 store pod");
+        for p in list.items {
+            assert_eq!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Running"),
+                "{name}: {}",
+                p.name_any()
+            );
+            assert!(
+                p.labels().contains_key("country.residency.io/AU"),
+                "pods carry the country labels"
+            );
+            let node = nodes
+                .get(p.spec.as_ref().unwrap().node_name.as_ref().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(
+                node.labels()
+                    .get("topology.kubernetes.io/region")
+                    .map(String::as_str),
+                Some("eu-central-2")
+            );
+        }
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NS);
+        for pvc in ["sample-index", "samples-sample-store-0"] {
+            let p = pvcs.get(pvc).await.unwrap();
+            assert_eq!(
+                p.status.and_then(|s| s.phase).as_deref(),
+                Some("Bound"),
+                "{name}: {pvc}"
+            );
+            assert_eq!(
+                p.spec.and_then(|s| s.storage_class_name).as_deref(),
+                Some("standard")
+            );
+        }
+    }
+
+    // 5. msk-1: the volumes are retained, labelled, still Bound, and flagged in status
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(msk1.clone(), NS);
+    for pvc in ["sample-index", "samples-sample-store-0"] {
+        let p = pvcs
+            .get(pvc)
+            .await
+            .unwrap_or_else(|e| panic!("msk-1 {pvc} must be kept: {e}"));
+        assert_eq!(
+            p.labels().get("residency.io/retained").map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(p.status.and_then(|s| s.phase).as_deref(), Some("Bound"));
+    }
+    let s = store.status.clone().unwrap();
+    let msk = s
+        .placements
+        .iter()
+        .find(|p| p.cluster == "msk-1")
+        .expect("msk-1 placement of the store");
+    assert_eq!(msk.state, "Retained");
+    let mut names: Vec<_> = msk.objects.iter().map(|o| o.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["sample-index", "samples-sample-store-0"]);
+    assert!(
+        !analysis
+            .status
+            .clone()
+            .unwrap()
+            .placements
+            .iter()
+            .any(|p| p.cluster == "msk-1")
+    );
+
+    // 6. conditions
+    let compliant = cond(&store, "Compliant").unwrap();
+    assert_eq!(
+        (compliant.status.as_str(), compliant.reason.as_str()),
+        ("False", "ForbiddenCopies")
+    );
+    assert!(
+        compliant.message.contains("msk-1 (retained volumes)"),
+        "{}",
+        compliant.message
+    );
+    assert_eq!(cond(&analysis, "Compliant").unwrap().status, "True");
+    for rw in [&store, &analysis] {
+        assert_eq!(cond(rw, "Stalled").unwrap().status, "False");
+        assert_eq!(
+            rw.status.as_ref().unwrap().observed_generation,
+            rw.metadata.generation
+        );
+        let msk1_reason = &rw
+            .status
+            .as_ref()
+            .unwrap()
+            .clusters
+            .iter()
+            .find(|c| c.name == "msk-1")
+            .unwrap()
+            .reason;
+        assert_eq!(
+            msk1_reason,
+            "msk-1: forbidden: RU/moscow not allowed for AU by apac-to-zurich"
+        );
+    }
+
+    // 7. events on the management cluster
+    let events: Api<Event> = Api::namespaced(mgmt.clone(), NS);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(ANALYSIS))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "Placed") && reasons.iter().any(|r| r == "Evicted"),
+        "{reasons:?}"
+    );
+
+    // 8. metrics are served
+    let metrics = operator::http_get(op, "/metrics").await;
+    assert!(
+        metrics.contains("residency_member_writes_total"),
+        "{metrics}"
+    );
+
+    // cleanup: deleting the workloads removes them everywhere (volumes retained)
+    delete_and_wait(&workloads, STORE, T).await;
+    delete_and_wait(&workloads, ANALYSIS, T).await;
+    for client in [&zrh1, &zrh2] {
+        assert!(
+            gone_from(client).await,
+            "deleting the workload removes what it placed"
+        );
+        let p = Api::<PersistentVolumeClaim>::namespaced(client.clone(), NS)
+            .get("sample-index")
+            .await
+            .unwrap();
+        assert_eq!(
+            p.labels().get("residency.io/retained").map(String::as_str),
+            Some("true")
+        );
+    }
+    let policies: Api<ResidencyPolicy> = Api::all(mgmt.clone());
+    for p in [
+        "europe-to-zurich",
+        "north-america-to-zurich",
+        "apac-to-zurich",
+    ] {
+        let _ = policies.delete(p, &DeleteParams::default()).await;
+    }
+    for client in [&zrh1, &zrh2, &msk1] {
+        let _ = Api::<Namespace>::all(client.clone())
+            .delete(NS, &DeleteParams::default())
+            .await;
+    }
+}

@@ -123,7 +123,7 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         }
         None => kube::Config::infer().await?,
     };
-    let client = kube::Client::try_from(config)?;
+    let client = kube::Client::try_from(crate::fleet::identify(config))?;
     let settings = crate::controller::Settings {
         namespace: args.namespace.clone(),
         connection_policy: crate::fleet::kubeconfig::ConnectionPolicy {

@@ -218,7 +218,7 @@ async fn connect(ctx: &Context, mc: &MemberCluster) -> Result<(Client, String), 
             reason: connection_reason(e.category()),
             message: format!("Kubeconfig in Secret {ns}/{} refused: {e}", secret_ref.name),
         })?;
-    let client = Client::try_from(config).map_err(|e| Refused {
+    let client = Client::try_from(crate::fleet::identify(config)).map_err(|e| Refused {
         reason: "InvalidKubeconfig",
         message: format!(
             "Kubeconfig in Secret {ns}/{} unusable: {e}",

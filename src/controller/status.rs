@@ -3,7 +3,7 @@
 
 use crate::api::conditions::{Desired, Status, types};
 use crate::api::resident_workload::{ClusterDecision, Placement};
-use crate::placement::{Decision, Ineligibility, Mode, Verdict};
+use crate::placement::{Decision, Ineligibility, Mode, Outcome, Verdict};
 
 /// Placement states as they appear in `status.placements[].state`.
 pub mod state {
@@ -120,7 +120,8 @@ pub fn conditions(decision: &Decision, placements: &[Placement]) -> Vec<Desired>
         )
     };
 
-    if decision.mode == Mode::Audit {
+    // default deny wins over the mode: with no policy at all there is nothing to audit either
+    if decision.mode == Mode::Audit && !matches!(decision.outcome, Outcome::NoPolicy { .. }) {
         return vec![
             Desired::new(
                 types::READY,
@@ -505,6 +506,22 @@ mod tests {
         let c = conditions(&d, &p);
         assert_eq!(c[0].reason, "ClusterUnreachable");
         assert!(in_progress(&d, &p));
+    }
+
+    #[test]
+    fn default_deny_is_stalled_even_without_any_enforce_policy() {
+        let w = WorkloadFacts {
+            namespace: "t".into(),
+            name: "w".into(),
+            countries: BTreeSet::from(["BT".to_string()]),
+        };
+        let d = decide(&[], &[cluster("zrh-1", "CH", "zurich", true)], &w);
+        let c = conditions(&d, &[]);
+        assert_eq!(
+            (c[0].status, c[0].reason.as_str()),
+            (Status::False, "NoPolicyForCountry")
+        );
+        assert_eq!(c[2].status, Status::True);
     }
 
     #[test]

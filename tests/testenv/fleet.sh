@@ -5,6 +5,7 @@
 #   tests/testenv/fleet.sh down     stop exactly the processes this script started; remove state
 #   tests/testenv/fleet.sh status   list components with pid and resident memory, and the total
 #   tests/testenv/fleet.sh env      print the environment the tests read (eval "$(... env)")
+#   tests/testenv/fleet.sh stop ID  stop one component (e.g. msk-1-kube-apiserver); `up` restarts it
 #
 # Topology (DESIGN.md section 6): one shared etcd (one key prefix per cluster), and
 #   mgmt    management cluster: kube-apiserver only (CRDs, the operator's own objects)
@@ -208,7 +209,23 @@ start_apiserver() {
     --service-account-issuer "https://127.0.0.1:$port" --service-account-key-file "$d/sa.pub" \
     --service-account-signing-key-file "$d/sa.key" \
     --service-cluster-ip-range 10.0.0.0/24 --allow-privileged=true \
-    --disable-admission-plugins ServiceAccount --profiling=false --v=0
+    --disable-admission-plugins ServiceAccount --profiling=false --v=0 \
+    --audit-policy-file "$STATE/audit-policy.yaml" --audit-log-path "$STATE/logs/$name-audit.log" \
+    --audit-log-format json --audit-log-maxsize 100
+}
+
+# Audit log of every write (create, update, patch, delete) at Metadata level: who wrote what,
+# with its user agent. Benchmarks count the operator's writes from it.
+write_audit_policy() {
+  cat >"$STATE/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+EOF
 }
 
 wait_apiserver() {
@@ -338,6 +355,7 @@ cmd_up() {
   local row name role country region i=0
   for row in "${FLEET[@]}"; do read -r name role country region <<<"$row"; pki "$name"; done
   write_kubeconfigs
+  write_audit_policy
   start_etcd
   # apiservers one after another: on two cores, parallel start-up only slows each of them down
   for row in "${FLEET[@]}"; do
@@ -426,10 +444,24 @@ export RESIDENCY_FLEET_DIR=$STATE
 EOF
 }
 
+# stop ID: stops one component (e.g. msk-1-kube-apiserver) and keeps the fleet's state, so
+# `up` starts it again. For failure tests.
+cmd_stop() {
+  local id="${1:?usage: $0 stop COMPONENT}"
+  is_running "$id" || { log "$id is not running"; return 0; }
+  local pid; pid="$(cat "$(pidfile "$id")")"
+  kill -TERM "$pid"
+  local deadline=$((SECONDS + 15))
+  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+  kill -KILL "$pid" 2>/dev/null || true
+  log "$id stopped"
+}
+
 case "${1:-}" in
   up) cmd_up ;;
+  stop) shift; cmd_stop "$@" ;;
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|stop COMPONENT" >&2; exit 2 ;;
 esac

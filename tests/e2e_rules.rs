@@ -1,0 +1,575 @@
+//! The operator's rules on the local fleet, through the real binary: default deny, conflicts,
+//! unverified clusters, an unreachable member during a relocation, Audit mode and invalid specs.
+//! Each test uses its own countries, policies and namespace; tests that change the member
+//! clusters themselves take a lock.
+
+mod common;
+
+use std::time::Duration;
+
+use common::operator::{self, delete_and_wait};
+use common::{Fleet, apply_path, eventually};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use residency_operator::api::{MemberCluster, ResidencyPolicy, ResidentWorkload};
+use serde_json::{Value, json};
+use tokio::sync::RwLock;
+
+const T: Duration = Duration::from_secs(90);
+const MANAGER: &str = "residency-tests";
+/// Tests that stop or relabel members hold it for writing; the others for reading.
+static CLUSTER_LOCK: RwLock<()> = RwLock::const_new(());
+
+struct Env {
+    mgmt: Client,
+    members: Vec<(&'static str, Client)>,
+}
+
+async fn setup() -> Env {
+    let fleet = Fleet::from_env();
+    operator::start(&fleet).await;
+    let mgmt = fleet.mgmt_client().await;
+    apply_path(&mgmt, "examples/seed/10-clusters.yaml").await;
+    let clusters: Api<MemberCluster> = Api::all(mgmt.clone());
+    for name in ["zrh-1", "zrh-2", "msk-1"] {
+        eventually(&format!("{name} Ready and LocationVerified"), T, || async {
+            let mc = clusters.get(name).await.map_err(|e| e.to_string())?;
+            let c = mc.status.map(|s| s.conditions).unwrap_or_default();
+            let ok = |t: &str| c.iter().any(|c| c.type_ == t && c.status == "True");
+            if ok("Ready") && ok("LocationVerified") {
+                Ok(())
+            } else {
+                Err(format!("{c:?}"))
+            }
+        })
+        .await;
+    }
+    let mut members = Vec::new();
+    for name in ["zrh-1", "zrh-2", "msk-1"] {
+        members.push((name, fleet.member(name).await));
+    }
+    Env { mgmt, members }
+}
+
+async fn namespace(client: &Client, ns: &str) {
+    operator::ensure_namespace(client, ns).await;
+}
+
+/// Applies a ResidencyPolicy.
+async fn policy(
+    client: &Client,
+    name: &str,
+    countries: &[&str],
+    locations: Value,
+    enforcement: &str,
+) {
+    let api: Api<ResidencyPolicy> = Api::all(client.clone());
+    let body = json!({
+        "apiVersion": "residency.io/v1alpha1", "kind": "ResidencyPolicy",
+        "metadata": {"name": name},
+        "spec": {"countries": countries, "allowedLocations": locations, "enforcement": enforcement}
+    });
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("policy {name}: {e}"));
+}
+
+/// A processing workload: a ConfigMap and a Deployment.
+fn processing(ns: &str, name: &str, countries: &[&str]) -> Value {
+    json!({
+        "apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "role": "Processing", "countries": countries,
+            "manifests": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("{name}-config")}, "data": {"k": "v"}},
+                {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+                 "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                          "template": {"metadata": {"labels": {"app": name}},
+                                       "spec": {"containers": [{"name": "c", "image": "registry.example/app:1"}]}}}}
+            ]
+        }
+    })
+}
+
+async fn apply_workload(client: &Client, body: &Value) -> Result<ResidentWorkload, kube::Error> {
+    let ns = body["metadata"]["namespace"].as_str().unwrap();
+    let name = body["metadata"]["name"].as_str().unwrap();
+    Api::<ResidentWorkload>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await
+}
+
+fn condition(rw: &ResidentWorkload, t: &str) -> Option<(String, String, String)> {
+    rw.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Waits until `check` accepts the workload; returns it.
+async fn wait_workload(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+    check: impl Fn(&ResidentWorkload) -> bool,
+) -> ResidentWorkload {
+    let api: Api<ResidentWorkload> = Api::namespaced(client.clone(), ns);
+    eventually(&format!("{ns}/{name}: {what}"), T, || async {
+        let rw = api.get(name).await.map_err(|e| e.to_string())?;
+        if check(&rw) {
+            Ok(rw)
+        } else {
+            Err(format!("{:?}", rw.status))
+        }
+    })
+    .await
+}
+
+fn ready_on(rw: &ResidentWorkload, targets: &[&str]) -> bool {
+    condition(rw, "Ready").is_some_and(|c| c.0 == "True")
+        && condition(rw, "Reconciling").is_some_and(|c| c.0 == "False")
+        && rw.status.as_ref().is_some_and(|s| s.targets == targets)
+}
+
+/// Objects of the workload on a member (a failed list panics: it must not read as "none").
+async fn placed_on(client: &Client, ns: &str, name: &str) -> usize {
+    let d: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    d.list(&ListParams::default().labels(&format!("residency.io/workload={name}")))
+        .await
+        .expect("list deployments")
+        .items
+        .len()
+}
+
+async fn namespace_exists(client: &Client, ns: &str) -> bool {
+    Api::<Namespace>::all(client.clone())
+        .get_opt(ns)
+        .await
+        .expect("get namespace")
+        .is_some()
+}
+
+async fn cleanup(env: &Env, ns: &str, workloads: &[&str], policies: &[&str]) {
+    let api: Api<ResidentWorkload> = Api::namespaced(env.mgmt.clone(), ns);
+    for w in workloads {
+        delete_and_wait(&api, w, T).await;
+    }
+    let p: Api<ResidencyPolicy> = Api::all(env.mgmt.clone());
+    for name in policies {
+        let _ = p.delete(name, &DeleteParams::default()).await;
+    }
+    for (_, c) in &env.members {
+        let _ = Api::<Namespace>::all(c.clone())
+            .delete(ns, &DeleteParams::default())
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn a_country_no_policy_governs_is_placed_nowhere() {
+    let _lock = CLUSTER_LOCK.read().await;
+    let env = setup().await;
+    let ns = "rules-default-deny";
+    namespace(&env.mgmt, ns).await;
+    apply_workload(&env.mgmt, &processing(ns, "bhutan", &["BT"]))
+        .await
+        .unwrap();
+    let rw = wait_workload(&env.mgmt, ns, "bhutan", "NoPolicyForCountry", |rw| {
+        condition(rw, "Compliant").is_some_and(|c| c.1 == "NoPolicyForCountry")
+    })
+    .await;
+    let (status, _, message) = condition(&rw, "Compliant").unwrap();
+    assert_eq!(status, "False");
+    assert!(message.contains("no policy governs BT"), "{message}");
+    assert_eq!(condition(&rw, "Ready").unwrap().0, "False");
+    assert_eq!(condition(&rw, "Stalled").unwrap().0, "True");
+    for (name, c) in &env.members {
+        assert!(
+            !namespace_exists(c, ns).await,
+            "{name}: nothing may be written for an ungoverned country"
+        );
+    }
+    cleanup(&env, ns, &["bhutan"], &[]).await;
+}
+
+#[tokio::test]
+async fn conflicting_policies_place_nothing_and_are_named() {
+    let _lock = CLUSTER_LOCK.read().await;
+    let env = setup().await;
+    let ns = "rules-conflict";
+    namespace(&env.mgmt, ns).await;
+    policy(
+        &env.mgmt,
+        "fiji-legacy",
+        &["FJ"],
+        json!([{"country": "RU", "region": "moscow"}]),
+        "Enforce",
+    )
+    .await;
+    policy(
+        &env.mgmt,
+        "tonga-zurich",
+        &["TO"],
+        json!([{"country": "CH", "region": "zurich"}]),
+        "Enforce",
+    )
+    .await;
+    apply_workload(&env.mgmt, &processing(ns, "pacific", &["FJ", "TO"]))
+        .await
+        .unwrap();
+    let rw = wait_workload(&env.mgmt, ns, "pacific", "PolicyConflict", |rw| {
+        condition(rw, "Compliant").is_some_and(|c| c.1 == "PolicyConflict")
+    })
+    .await;
+    let message = condition(&rw, "Compliant").unwrap().2;
+    assert!(
+        message.contains("fiji-legacy (FJ) allows msk-1"),
+        "{message}"
+    );
+    assert!(
+        message.contains("tonga-zurich (TO) allows zrh-1, zrh-2"),
+        "{message}"
+    );
+    for (name, c) in &env.members {
+        assert!(
+            !namespace_exists(c, ns).await,
+            "{name}: nothing may be placed for a conflict"
+        );
+    }
+    cleanup(&env, ns, &["pacific"], &["fiji-legacy", "tonga-zurich"]).await;
+}
+
+#[tokio::test]
+async fn an_unverified_cluster_receives_nothing_new() {
+    let _lock = CLUSTER_LOCK.write().await;
+    let env = setup().await;
+    let ns = "rules-unverified";
+    namespace(&env.mgmt, ns).await;
+    let zrh2 = &env.members[1].1;
+    let nodes: Api<Node> = Api::all(zrh2.clone());
+    let relabel = |region: &'static str| {
+        let nodes = nodes.clone();
+        async move {
+            let patch = json!({"metadata": {"labels": {"topology.kubernetes.io/region": region}}});
+            nodes
+                .patch(
+                    "zrh-2-node-b",
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    relabel("us-east-1").await;
+    let clusters: Api<MemberCluster> = Api::all(env.mgmt.clone());
+    eventually("zrh-2 unverified", T, || async {
+        let mc = clusters.get("zrh-2").await.map_err(|e| e.to_string())?;
+        let c = mc.status.map(|s| s.conditions).unwrap_or_default();
+        match c.iter().find(|c| c.type_ == "LocationVerified") {
+            Some(c)
+                if c.status == "False"
+                    && c.reason == "NodeOutsideAttestedRegions"
+                    && c.message.contains("zrh-2-node-b (us-east-1)") =>
+            {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    policy(
+        &env.mgmt,
+        "samoa-zurich",
+        &["WS"],
+        json!([{"country": "CH", "region": "zurich"}]),
+        "Enforce",
+    )
+    .await;
+    apply_workload(&env.mgmt, &processing(ns, "samoa", &["WS"]))
+        .await
+        .unwrap();
+    let rw = wait_workload(&env.mgmt, ns, "samoa", "Ready on zrh-1 only", |rw| {
+        ready_on(rw, &["zrh-1"])
+    })
+    .await;
+    let zrh2_reason = &rw
+        .status
+        .as_ref()
+        .unwrap()
+        .clusters
+        .iter()
+        .find(|c| c.name == "zrh-2")
+        .unwrap()
+        .reason;
+    assert!(
+        zrh2_reason.contains("location not verified"),
+        "{zrh2_reason}"
+    );
+    assert_eq!(
+        placed_on(zrh2, ns, "samoa").await,
+        0,
+        "an unverified cluster receives no new data"
+    );
+    assert_eq!(placed_on(&env.members[0].1, ns, "samoa").await, 1);
+
+    // the region is fixed: the cluster is verified again and, event-driven, receives the workload
+    relabel("eu-central-2").await;
+    wait_workload(&env.mgmt, ns, "samoa", "Ready on zrh-1 and zrh-2", |rw| {
+        ready_on(rw, &["zrh-1", "zrh-2"])
+    })
+    .await;
+    assert_eq!(placed_on(zrh2, ns, "samoa").await, 1);
+    cleanup(&env, ns, &["samoa"], &["samoa-zurich"]).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_member_keeps_its_copy_until_it_is_back() {
+    let _lock = CLUSTER_LOCK.write().await;
+    let env = setup().await;
+    let Ok(fleet_dir) = std::env::var("RESIDENCY_FLEET_DIR") else {
+        panic!(
+            "this test stops and restarts a member apiserver: it needs the local fleet (RESIDENCY_FLEET_DIR)"
+        );
+    };
+    let fleet_sh = common::repo("tests/testenv/fleet.sh");
+    let ns = "rules-unreachable";
+    namespace(&env.mgmt, ns).await;
+    let msk1 = &env.members[2].1;
+    policy(
+        &env.mgmt,
+        "vanuatu",
+        &["VU"],
+        json!([{"country": "RU", "region": "moscow"}]),
+        "Enforce",
+    )
+    .await;
+    apply_workload(&env.mgmt, &processing(ns, "vanuatu", &["VU"]))
+        .await
+        .unwrap();
+    wait_workload(&env.mgmt, ns, "vanuatu", "Ready on msk-1", |rw| {
+        ready_on(rw, &["msk-1"])
+    })
+    .await;
+    assert_eq!(placed_on(msk1, ns, "vanuatu").await, 1);
+
+    // msk-1's apiserver goes away, then the policy moves VU to Zurich
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&fleet_sh)
+            .args(args)
+            .env("RESIDENCY_FLEET_DIR", &fleet_dir)
+            .output()
+            .expect("fleet.sh");
+        assert!(
+            out.status.success(),
+            "fleet.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["stop", "msk-1-kube-apiserver"]);
+    policy(
+        &env.mgmt,
+        "vanuatu",
+        &["VU"],
+        json!([{"country": "CH", "region": "zurich"}]),
+        "Enforce",
+    )
+    .await;
+    let rw = wait_workload(
+        &env.mgmt,
+        ns,
+        "vanuatu",
+        "on zrh-1, zrh-2 with msk-1 Unknown",
+        |rw| {
+            let s = rw.status.clone().unwrap_or_default();
+            s.targets == ["zrh-1", "zrh-2"]
+                && s.placements
+                    .iter()
+                    .filter(|p| p.cluster.starts_with("zrh"))
+                    .all(|p| p.state == "Ready")
+                && s.placements
+                    .iter()
+                    .any(|p| p.cluster == "msk-1" && p.state == "Unknown")
+        },
+    )
+    .await;
+    let msk = rw
+        .status
+        .as_ref()
+        .unwrap()
+        .placements
+        .iter()
+        .find(|p| p.cluster == "msk-1")
+        .unwrap()
+        .clone();
+    assert!(
+        msk.message.contains("Cannot reach msk-1") && msk.message.contains("kept"),
+        "{}",
+        msk.message
+    );
+    let (status, reason, _) = condition(&rw, "Compliant").unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ForbiddenCopies")
+    );
+
+    // back: the relocation finishes
+    run(&["up"]);
+    wait_workload(&env.mgmt, ns, "vanuatu", "msk-1 copy removed", |rw| {
+        ready_on(rw, &["zrh-1", "zrh-2"])
+            && !rw
+                .status
+                .as_ref()
+                .unwrap()
+                .placements
+                .iter()
+                .any(|p| p.cluster == "msk-1")
+    })
+    .await;
+    assert_eq!(placed_on(msk1, ns, "vanuatu").await, 0);
+    cleanup(&env, ns, &["vanuatu"], &["vanuatu"]).await;
+}
+
+#[tokio::test]
+async fn audit_mode_writes_nothing_to_members() {
+    let _lock = CLUSTER_LOCK.read().await;
+    let env = setup().await;
+    let ns = "rules-audit";
+    namespace(&env.mgmt, ns).await;
+    policy(
+        &env.mgmt,
+        "nauru-audit",
+        &["NR"],
+        json!([{"country": "CH", "region": "zurich"}]),
+        "Audit",
+    )
+    .await;
+    apply_workload(&env.mgmt, &processing(ns, "nauru", &["NR"]))
+        .await
+        .unwrap();
+    let rw = wait_workload(&env.mgmt, ns, "nauru", "AuditOnly", |rw| {
+        condition(rw, "Ready").is_some_and(|c| c.1 == "AuditOnly")
+    })
+    .await;
+    let s = rw.status.clone().unwrap();
+    assert!(s.targets.is_empty(), "Audit mode places nothing");
+    assert!(s.placements.is_empty());
+    let verdicts: Vec<_> = s
+        .clusters
+        .iter()
+        .map(|c| (c.name.as_str(), c.verdict.as_str()))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("msk-1", "Forbidden"),
+            ("zrh-1", "Target"),
+            ("zrh-2", "Target")
+        ]
+    );
+    assert!(
+        condition(&rw, "Ready")
+            .unwrap()
+            .2
+            .contains("nothing is written")
+    );
+    // give the operator time to do something wrong, then check the member apiservers
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (name, c) in &env.members {
+        assert!(
+            !namespace_exists(c, ns).await,
+            "{name}: Audit must not write"
+        );
+        assert_eq!(placed_on(c, "default", "nauru").await, 0);
+    }
+    if let Ok(dir) = std::env::var("RESIDENCY_FLEET_DIR") {
+        // the members' audit logs: no write by the operator in this namespace
+        for name in ["zrh-1", "zrh-2", "msk-1"] {
+            let log =
+                std::fs::read_to_string(format!("{dir}/logs/{name}-audit.log")).unwrap_or_default();
+            let writes = log
+                .lines()
+                .filter(|l| l.contains("\"userAgent\":\"residency-operator/"))
+                .filter(|l| {
+                    l.contains(&format!("\"namespace\":\"{ns}\""))
+                        || l.contains(&format!("\"name\":\"{ns}\""))
+                })
+                .count();
+            assert_eq!(
+                writes, 0,
+                "{name}: the audit log shows operator writes for {ns}"
+            );
+        }
+    }
+    cleanup(&env, ns, &["nauru"], &["nauru-audit"]).await;
+}
+
+#[tokio::test]
+async fn an_invalid_workload_is_refused_and_nothing_is_applied() {
+    let _lock = CLUSTER_LOCK.read().await;
+    let env = setup().await;
+    let ns = "rules-invalid";
+    namespace(&env.mgmt, ns).await;
+    policy(
+        &env.mgmt,
+        "kiribati",
+        &["KI"],
+        json!([{"country": "CH", "region": "zurich"}]),
+        "Enforce",
+    )
+    .await;
+
+    // a forbidden kind is refused by the API server: nothing reaches the operator
+    let mut escalation = processing(ns, "escalation", &["KI"]);
+    escalation["spec"]["manifests"][0] = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "take-over"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "default"}]});
+    let err = apply_workload(&env.mgmt, &escalation)
+        .await
+        .expect_err("a ClusterRoleBinding must be refused");
+    assert!(
+        err.to_string()
+            .contains("ClusterRoleBinding (rbac.authorization.k8s.io/v1) cannot be placed"),
+        "{err}"
+    );
+
+    // two manifests with the same kind and name pass the schema but not the operator
+    let mut duplicate = processing(ns, "duplicate", &["KI"]);
+    duplicate["spec"]["manifests"][0] = duplicate["spec"]["manifests"][1].clone();
+    apply_workload(&env.mgmt, &duplicate).await.unwrap();
+    let rw = wait_workload(&env.mgmt, ns, "duplicate", "InvalidSpec", |rw| {
+        condition(rw, "Stalled").is_some_and(|c| c.0 == "True" && c.1 == "InvalidSpec")
+    })
+    .await;
+    assert!(
+        condition(&rw, "Ready")
+            .unwrap()
+            .2
+            .contains("same kind and metadata.name"),
+        "{:?}",
+        condition(&rw, "Ready")
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, c) in &env.members {
+        assert!(
+            !namespace_exists(c, ns).await,
+            "{name}: nothing is applied for an invalid spec"
+        );
+    }
+    cleanup(&env, ns, &["duplicate"], &["kiribati"]).await;
+}

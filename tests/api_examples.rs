@@ -3,83 +3,22 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use common::{Fleet, eventually};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use common::operator;
+use common::{Fleet, documents, dynamic_api, repo, yaml_files};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, ValidationDirective};
 use kube::core::GroupVersionKind;
-use kube::discovery::{self, Scope};
+use kube::discovery;
 use kube::{Client, ResourceExt};
 use tokio::sync::OnceCell;
 
 const MANAGER: &str = "residency-tests";
 
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn yaml_files(dir: &str) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(repo(dir))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    files
-}
-
-fn documents(path: &Path) -> Vec<DynamicObject> {
-    use serde::Deserialize;
-    let text = std::fs::read_to_string(path).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
-        .filter(|v| !v.is_null())
-        .map(|v| serde_yaml::from_value(v).unwrap())
-        .collect()
-}
-
-/// Installs the committed CRDs once per test binary and waits until they are Established.
+/// Installs the committed CRDs once per test binary.
 async fn install_crds(client: &Client) {
     static DONE: OnceCell<()> = OnceCell::const_new();
-    DONE.get_or_init(|| async {
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        for file in yaml_files("crds") {
-            for doc in documents(&file) {
-                let crd: CustomResourceDefinition =
-                    serde_json::from_value(serde_json::to_value(&doc).unwrap()).unwrap();
-                let name = crd.name_any();
-                crds.patch(
-                    &name,
-                    &PatchParams::apply(MANAGER).force(),
-                    &Patch::Apply(&crd),
-                )
-                .await
-                .unwrap_or_else(|e| panic!("installing CRD {name}: {e}"));
-                eventually(
-                    &format!("CRD {name} Established"),
-                    Duration::from_secs(60),
-                    || async {
-                        let c = crds.get(&name).await.map_err(|e| e.to_string())?;
-                        let ok = c
-                            .status
-                            .and_then(|s| s.conditions)
-                            .unwrap_or_default()
-                            .iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True");
-                        if ok {
-                            Ok(())
-                        } else {
-                            Err("not Established".into())
-                        }
-                    },
-                )
-                .await;
-            }
-        }
-    })
-    .await;
+    DONE.get_or_init(|| operator::install_crds(client)).await;
 }
 
 /// Server-side applies one object (optionally as a dry run) with strict field validation.
@@ -88,16 +27,7 @@ async fn apply(
     obj: &DynamicObject,
     dry_run: bool,
 ) -> Result<DynamicObject, kube::Error> {
-    let types = obj.types.as_ref().expect("apiVersion and kind");
-    let gvk = GroupVersionKind::try_from(types).unwrap();
-    let (ar, caps) = discovery::pinned_kind(client, &gvk).await?;
-    let api: Api<DynamicObject> = match caps.scope {
-        Scope::Namespaced => {
-            let ns = obj.namespace().unwrap_or_else(|| "threat-intel".into());
-            Api::namespaced_with(client.clone(), &ns, &ar)
-        }
-        Scope::Cluster => Api::all_with(client.clone(), &ar),
-    };
+    let api = dynamic_api(client, obj, "threat-intel").await?;
     let mut params = PatchParams::apply(MANAGER).force();
     params.dry_run = dry_run;
     params.field_validation = Some(ValidationDirective::Strict);
@@ -106,16 +36,7 @@ async fn apply(
 }
 
 async fn delete(client: &Client, obj: &DynamicObject) {
-    let gvk = GroupVersionKind::try_from(obj.types.as_ref().unwrap()).unwrap();
-    if let Ok((ar, caps)) = discovery::pinned_kind(client, &gvk).await {
-        let api: Api<DynamicObject> = match caps.scope {
-            Scope::Namespaced => Api::namespaced_with(
-                client.clone(),
-                &obj.namespace().unwrap_or_else(|| "threat-intel".into()),
-                &ar,
-            ),
-            Scope::Cluster => Api::all_with(client.clone(), &ar),
-        };
+    if let Ok(api) = dynamic_api(client, obj, "threat-intel").await {
         let _ = api.delete(&obj.name_any(), &DeleteParams::default()).await;
     }
 }

@@ -32,20 +32,7 @@ async fn setup() -> Env {
     operator::start(&fleet).await;
     let mgmt = fleet.mgmt_client().await;
     apply_path(&mgmt, "examples/seed/10-clusters.yaml").await;
-    let clusters: Api<MemberCluster> = Api::all(mgmt.clone());
-    for name in ["zrh-1", "zrh-2", "msk-1"] {
-        eventually(&format!("{name} Ready and LocationVerified"), T, || async {
-            let mc = clusters.get(name).await.map_err(|e| e.to_string())?;
-            let c = mc.status.map(|s| s.conditions).unwrap_or_default();
-            let ok = |t: &str| c.iter().any(|c| c.type_ == t && c.status == "True");
-            if ok("Ready") && ok("LocationVerified") {
-                Ok(())
-            } else {
-                Err(format!("{c:?}"))
-            }
-        })
-        .await;
-    }
+    common::clusters_verified(&mgmt, &["zrh-1", "zrh-2", "msk-1"]).await;
     let mut members = Vec::new();
     for name in ["zrh-1", "zrh-2", "msk-1"] {
         members.push((name, fleet.member(name).await));
@@ -572,4 +559,95 @@ async fn an_invalid_workload_is_refused_and_nothing_is_applied() {
         );
     }
     cleanup(&env, ns, &["duplicate"], &["kiribati"]).await;
+}
+
+#[tokio::test]
+async fn the_operator_fails_fast_without_its_crds() {
+    // a member cluster has no residency CRDs: pointing the operator at it must fail at once
+    let prefix = std::env::var("RESIDENCY_CONTEXT_PREFIX").unwrap_or_default();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_residency-operator"))
+            .args([
+                "run",
+                "--kubeconfig",
+                &Fleet::kubeconfig_path(),
+                "--context",
+                &format!("{prefix}zrh-1"),
+            ])
+            .args(["--http-addr", "127.0.0.1:0"])
+            .output(),
+    )
+    .await
+    .expect("the operator exits quickly")
+    .expect("run the operator");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("CustomResourceDefinition memberclusters.residency.io is not installed"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn kubeconfigs_with_exec_plugins_are_refused() {
+    // adds a MemberCluster, which other tests would see in their decisions
+    let _lock = CLUSTER_LOCK.write().await;
+    let env = setup().await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(env.mgmt.clone(), operator::OPERATOR_NS);
+    let kubeconfig = r#"apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster: {server: "https://127.0.0.1:1"}
+users:
+- name: u
+  user:
+    exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/steal-credentials}
+contexts:
+- name: c
+  context: {cluster: c, user: u}
+current-context: c
+"#;
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "exec-1-kubeconfig"},
+        "stringData": {"kubeconfig": kubeconfig}});
+    secrets
+        .patch(
+            "exec-1-kubeconfig",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .unwrap();
+    let clusters: Api<MemberCluster> = Api::all(env.mgmt.clone());
+    let mc = json!({"apiVersion": "residency.io/v1alpha1", "kind": "MemberCluster", "metadata": {"name": "exec-1"},
+        "spec": {"location": {"country": "CH", "region": "zurich"}, "attestation": {"nodeRegions": ["eu-central-2"]},
+                 "connection": {"kubeconfigSecretRef": {"name": "exec-1-kubeconfig"}}}});
+    clusters
+        .patch(
+            "exec-1",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&mc),
+        )
+        .await
+        .unwrap();
+    let ready = eventually("exec-1 refused", T, || async {
+        let mc = clusters.get("exec-1").await.map_err(|e| e.to_string())?;
+        let c = mc.status.map(|s| s.conditions).unwrap_or_default();
+        c.into_iter()
+            .find(|c| c.type_ == "Ready" && c.reason == "ExecPluginRefused")
+            .ok_or_else(|| "not refused yet".to_string())
+    })
+    .await;
+    assert_eq!(ready.status, "False");
+    assert!(
+        !ready.message.contains("steal-credentials"),
+        "no kubeconfig content in status: {}",
+        ready.message
+    );
+    let _ = clusters.delete("exec-1", &DeleteParams::default()).await;
+    let _ = secrets
+        .delete("exec-1-kubeconfig", &DeleteParams::default())
+        .await;
 }

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
-use residency_operator::api::{MemberCluster, ResidencyPolicy, ResidentWorkload};
+use residency_operator::api::{ResidencyPolicy, ResidentWorkload};
 
 const NS: &str = "threat-intel";
 const STORE: &str = "apac-threat-store";
@@ -84,20 +84,7 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
 
     // 1. the seed: clusters, policies (APAC still on RU/moscow), workloads
     apply_path(&mgmt, "examples/seed").await;
-    let clusters: Api<MemberCluster> = Api::all(mgmt.clone());
-    for name in ["zrh-1", "zrh-2", "msk-1"] {
-        eventually(&format!("{name} Ready and LocationVerified"), T, || async {
-            let mc = clusters.get(name).await.map_err(|e| e.to_string())?;
-            let conds = mc.status.map(|s| s.conditions).unwrap_or_default();
-            let ok = |t: &str| conds.iter().any(|c| c.type_ == t && c.status == "True");
-            if ok("Ready") && ok("LocationVerified") {
-                Ok(())
-            } else {
-                Err(format!("{conds:?}"))
-            }
-        })
-        .await;
-    }
+    common::clusters_verified(&mgmt, &["zrh-1", "zrh-2", "msk-1"]).await;
     let workloads: Api<ResidentWorkload> = Api::namespaced(mgmt.clone(), NS);
     ready_on(&workloads, STORE, &["msk-1"]).await;
     ready_on(&workloads, ANALYSIS, &["msk-1"]).await;

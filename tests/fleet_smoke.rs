@@ -154,7 +154,7 @@ async fn every_member_runs_pods_and_binds_volumes_in_its_region() {
 async fn management_cluster_serves_crds() {
     let fleet = Fleet::from_env();
     let client = fleet.mgmt_client().await;
-    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let group = format!("{}.smoke.residency.io", unique("g"));
     let name = format!("probes.{group}");
     let crd: CustomResourceDefinition = serde_json::from_value(json!({
@@ -173,21 +173,7 @@ async fn management_cluster_serves_crds() {
     crds.create(&PostParams::default(), &crd)
         .await
         .expect("create CRD");
-    eventually("CRD Established", TIMEOUT, || async {
-        let c = crds.get(&name).await.map_err(|e| e.to_string())?;
-        let established = c
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        if established {
-            Ok(())
-        } else {
-            Err("not Established".into())
-        }
-    })
-    .await;
+    common::crd_established(&client, &name).await;
     crds.delete(&name, &DeleteParams::default())
         .await
         .expect("delete CRD");

@@ -223,3 +223,50 @@ impl Fleet {
         self.client(&format!("{prefix}{cluster}")).await
     }
 }
+
+/// Waits until the CRD `name` is Established.
+pub async fn crd_established(client: &Client, name: &str) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    eventually(
+        &format!("CRD {name} Established"),
+        Duration::from_secs(60),
+        || async {
+            let c = crds.get(name).await.map_err(|e| e.to_string())?;
+            let established = c
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                Ok(())
+            } else {
+                Err("not Established".into())
+            }
+        },
+    )
+    .await;
+}
+
+/// Waits until every named MemberCluster is Ready and LocationVerified.
+pub async fn clusters_verified(mgmt: &Client, names: &[&str]) {
+    let clusters: kube::Api<residency_operator::api::MemberCluster> = kube::Api::all(mgmt.clone());
+    for name in names {
+        eventually(
+            &format!("{name} Ready and LocationVerified"),
+            Duration::from_secs(120),
+            || async {
+                let mc = clusters.get(name).await.map_err(|e| e.to_string())?;
+                let c = mc.status.map(|s| s.conditions).unwrap_or_default();
+                let ok = |t: &str| c.iter().any(|c| c.type_ == t && c.status == "True");
+                if ok("Ready") && ok("LocationVerified") {
+                    Ok(())
+                } else {
+                    Err(format!("{c:?}"))
+                }
+            },
+        )
+        .await;
+    }
+}

@@ -22,6 +22,8 @@ const MANAGER: &str = "residency-tests";
 /// standard input closes).
 pub struct Operator {
     _child: Child,
+    /// Its process id.
+    pub pid: u32,
     /// Where it serves /metrics.
     pub http: String,
     /// Its log file.
@@ -50,25 +52,7 @@ pub async fn install_crds(client: &Client) {
         )
         .await
         .unwrap_or_else(|e| panic!("install CRD {name}: {e}"));
-        eventually(
-            &format!("CRD {name} Established"),
-            Duration::from_secs(60),
-            || async {
-                let c = crds.get(&name).await.map_err(|e| e.to_string())?;
-                let ok = c
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                if ok {
-                    Ok(())
-                } else {
-                    Err("not Established".into())
-                }
-            },
-        )
-        .await;
+        super::crd_established(client, &name).await;
     }
 }
 
@@ -175,8 +159,10 @@ pub async fn start(fleet: &Fleet) -> &'static Operator {
             })
             .await;
             eprintln!("operator running; log: {}", log.display());
+            let pid = child.id().unwrap_or_default();
             Operator {
                 _child: child,
+                pid,
                 http,
                 log,
             }

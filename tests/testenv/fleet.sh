@@ -29,6 +29,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/versions.env"
 STATE="${RESIDENCY_FLEET_DIR:-${TMPDIR:-/tmp}/residency-fleet}"
 PORT_BASE="${RESIDENCY_FLEET_PORT_BASE:-17400}"
+# a running fleet keeps the ports it was started with
+if [[ -z "${RESIDENCY_FLEET_PORT_BASE:-}" && -f "$STATE/port-base" ]]; then PORT_BASE="$(cat "$STATE/port-base")"; fi
 PVS="${RESIDENCY_FLEET_PVS:-40}"
 TIMEOUT="${RESIDENCY_FLEET_TIMEOUT:-120}"
 CACHE="${RESIDENCY_CACHE:-$HOME/.cache/residency-operator}/testenv"
@@ -352,6 +354,7 @@ cmd_up() {
   command -v curl >/dev/null || die "curl is required"
   "$HERE/build.sh" >/dev/null
   mkdir -p "$STATE"/{pids,logs,pki,kubeconfigs}
+  echo "$PORT_BASE" >"$STATE/port-base"
   local row name role country region i=0
   for row in "${FLEET[@]}"; do read -r name role country region <<<"$row"; pki "$name"; done
   write_kubeconfigs

@@ -449,12 +449,28 @@ async fn patch_status(
 }
 
 async fn publish(ctx: &Context, rw: &ResidentWorkload, type_: EventType, reason: &str, note: &str) {
+    publish_about(ctx, rw, None, type_, reason, note).await;
+}
+
+/// Publishes an Event about `rw`, related to a MemberCluster when given (so events about
+/// different clusters are not folded into one series).
+async fn publish_about(
+    ctx: &Context,
+    rw: &ResidentWorkload,
+    cluster: Option<&str>,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let secondary = cluster
+        .and_then(|c| ctx.clusters.get(&ObjectRef::new(c)))
+        .map(|mc| mc.object_ref(&()));
     let event = KubeEvent {
         type_,
         reason: reason.into(),
         note: Some(note.chars().take(1000).collect()),
         action: reason.into(),
-        secondary: None,
+        secondary,
     };
     if let Err(e) = ctx.recorder.publish(&event, &rw.object_ref(&())).await {
         warn!(error = %e, reason, "could not publish event");
@@ -475,14 +491,31 @@ async fn events(
             .find(|p| p.cluster == c)
             .map(|p| p.state.clone())
     };
+    // one event per cluster, related to its MemberCluster
     for p in &next.placements {
         let before = state_of(previous, &p.cluster);
         if p.state == state::READY && before.as_deref() != Some(state::READY) {
             let note = format!("Ready on {}.", p.cluster);
-            publish(ctx, rw, EventType::Normal, "Placed", &note).await;
+            publish_about(
+                ctx,
+                rw,
+                Some(&p.cluster),
+                EventType::Normal,
+                "Placed",
+                &note,
+            )
+            .await;
         }
         if p.state == state::RETAINED && before.as_deref() != Some(state::RETAINED) {
-            publish(ctx, rw, EventType::Warning, "VolumesRetained", &p.message).await;
+            publish_about(
+                ctx,
+                rw,
+                Some(&p.cluster),
+                EventType::Warning,
+                "VolumesRetained",
+                &p.message,
+            )
+            .await;
         }
     }
     for p in &previous.placements {
@@ -492,7 +525,15 @@ async fn events(
                 p.cluster,
                 next.targets.join(", ")
             );
-            publish(ctx, rw, EventType::Normal, "Evicted", &note).await;
+            publish_about(
+                ctx,
+                rw,
+                Some(&p.cluster),
+                EventType::Normal,
+                "Evicted",
+                &note,
+            )
+            .await;
         }
     }
     let was = conditions::find(&previous.conditions, types::COMPLIANT).map(|c| c.reason.clone());

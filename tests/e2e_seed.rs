@@ -64,6 +64,32 @@ async fn running_on(client: &Client) -> bool {
     dep_ok && sts_ok
 }
 
+/// The seed objects' readiness on a cluster, for diagnostics.
+async fn describe(client: &Client) -> String {
+    let d: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let s: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
+    let dep = d
+        .get_opt("malware-analysis")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|d| d.status)
+        .map(|s| {
+            format!(
+                "deployment available {:?} ready {:?}",
+                s.available_replicas, s.ready_replicas
+            )
+        });
+    let sts = s
+        .get_opt("sample-store")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| s.status)
+        .map(|s| format!("statefulset ready {:?}", s.ready_replicas));
+    format!("{dep:?} {sts:?}")
+}
+
 /// True when neither seed workload object is left on `client`'s cluster (a failed call is
 /// "not gone").
 async fn gone_from(client: &Client) -> bool {
@@ -105,6 +131,11 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
                 // removal is sampled first, so a removal before readiness cannot hide in one sample
                 if gone_at.is_none() && gone_from(&msk1).await {
                     gone_at = Some(start.elapsed());
+                    eprintln!(
+                        "observer: msk-1 empty at {gone_at:?}; zrh-1 {}, zrh-2 {}",
+                        describe(&zrh1).await,
+                        describe(&zrh2).await
+                    );
                 }
                 if ready_at.is_none() && running_on(&zrh1).await && running_on(&zrh2).await {
                     ready_at = Some(start.elapsed());

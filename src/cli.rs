@@ -71,6 +71,13 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
     pub log_format: crate::telemetry::LogFormat,
+    /// Run several replicas: only the holder of the Lease `residency-operator` in --namespace
+    /// reconciles and writes.
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// This replica's identity (default: $POD_NAME, else hostname and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
     /// Exit when standard input closes (lets a test harness own the process).
     #[arg(long, hide = true)]
     pub exit_on_stdin_close: bool,
@@ -123,7 +130,11 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         }
         None => kube::Config::infer().await?,
     };
-    let client = kube::Client::try_from(crate::fleet::identify(config))?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let client = kube::Client::try_from(crate::fleet::identify(config, &identity))?;
     let settings = crate::controller::Settings {
         namespace: args.namespace.clone(),
         connection_policy: crate::fleet::kubeconfig::ConnectionPolicy {
@@ -132,14 +143,17 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         },
         probe_interval: std::time::Duration::from_secs(args.probe_interval.max(1)),
         concurrency: args.concurrency.max(1),
+        instance: identity.clone(),
         ..Default::default()
     };
     let metrics = crate::metrics::Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
+    let standby = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http_state = crate::http::HttpState {
         metrics: metrics.clone(),
         ready: ready.clone(),
+        standby: standby.clone(),
     };
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(crate::http::serve(args.http_addr, http_state, async move {
@@ -156,12 +170,51 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
             std::process::exit(0);
         });
     }
-    tracing::info!(namespace = %args.namespace, "starting residency-operator");
-    let result = crate::controller::runner::run(client, settings, metrics, ready).await;
+    tracing::info!(namespace = %args.namespace, %identity, "starting residency-operator");
+    let result = if args.leader_elect {
+        let cfg = crate::leader::Config::new(&args.namespace, &identity);
+        standby.store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::select! {
+            () = crate::leader::acquire(&client, &cfg) => {}
+            () = shutdown_signal() => {
+                tracing::info!("stopping while standing by");
+                let _ = stop_tx.send(true);
+                let _ = http.await;
+                return Ok(());
+            }
+        }
+        standby.store(false, std::sync::atomic::Ordering::Relaxed);
+        let run = crate::controller::runner::run(client.clone(), settings, metrics, ready);
+        tokio::select! {
+            result = run => {
+                crate::leader::release(&client, &cfg).await;
+                result.map_err(anyhow::Error::from)
+            }
+            lost = crate::leader::keep(&client, &cfg) => {
+                tracing::error!(error = %lost, "stopping: only the leader may write");
+                Err(anyhow::Error::from(lost))
+            }
+        }
+    } else {
+        crate::controller::runner::run(client, settings, metrics, ready)
+            .await
+            .map_err(anyhow::Error::from)
+    };
     let _ = stop_tx.send(true);
     let _ = http.await;
-    result?;
-    Ok(())
+    result
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 fn write_crds(dir: Option<PathBuf>) -> anyhow::Result<()> {

@@ -20,6 +20,8 @@ pub struct HttpState {
     pub metrics: Metrics,
     /// Set once the controllers run.
     pub ready: Arc<AtomicBool>,
+    /// Set while this replica waits for leadership (a standby replica is ready too).
+    pub standby: Arc<AtomicBool>,
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
@@ -39,6 +41,8 @@ async fn healthz() -> &'static str {
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
     if s.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok")
+    } else if s.standby.load(Ordering::Relaxed) {
+        (StatusCode::OK, "standby")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting")
     }

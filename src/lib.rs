@@ -10,6 +10,7 @@ pub mod desired;
 pub mod facts;
 pub mod fleet;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod placement;
 pub mod plan;

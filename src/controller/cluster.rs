@@ -218,13 +218,16 @@ async fn connect(ctx: &Context, mc: &MemberCluster) -> Result<(Client, String), 
             reason: connection_reason(e.category()),
             message: format!("Kubeconfig in Secret {ns}/{} refused: {e}", secret_ref.name),
         })?;
-    let client = Client::try_from(crate::fleet::identify(config)).map_err(|e| Refused {
-        reason: "InvalidKubeconfig",
-        message: format!(
-            "Kubeconfig in Secret {ns}/{} unusable: {e}",
-            secret_ref.name
-        ),
-    })?;
+    let client =
+        Client::try_from(crate::fleet::identify(config, &ctx.settings.instance)).map_err(|e| {
+            Refused {
+                reason: "InvalidKubeconfig",
+                message: format!(
+                    "Kubeconfig in Secret {ns}/{} unusable: {e}",
+                    secret_ref.name
+                ),
+            }
+        })?;
     Ok((client, fingerprint))
 }
 

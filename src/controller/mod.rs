@@ -90,6 +90,8 @@ pub struct Settings {
     pub resync_interval: Duration,
     /// Maximum concurrent reconciles per controller.
     pub concurrency: u16,
+    /// This replica's identity (pod name), in the user agent and the leader Lease.
+    pub instance: String,
 }
 
 impl Default for Settings {
@@ -101,6 +103,7 @@ impl Default for Settings {
             progress_interval: Duration::from_secs(2),
             resync_interval: Duration::from_secs(300),
             concurrency: 8,
+            instance: "residency-operator".into(),
         }
     }
 }

@@ -5,11 +5,14 @@ pub mod kubeconfig;
 pub mod member;
 pub mod registry;
 
-/// Identifies the operator to API servers (`User-Agent: residency-operator/<version>`), so its
-/// requests can be told apart in audit logs and API server metrics.
-pub fn identify(mut config: kube::Config) -> kube::Config {
-    let agent = concat!("residency-operator/", env!("CARGO_PKG_VERSION"));
-    if let Ok(value) = axum::http::HeaderValue::from_str(agent) {
+/// Identifies the operator to API servers (`User-Agent: residency-operator/<version> (<instance>)`),
+/// so its requests, and which replica sent them, can be told apart in audit logs.
+pub fn identify(mut config: kube::Config, instance: &str) -> kube::Config {
+    let agent = format!(
+        "residency-operator/{} ({instance})",
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Ok(value) = axum::http::HeaderValue::from_str(&agent) {
         config.headers.push((axum::http::header::USER_AGENT, value));
     }
     config

@@ -27,6 +27,9 @@ pub enum Command {
         /// Write `<plural>.<group>.yaml` files into this directory instead of printing.
         #[arg(long)]
         output_dir: Option<PathBuf>,
+        /// Print a Markdown reference of the CRDs (from their doc comments) instead.
+        #[arg(long, conflicts_with = "output_dir")]
+        markdown: bool,
     },
     /// Validate MemberClusters, ResidencyPolicies and ResidentWorkloads from YAML files and print
     /// where each workload would be placed. Exit code: 0 all placeable, 1 some workload
@@ -102,8 +105,15 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             rt.block_on(run_operator(args))?;
             Ok(0)
         }
-        Command::Crds { output_dir } => {
-            write_crds(output_dir)?;
+        Command::Crds {
+            output_dir,
+            markdown,
+        } => {
+            if markdown {
+                print!("{}", api::reference::markdown(&api::crds()));
+            } else {
+                write_crds(output_dir)?;
+            }
             Ok(0)
         }
         Command::Plan { files, output } => {

@@ -4,6 +4,7 @@
 pub mod conditions;
 pub mod country;
 pub mod member_cluster;
+pub mod reference;
 pub mod residency_policy;
 pub mod resident_workload;
 pub mod validate;

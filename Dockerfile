@@ -1,0 +1,28 @@
+# A minimal image of residency-operator: a static-ish release build on a distroless base,
+# running as a non-root user (65532) with nothing but the binary and CA certificates.
+#
+#   docker build -t residency-operator:0.1.0 .
+#   kind load docker-image residency-operator:0.1.0 --name mgmt
+ARG RUST_VERSION=1.95
+
+FROM rust:${RUST_VERSION}-bookworm AS build
+WORKDIR /src
+# dependencies first, so source edits do not rebuild them
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches \
+    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && echo 'fn main() {}' > benches/placement.rs && echo 'fn main() {}' > benches/fleet_operator.rs \
+    && cargo build --release --locked --bin residency-operator \
+    && rm -rf src benches
+COPY src ./src
+COPY benches ./benches
+RUN touch src/main.rs src/lib.rs \
+    && cargo build --release --locked --bin residency-operator \
+    && strip target/release/residency-operator
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/residency-operator /usr/local/bin/residency-operator
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/residency-operator"]
+CMD ["run"]

@@ -138,6 +138,14 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
             };
             kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
         }
+        // a context names an entry of $KUBECONFIG (or ~/.kube/config)
+        None if args.context.is_some() => {
+            let options = kube::config::KubeConfigOptions {
+                context: args.context.clone(),
+                ..Default::default()
+            };
+            kube::Config::from_kubeconfig(&options).await?
+        }
         None => kube::Config::infer().await?,
     };
     let identity = args.identity.clone().unwrap_or_else(|| {

@@ -651,3 +651,54 @@ current-context: c
         .delete("exec-1-kubeconfig", &DeleteParams::default())
         .await;
 }
+
+#[tokio::test]
+async fn a_manifest_dropped_from_the_spec_is_removed_from_the_members() {
+    let _lock = CLUSTER_LOCK.read().await;
+    let env = setup().await;
+    let ns = "rules-prune";
+    namespace(&env.mgmt, ns).await;
+    policy(
+        &env.mgmt,
+        "marshall",
+        &["MH"],
+        json!([{"country": "CH", "region": "zurich"}]),
+        "Enforce",
+    )
+    .await;
+    let mut body = processing(ns, "marshall", &["MH"]);
+    apply_workload(&env.mgmt, &body).await.unwrap();
+    wait_workload(&env.mgmt, ns, "marshall", "Ready on zrh-1, zrh-2", |rw| {
+        ready_on(rw, &["zrh-1", "zrh-2"])
+    })
+    .await;
+    let zrh: Vec<&Client> = env
+        .members
+        .iter()
+        .filter(|(n, _)| n.starts_with("zrh"))
+        .map(|(_, c)| c)
+        .collect();
+    for c in &zrh {
+        let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced((*c).clone(), ns);
+        assert!(cms.get_opt("marshall-config").await.unwrap().is_some());
+    }
+    // drop the ConfigMap from the manifests
+    body["spec"]["manifests"].as_array_mut().unwrap().remove(0);
+    apply_workload(&env.mgmt, &body).await.unwrap();
+    for c in &zrh {
+        let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced((*c).clone(), ns);
+        eventually("the dropped ConfigMap is deleted", T, || async {
+            match cms.get_opt("marshall-config").await {
+                Ok(None) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        assert_eq!(
+            placed_on(c, ns, "marshall").await,
+            1,
+            "the Deployment stays"
+        );
+    }
+    cleanup(&env, ns, &["marshall"], &["marshall"]).await;
+}

@@ -54,6 +54,26 @@ pub fn may_evict(decision: &Decision, placements: &[Placement]) -> bool {
         })
 }
 
+/// Objects recorded in the previous placement that the workload no longer declares (kind and
+/// name), to be pruned from the member.
+pub fn stale_objects(
+    previous: Option<&Placement>,
+    desired: &[crate::desired::DesiredObject],
+) -> Vec<(String, String)> {
+    let Some(previous) = previous else {
+        return Vec::new();
+    };
+    let mut stale: Vec<(String, String)> = previous
+        .objects
+        .iter()
+        .filter(|o| !desired.iter().any(|d| d.kind == o.kind && d.name == o.name))
+        .map(|o| (o.kind.clone(), o.name.clone()))
+        .collect();
+    stale.sort();
+    stale.dedup();
+    stale
+}
+
 /// The per-cluster decisions for status.
 pub fn cluster_decisions(decision: &Decision) -> Vec<ClusterDecision> {
     decision
@@ -522,6 +542,24 @@ mod tests {
             (Status::False, "NoPolicyForCountry")
         );
         assert_eq!(c[2].status, Status::True);
+    }
+
+    #[test]
+    fn objects_dropped_from_the_spec_are_stale() {
+        let prev = placement("zrh-1", state::READY); // holds Deployment d
+        let desired = crate::desired::DesiredObject {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "c".into(),
+            namespace: "t".into(),
+            object: serde_json::json!({}),
+            hash: String::new(),
+        };
+        assert_eq!(
+            stale_objects(Some(&prev), std::slice::from_ref(&desired)),
+            [("Deployment".to_string(), "d".to_string())]
+        );
+        assert!(stale_objects(None, &[desired]).is_empty());
     }
 
     #[test]

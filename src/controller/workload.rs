@@ -112,6 +112,7 @@ async fn place_on(
     ctx: &Context,
     rw: &ResidentWorkload,
     cluster: &str,
+    previous: Option<&Placement>,
     failures: &mut Vec<MemberError>,
 ) -> Placement {
     let mut placement = Placement {
@@ -130,12 +131,25 @@ async fn place_on(
     };
     let Some(m) = member(ctx, cluster) else {
         placement.message = unreachable_message(ctx, cluster);
+        placement.objects = previous.map(|p| p.objects.clone()).unwrap_or_default();
         return placement;
     };
     let ns = rw.namespace().unwrap_or_default();
+    let stale = status::stale_objects(previous, &objects);
     let result = async {
         m.ensure_namespace(&ns).await?;
-        m.place(&objects).await
+        let placed = m.place(&objects).await?;
+        if !stale.is_empty() {
+            let retained = m.prune(&ns, &stale, rw.spec.volume_policy).await?;
+            if !retained.is_empty() {
+                warn!(
+                    cluster,
+                    ?retained,
+                    "volumes dropped from the spec were retained"
+                );
+            }
+        }
+        Ok::<_, MemberError>(placed)
     }
     .await;
     match result {
@@ -147,10 +161,13 @@ async fn place_on(
         Err(e) if e.is_connectivity() => {
             ctx.fleet.mark_unreachable(cluster, e.source.to_string());
             placement.message = unreachable_message(ctx, cluster);
+            placement.objects = previous.map(|p| p.objects.clone()).unwrap_or_default();
         }
         Err(e) => {
             placement.state = state::FAILED.into();
             placement.message = e.to_string();
+            // keep the record of what is there, so nothing is forgotten
+            placement.objects = previous.map(|p| p.objects.clone()).unwrap_or_default();
             failures.push(e);
         }
     }
@@ -298,7 +315,8 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
     let enforce = decision.mode == Mode::Enforce && decision.is_placeable();
     if enforce {
         for target in &decision.targets {
-            placements.push(place_on(&ctx, &rw, target, &mut failures).await);
+            let prev = previous.placements.iter().find(|p| &p.cluster == target);
+            placements.push(place_on(&ctx, &rw, target, prev, &mut failures).await);
         }
         let leaving = status::leaving(&decision, &previous.placements);
         let may_evict = status::may_evict(&decision, &placements);

@@ -143,6 +143,49 @@ impl Member<'_> {
         Ok(out)
     }
 
+    /// Deletes objects the workload placed earlier but no longer declares (`stale`: kind and
+    /// name, from the previous placement in status). A PersistentVolumeClaim is never deleted
+    /// this way unless the volume policy is `Purge`: it is labelled retained instead. Returns
+    /// the retained claims.
+    pub async fn prune(
+        &self,
+        namespace: &str,
+        stale: &[(String, String)],
+        volumes: VolumePolicy,
+    ) -> Result<Vec<String>, MemberError> {
+        let mut retained = Vec::new();
+        for (kind, name) in stale {
+            let Some((api_version, _)) = crate::api::resident_workload::ALLOWED_KINDS
+                .iter()
+                .find(|(_, k)| k == kind)
+            else {
+                continue;
+            };
+            let Some(ar) = desired::api_resource(api_version, kind) else {
+                continue;
+            };
+            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &ar);
+            let what = format!("{kind} {name}");
+            let result = if kind == "PersistentVolumeClaim" && volumes == VolumePolicy::Retain {
+                let patch = json!({"metadata": {"labels": {labels::RETAINED: "true"}}});
+                retained.push(name.clone());
+                api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                    .map(|_| "label")
+            } else {
+                api.delete(name, &DeleteParams::background())
+                    .await
+                    .map(|_| "delete")
+            };
+            match result {
+                Ok(verb) => self.metrics.wrote(self.name, verb),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(self.err(format!("prune {what}"))(e)),
+            }
+        }
+        Ok(retained)
+    }
+
     /// Removes a workload's objects (in reverse apply order). Volumes are retained (labelled
     /// `residency.io/retained=true`) unless the policy is `Purge`; that includes the PVCs the
     /// StatefulSet controller created from volumeClaimTemplates, found by the workload's labels.

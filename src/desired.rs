@@ -552,6 +552,7 @@ mod tests {
                 role,
                 manifests: manifests.into_iter().map(Manifest).collect(),
                 volume_policy: VolumePolicy::Retain,
+                drift: None,
             },
         );
         rw.metadata.namespace = Some("finance".to_string());
@@ -1019,6 +1020,67 @@ mod tests {
         assert_eq!(
             workload_selector("finance", "ledger"),
             "residency.io/workload=ledger,residency.io/workload-namespace=finance"
+        );
+    }
+}
+
+/// Removes fields from a desired object so the operator neither applies nor owns them (drift
+/// ignore rules, e.g. `spec.replicas` scaled by an autoscaler), and updates its hash. Paths are
+/// dotted from the object root; a path through a list is not supported and is left alone.
+pub fn strip_fields(obj: &mut DesiredObject, paths: &[String]) {
+    if paths.is_empty() {
+        return;
+    }
+    for path in paths {
+        let mut parts: Vec<&str> = path.split('.').collect();
+        let Some(last) = parts.pop() else { continue };
+        let mut cursor = Some(&mut obj.object);
+        for p in parts {
+            cursor = cursor.and_then(|c| c.get_mut(p));
+        }
+        if let Some(map) = cursor.and_then(Value::as_object_mut) {
+            map.remove(last);
+        }
+    }
+    obj.hash = content_hash(&obj.object);
+    if let Some(ann) = obj
+        .object
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    {
+        ann.insert(HASH_ANNOTATION.into(), Value::String(obj.hash.clone()));
+    }
+}
+
+#[cfg(test)]
+mod strip_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn stripping_removes_the_field_and_changes_the_hash() {
+        let object = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "d", "annotations": {HASH_ANNOTATION: "x"}},
+            "spec": {"replicas": 2, "template": {}}});
+        let mut obj = DesiredObject {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            name: "d".into(),
+            namespace: "n".into(),
+            hash: content_hash(&object),
+            object,
+        };
+        let before = obj.hash.clone();
+        strip_fields(
+            &mut obj,
+            &["spec.replicas".into(), "spec.nothing.here".into()],
+        );
+        assert!(obj.object["spec"].get("replicas").is_none());
+        assert!(obj.object["spec"].get("template").is_some());
+        assert_ne!(obj.hash, before);
+        assert_eq!(
+            obj.object["metadata"]["annotations"][HASH_ANNOTATION],
+            json!(obj.hash)
         );
     }
 }

@@ -9,6 +9,9 @@
 
 use serde_json::Value;
 
+/// The path of a drift entry that means "the whole object is missing".
+pub const OBJECT: &str = "(object)";
+
 /// One drifted field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldDrift {

@@ -43,6 +43,17 @@ pub struct WriteLabels {
     pub verb: String,
 }
 
+/// Labels of drift metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    /// MemberCluster name.
+    pub cluster: String,
+    /// Kind of the drifted object.
+    pub kind: String,
+    /// `corrected` or `reported`.
+    pub action: String,
+}
+
 /// Every metric of the operator.
 #[derive(Clone)]
 pub struct Metrics {
@@ -58,6 +69,8 @@ pub struct Metrics {
     pub member_verified: Family<ClusterLabels, Gauge>,
     /// Writes to member clusters.
     pub member_writes: Family<WriteLabels, Counter>,
+    /// Drifted objects found, by cluster, kind and action (`corrected` or `reported`).
+    pub drift: Family<DriftLabels, Counter>,
     registry: Arc<Registry>,
 }
 
@@ -79,6 +92,12 @@ impl Metrics {
         let member_ready = Family::<ClusterLabels, Gauge>::default();
         let member_verified = Family::<ClusterLabels, Gauge>::default();
         let member_writes = Family::<WriteLabels, Counter>::default();
+        let drift = Family::<DriftLabels, Counter>::default();
+        registry.register(
+            "drift",
+            "Placed objects found drifted from what was applied",
+            drift.clone(),
+        );
         registry.register(
             "reconciliations",
             "Reconciliations run",
@@ -116,6 +135,7 @@ impl Metrics {
             member_ready,
             member_verified,
             member_writes,
+            drift,
             registry: Arc::new(registry),
         }
     }
@@ -145,6 +165,17 @@ impl Metrics {
             .get_or_create(&WriteLabels {
                 cluster: cluster.to_string(),
                 verb: verb.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records one drifted object.
+    pub fn drift(&self, cluster: &str, kind: &str, action: &str) {
+        self.drift
+            .get_or_create(&DriftLabels {
+                cluster: cluster.to_string(),
+                kind: kind.to_string(),
+                action: action.to_string(),
             })
             .inc();
     }

@@ -301,6 +301,18 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
         reasons.iter().any(|r| r == "Placed") && reasons.iter().any(|r| r == "Evicted"),
         "{reasons:?}"
     );
+    // nobody touched the placed objects: comparing them with what was applied finds nothing
+    // (no false drift from fields the API server defaults or normalizes), for either workload
+    let drift_events: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("DriftCorrected"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(drift_events.is_empty(), "{drift_events:?}");
 
     // 8. metrics are served
     let metrics = operator::http_get(op, "/metrics").await;

@@ -51,6 +51,50 @@ pub struct ResidentWorkloadSpec {
     /// `Purge` deletes them once the workload is Ready elsewhere.
     #[serde(default)]
     pub volume_policy: VolumePolicy,
+    /// How out-of-band changes to placed objects are treated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftSpec>,
+}
+
+/// Drift settings of a workload.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftSpec {
+    /// Fields the operator neither applies nor checks, so another controller may own them (for
+    /// example `spec.replicas` of a Deployment scaled by an autoscaler).
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub ignore: Vec<IgnoreRule>,
+}
+
+/// Fields to leave alone, on the objects of a kind (and name), or on every object.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IgnoreRule {
+    /// Kind the rule applies to, e.g. `Deployment`; every kind when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub kind: Option<String>,
+    /// Object name the rule applies to; every object of the kind when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub name: Option<String>,
+    /// Field paths, dotted from the object root, e.g. `spec.replicas`.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 256)))]
+    pub paths: Vec<String>,
+}
+
+impl ResidentWorkloadSpec {
+    /// The ignored field paths of the object `kind`/`name`.
+    pub fn ignored_fields(&self, kind: &str, name: &str) -> Vec<String> {
+        self.drift
+            .iter()
+            .flat_map(|d| &d.ignore)
+            .filter(|r| r.kind.as_deref().is_none_or(|k| k == kind))
+            .filter(|r| r.name.as_deref().is_none_or(|n| n == name))
+            .flat_map(|r| r.paths.iter().cloned())
+            .collect()
+    }
 }
 
 /// What a workload does with the data.
@@ -204,6 +248,37 @@ pub struct ResidentWorkloadStatus {
     /// The policies governing the workload's countries, sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub governing_policies: Vec<String>,
+    /// Placed objects that differ from what the operator applied and were not corrected (the
+    /// workload is governed only by Audit policies now), sorted, at most 20; see `driftCount`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<DriftEntry>,
+    /// Total number of drifted fields.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub drift_count: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+/// One drifted field of a placed object.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftEntry {
+    /// MemberCluster name.
+    pub cluster: String,
+    /// Kind of the object.
+    pub kind: String,
+    /// Name of the object.
+    pub name: String,
+    /// Field path, e.g. `spec.replicas`; `(object)` when the object was deleted.
+    pub path: String,
+    /// The applied value (JSON).
+    pub desired: String,
+    /// The live value (JSON), `<absent>` when gone.
+    pub live: String,
+    /// When the operator first saw this drift.
+    pub first_observed: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
 }
 
 /// The decision for one member cluster.

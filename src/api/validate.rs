@@ -407,6 +407,7 @@ mod tests {
                 role: Role::Storage,
                 manifests: manifests.into_iter().map(Manifest).collect(),
                 volume_policy: VolumePolicy::Retain,
+                drift: None,
             },
         );
         rw.metadata.namespace = Some("threat-data".into());

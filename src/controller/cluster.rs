@@ -53,6 +53,7 @@ pub async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Acti
                     reachable: false,
                     fingerprint: String::new(),
                     last_error: Some(refused.message.clone()),
+                    watches: None,
                 },
             );
             vec![
@@ -65,7 +66,11 @@ pub async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Acti
                 ),
             ]
         }
-        Ok((client, fingerprint)) => match probe(&client).await {
+        Ok(Connected {
+            client,
+            watch_client,
+            fingerprint,
+        }) => match probe(&client).await {
             Err(e) => {
                 let message = format!("Cannot reach the API server: {e}");
                 ctx.fleet.set(
@@ -73,6 +78,7 @@ pub async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Acti
                     Connection {
                         client: Some(client),
                         reachable: false,
+                        watches: watches_for(&ctx, &name, &fingerprint, &watch_client),
                         fingerprint,
                         last_error: Some(e.to_string()),
                     },
@@ -97,6 +103,7 @@ pub async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Acti
                     Connection {
                         client: Some(client),
                         reachable: true,
+                        watches: watches_for(&ctx, &name, &fingerprint, &watch_client),
                         fingerprint,
                         last_error: None,
                     },
@@ -157,10 +164,22 @@ pub fn error_policy(mc: Arc<MemberCluster>, err: &Error, ctx: Arc<Context>) -> A
 }
 
 /// A client for the member, reusing the previous one while its configuration is unchanged.
-async fn connect(ctx: &Context, mc: &MemberCluster) -> Result<(Client, String), Refused> {
+/// A connection: the client for requests, one for watches (no read timeout), and what it was
+/// built from.
+struct Connected {
+    client: Client,
+    watch_client: Client,
+    fingerprint: String,
+}
+
+async fn connect(ctx: &Context, mc: &MemberCluster) -> Result<Connected, Refused> {
     let name = mc.name_any();
     if mc.spec.connection.local.is_some() {
-        return Ok((ctx.client.clone(), "local".into()));
+        return Ok(Connected {
+            client: ctx.client.clone(),
+            watch_client: ctx.client.clone(),
+            fingerprint: "local".into(),
+        });
     }
     let Some(secret_ref) = mc.spec.connection.kubeconfig_secret_ref.as_ref() else {
         return Err(Refused {
@@ -196,7 +215,12 @@ async fn connect(ctx: &Context, mc: &MemberCluster) -> Result<(Client, String), 
         && existing.fingerprint == fingerprint
         && let Some(client) = existing.client
     {
-        return Ok((client, fingerprint));
+        // unchanged configuration: the running watches keep their own client
+        return Ok(Connected {
+            watch_client: client.clone(),
+            client,
+            fingerprint,
+        });
     }
     let Some(bytes) = secret
         .data
@@ -218,7 +242,9 @@ async fn connect(ctx: &Context, mc: &MemberCluster) -> Result<(Client, String), 
             reason: connection_reason(e.category()),
             message: format!("Kubeconfig in Secret {ns}/{} refused: {e}", secret_ref.name),
         })?;
-    let client =
+    let mut watch_config = config.clone();
+    watch_config.read_timeout = None;
+    let build = |config: kube::Config| {
         Client::try_from(crate::fleet::identify(config, &ctx.settings.instance)).map_err(|e| {
             Refused {
                 reason: "InvalidKubeconfig",
@@ -227,8 +253,34 @@ async fn connect(ctx: &Context, mc: &MemberCluster) -> Result<(Client, String), 
                     secret_ref.name
                 ),
             }
-        })?;
-    Ok((client, fingerprint))
+        })
+    };
+    Ok(Connected {
+        client: build(config)?,
+        watch_client: build(watch_config)?,
+        fingerprint,
+    })
+}
+
+/// The member's watches: the running ones while the connection is unchanged, new ones otherwise
+/// (replacing the old ones stops them).
+fn watches_for(
+    ctx: &Context,
+    name: &str,
+    fingerprint: &str,
+    watch_client: &Client,
+) -> Option<std::sync::Arc<crate::fleet::watch::Watches>> {
+    if let Some(w) = ctx.fleet.get(name).and_then(|c| c.watches)
+        && w.fingerprint == fingerprint
+    {
+        return Some(w);
+    }
+    Some(std::sync::Arc::new(crate::fleet::watch::start(
+        watch_client.clone(),
+        name,
+        fingerprint.to_string(),
+        ctx.member_events.clone(),
+    )))
 }
 
 /// CamelCase condition reason from a connection error category (`exec_plugin_refused` ->

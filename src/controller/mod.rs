@@ -130,6 +130,9 @@ pub struct Context {
     pub ready: Arc<AtomicBool>,
     /// Per-object error backoff.
     pub backoff: Backoff,
+    /// Workloads whose placed objects changed on a member (from the member watches).
+    pub member_events:
+        tokio::sync::mpsc::Sender<kube::runtime::reflector::ObjectRef<ResidentWorkload>>,
 }
 
 impl Context {

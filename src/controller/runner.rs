@@ -86,6 +86,10 @@ pub async fn run(
     let workloads_ctrl = Controller::new(Api::<ResidentWorkload>::all(client.clone()), wc.clone())
         .with_config(config.clone());
     let workloads = workloads_ctrl.store();
+    let (member_events, member_rx) = tokio::sync::mpsc::channel(1024);
+    let member_triggers = futures::stream::unfold(member_rx, |mut rx| async move {
+        rx.recv().await.map(|r| (r, rx))
+    });
     let ctx = Arc::new(Context {
         client: client.clone(),
         fleet: Arc::new(Fleet::default()),
@@ -97,12 +101,14 @@ pub async fn run(
         settings,
         ready: ready.clone(),
         backoff: Backoff::default(),
+        member_events,
     });
 
     let (w1, w2, p2) = (workloads.clone(), workloads, policies.clone());
     let workload_loop = workloads_ctrl
         .watches_stream(policy_events, move |p| workload::map_policy(&w1, &p))
         .watches_stream(cluster_events, move |c| workload::map_cluster(&w2, &p2, &c))
+        .reconcile_on(member_triggers)
         .shutdown_on_signal()
         .run(workload::reconcile, workload::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));

@@ -74,6 +74,104 @@ pub fn stale_objects(
     stale
 }
 
+/// At most this many drift entries are kept in status.
+pub const MAX_DRIFT_ENTRIES: usize = 20;
+
+/// Status drift entries from observed drift, sorted and capped, keeping the first-observed time
+/// of entries seen before; and the total count.
+pub fn drift_entries(
+    observed: &[(String, crate::fleet::member::ObjectDrift)],
+    previous: &[crate::api::resident_workload::DriftEntry],
+    now: k8s_openapi::jiff::Timestamp,
+) -> (Vec<crate::api::resident_workload::DriftEntry>, i32) {
+    use crate::api::resident_workload::DriftEntry;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let mut all: Vec<DriftEntry> = observed
+        .iter()
+        .flat_map(|(cluster, d)| {
+            d.fields.iter().map(move |f| {
+                let first = previous
+                    .iter()
+                    .find(|e| {
+                        &e.cluster == cluster
+                            && e.kind == d.kind
+                            && e.name == d.name
+                            && e.path == f.path
+                    })
+                    .map(|e| e.first_observed.clone())
+                    .unwrap_or(Time(now));
+                DriftEntry {
+                    cluster: cluster.clone(),
+                    kind: d.kind.clone(),
+                    name: d.name.clone(),
+                    path: f.path.clone(),
+                    desired: f.desired.clone(),
+                    live: f.live.clone(),
+                    first_observed: first,
+                }
+            })
+        })
+        .collect();
+    all.sort_by(|a, b| {
+        (&a.cluster, &a.kind, &a.name, &a.path).cmp(&(&b.cluster, &b.kind, &b.name, &b.path))
+    });
+    let total = i32::try_from(all.len()).unwrap_or(i32::MAX);
+    all.truncate(MAX_DRIFT_ENTRIES);
+    (all, total)
+}
+
+/// `path: desired X, live Y; ...` for an event or condition message.
+pub fn describe_fields(fields: &[crate::drift::FieldDrift]) -> String {
+    let mut parts: Vec<String> = fields
+        .iter()
+        .take(5)
+        .map(|f| format!("{}: desired {}, live {}", f.path, f.desired, f.live))
+        .collect();
+    if fields.len() > 5 {
+        parts.push(format!("and {} more", fields.len() - 5));
+    }
+    parts.join("; ")
+}
+
+/// The `Drifted` condition: True while uncorrected drift is reported; False otherwise, with
+/// reason `DriftCorrected` when this reconcile corrected some.
+pub fn drift_condition(
+    entries: &[crate::api::resident_workload::DriftEntry],
+    total: i32,
+    corrected: &[(String, crate::fleet::member::ObjectDrift)],
+) -> Desired {
+    if let Some(first) = entries.first() {
+        return Desired::new(
+            types::DRIFTED,
+            Status::True,
+            "DriftDetected",
+            format!(
+                "{total} field(s) differ from what was applied and are not corrected (the workload is governed only by Audit policies), e.g. {} {}/{} {}: desired {}, live {}.",
+                first.cluster, first.kind, first.name, first.path, first.desired, first.live
+            ),
+        );
+    }
+    if let Some((cluster, d)) = corrected.first() {
+        return Desired::new(
+            types::DRIFTED,
+            Status::False,
+            "DriftCorrected",
+            format!(
+                "Corrected out-of-band changes, e.g. {} {} on {cluster}: {}.",
+                d.kind,
+                d.name,
+                describe_fields(&d.fields)
+            ),
+        );
+    }
+    Desired::new(
+        types::DRIFTED,
+        Status::False,
+        "NoDrift",
+        "The placed objects match what was applied.",
+    )
+}
+
 /// The per-cluster decisions for status.
 pub fn cluster_decisions(decision: &Decision) -> Vec<ClusterDecision> {
     decision

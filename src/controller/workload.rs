@@ -29,7 +29,7 @@ use crate::api::{
 };
 use crate::desired;
 use crate::facts::{self, StatusSource};
-use crate::fleet::member::{Member, MemberError};
+use crate::fleet::member::{Member, MemberError, ObjectDrift};
 use crate::placement::{Decision, Engine, Mode};
 
 const CONTROLLER: &str = "workload";
@@ -90,6 +90,19 @@ fn storage_class(ctx: &Context, rw: &ResidentWorkload, cluster: &str) -> Option<
         .and_then(|mc| mc.spec.storage_class_name.clone())
 }
 
+/// The workload's objects on `cluster`, without the fields its drift rules leave to others.
+fn desired_on(
+    ctx: &Context,
+    rw: &ResidentWorkload,
+    cluster: &str,
+) -> Result<Vec<desired::DesiredObject>, desired::BuildError> {
+    let mut objects = desired::build(rw, storage_class(ctx, rw, cluster).as_deref())?;
+    for o in &mut objects {
+        desired::strip_fields(o, &rw.spec.ignored_fields(&o.kind, &o.name));
+    }
+    Ok(objects)
+}
+
 fn member<'a>(ctx: &'a Context, cluster: &'a str) -> Option<Member<'a>> {
     ctx.fleet.client(cluster).map(|client| Member {
         name: cluster,
@@ -114,6 +127,7 @@ async fn place_on(
     cluster: &str,
     previous: Option<&Placement>,
     failures: &mut Vec<MemberError>,
+    corrections: &mut Vec<(String, ObjectDrift)>,
 ) -> Placement {
     let mut placement = Placement {
         cluster: cluster.to_string(),
@@ -121,7 +135,7 @@ async fn place_on(
         message: String::new(),
         objects: Vec::new(),
     };
-    let objects = match desired::build(rw, storage_class(ctx, rw, cluster).as_deref()) {
+    let objects = match desired_on(ctx, rw, cluster) {
         Ok(o) => o,
         Err(e) => {
             placement.state = state::FAILED.into();
@@ -138,7 +152,20 @@ async fn place_on(
     let stale = status::stale_objects(previous, &objects);
     let result = async {
         m.ensure_namespace(&ns).await?;
-        let placed = m.place(&objects).await?;
+        let before: Vec<(String, String)> = previous
+            .map(|p| {
+                p.objects
+                    .iter()
+                    .map(|o| (o.kind.clone(), o.name.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ignore = |kind: &str, name: &str| rw.spec.ignored_fields(kind, name);
+        let (placed, corrected) = m.place(&objects, &before, &ignore).await?;
+        for c in corrected {
+            ctx.metrics.drift(cluster, &c.kind, "corrected");
+            corrections.push((cluster.to_string(), c));
+        }
         if !stale.is_empty() {
             let retained = m.prune(&ns, &stale, rw.spec.volume_policy).await?;
             if !retained.is_empty() {
@@ -198,7 +225,7 @@ async fn evict_from(
         );
         return Some(kept);
     };
-    let objects = match desired::build(rw, storage_class(ctx, rw, cluster).as_deref()) {
+    let objects = match desired_on(ctx, rw, cluster) {
         Ok(o) => o,
         Err(e) => {
             kept.state = state::FAILED.into();
@@ -312,11 +339,14 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
     tracing::debug!(workload = %format!("{ns}/{name}"), decision = %decision.summary(), "decided");
     let mut placements: Vec<Placement> = Vec::new();
     let mut failures: Vec<MemberError> = Vec::new();
+    let mut corrections: Vec<(String, ObjectDrift)> = Vec::new();
+    let mut observed: Vec<(String, ObjectDrift)> = Vec::new();
     let enforce = decision.mode == Mode::Enforce && decision.is_placeable();
     if enforce {
         for target in &decision.targets {
             let prev = previous.placements.iter().find(|p| &p.cluster == target);
-            placements.push(place_on(&ctx, &rw, target, prev, &mut failures).await);
+            placements
+                .push(place_on(&ctx, &rw, target, prev, &mut failures, &mut corrections).await);
         }
         let leaving = status::leaving(&decision, &previous.placements);
         let may_evict = status::may_evict(&decision, &placements);
@@ -360,15 +390,30 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
         }
     }
     placements.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    if !enforce {
+        // copies the operator may not touch now: report how they drifted, write nothing
+        for p in placements.iter().filter(|p| p.state != state::RETAINED) {
+            let Some(m) = member(&ctx, &p.cluster) else {
+                continue;
+            };
+            let Ok(objects) = desired_on(&ctx, &rw, &p.cluster) else {
+                continue;
+            };
+            let ignore = |kind: &str, name: &str| rw.spec.ignored_fields(kind, name);
+            match m.observe(&objects, &ignore).await {
+                Ok(found) => observed.extend(found.into_iter().map(|d| (p.cluster.clone(), d))),
+                Err(e) => warn!(cluster = %p.cluster, error = %e, "could not check drift"),
+            }
+        }
+    }
+    let now = Timestamp::now();
+    let (drift, drift_count) = status::drift_entries(&observed, &previous.drift, now);
+    let mut desired_conditions = status::conditions(&decision, &placements);
+    desired_conditions.push(status::drift_condition(&drift, drift_count, &corrections));
 
     let status = ResidentWorkloadStatus {
         observed_generation: generation,
-        conditions: conditions::merge(
-            &previous.conditions,
-            &status::conditions(&decision, &placements),
-            generation,
-            Timestamp::now(),
-        ),
+        conditions: conditions::merge(&previous.conditions, &desired_conditions, generation, now),
         targets: if decision.mode == Mode::Enforce {
             decision.targets.clone()
         } else {
@@ -377,7 +422,50 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
         placements,
         clusters: status::cluster_decisions(&decision),
         governing_policies: decision.governing_policies.clone(),
+        drift,
+        drift_count,
     };
+    for (cluster, d) in &corrections {
+        let note = format!(
+            "Corrected out-of-band changes of {} {} on {cluster}: {}",
+            d.kind,
+            d.name,
+            status::describe_fields(&d.fields)
+        );
+        publish_about(
+            &ctx,
+            &rw,
+            Some(cluster),
+            EventType::Warning,
+            "DriftCorrected",
+            &note,
+        )
+        .await;
+    }
+    for (cluster, d) in &observed {
+        let known = previous
+            .drift
+            .iter()
+            .any(|e| &e.cluster == cluster && e.kind == d.kind && e.name == d.name);
+        if !known {
+            ctx.metrics.drift(cluster, &d.kind, "reported");
+            let note = format!(
+                "{} {} on {cluster} differs from what was applied (not corrected: Audit): {}",
+                d.kind,
+                d.name,
+                status::describe_fields(&d.fields)
+            );
+            publish_about(
+                &ctx,
+                &rw,
+                Some(cluster),
+                EventType::Warning,
+                "DriftDetected",
+                &note,
+            )
+            .await;
+        }
+    }
     if changed(&previous, &status) {
         events(&ctx, &rw, &previous, &status, &decision).await;
         patch_status(&ctx, &rw, &status).await?;

@@ -11,6 +11,7 @@ use crate::api::labels;
 use crate::api::resident_workload::ObjectStatus;
 use crate::api::{FIELD_MANAGER, resident_workload::VolumePolicy};
 use crate::desired::{self, DesiredObject, HASH_ANNOTATION};
+use crate::drift::{self, FieldDrift};
 use crate::metrics::Metrics;
 use crate::readiness;
 
@@ -42,6 +43,17 @@ impl MemberError {
     pub fn is_connectivity(&self) -> bool {
         !matches!(self.source, kube::Error::Api(_))
     }
+}
+
+/// The drifted fields of one placed object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectDrift {
+    /// Kind of the object.
+    pub kind: String,
+    /// Name of the object.
+    pub name: String,
+    /// What differs.
+    pub fields: Vec<FieldDrift>,
 }
 
 /// One member cluster, as seen by the workload controller.
@@ -95,10 +107,19 @@ impl Member<'_> {
         Ok(())
     }
 
-    /// Applies every object whose live copy does not carry the desired hash (so a steady fleet
-    /// sees no writes), then reports the readiness of each.
-    pub async fn place(&self, objects: &[DesiredObject]) -> Result<Vec<ObjectStatus>, MemberError> {
+    /// Applies every object that is missing, whose live copy does not carry the desired hash
+    /// (the spec changed), or that drifted (a field the operator applies has another value);
+    /// an object that matches is not written, so a steady fleet sees no writes. Returns the
+    /// readiness of each object and the drift that was corrected. `placed_before` names the
+    /// objects recorded on this member: one of them missing was deleted out of band.
+    pub async fn place(
+        &self,
+        objects: &[DesiredObject],
+        placed_before: &[(String, String)],
+        ignore: &(dyn Fn(&str, &str) -> Vec<String> + Sync),
+    ) -> Result<(Vec<ObjectStatus>, Vec<ObjectDrift>), MemberError> {
         let mut out = Vec::with_capacity(objects.len());
+        let mut corrected = Vec::new();
         for obj in objects {
             let api = self.api(obj);
             let what = format!("{} {}", obj.kind, obj.name);
@@ -112,8 +133,24 @@ impl Member<'_> {
             let retained = live
                 .as_ref()
                 .is_some_and(|l| l.labels().contains_key(labels::RETAINED));
+            let drift = match &live {
+                None if placed_before.contains(&(obj.kind.clone(), obj.name.clone())) => {
+                    vec![FieldDrift {
+                        path: drift::OBJECT.into(),
+                        desired: "present".into(),
+                        live: "<absent>".into(),
+                    }]
+                }
+                Some(l) if live_hash.as_deref() == Some(obj.hash.as_str()) && !retained => {
+                    let value = serde_json::to_value(l).unwrap_or_default();
+                    drift::compare(&obj.object, &value, &ignore(&obj.kind, &obj.name))
+                }
+                _ => Vec::new(),
+            };
+            let up_to_date =
+                live.is_some() && live_hash.as_deref() == Some(obj.hash.as_str()) && !retained;
             let live = match live {
-                Some(l) if live_hash.as_deref() == Some(obj.hash.as_str()) && !retained => l,
+                Some(l) if up_to_date && drift.is_empty() => l,
                 _ => {
                     if retained {
                         // a retained volume is back in use here: it is no longer a leftover
@@ -131,6 +168,13 @@ impl Member<'_> {
                     applied
                 }
             };
+            if !drift.is_empty() {
+                corrected.push(ObjectDrift {
+                    kind: obj.kind.clone(),
+                    name: obj.name.clone(),
+                    fields: drift,
+                });
+            }
             let value = serde_json::to_value(&live).unwrap_or_default();
             let r = readiness::evaluate(&obj.kind, &value);
             out.push(ObjectStatus {
@@ -139,6 +183,43 @@ impl Member<'_> {
                 ready: r.ready,
                 message: r.message,
             });
+        }
+        Ok((out, corrected))
+    }
+
+    /// Reads the objects and reports how they differ from `objects`, writing nothing (for
+    /// copies the operator may not touch, e.g. of a workload now governed only by Audit
+    /// policies). A missing object is drift too.
+    pub async fn observe(
+        &self,
+        objects: &[DesiredObject],
+        ignore: &(dyn Fn(&str, &str) -> Vec<String> + Sync),
+    ) -> Result<Vec<ObjectDrift>, MemberError> {
+        let mut out = Vec::new();
+        for obj in objects {
+            let live = self
+                .api(obj)
+                .get_opt(&obj.name)
+                .await
+                .map_err(self.err(format!("get {} {}", obj.kind, obj.name)))?;
+            let fields = match live {
+                None => vec![FieldDrift {
+                    path: drift::OBJECT.into(),
+                    desired: "present".into(),
+                    live: "<absent>".into(),
+                }],
+                Some(l) => {
+                    let value = serde_json::to_value(&l).unwrap_or_default();
+                    drift::compare(&obj.object, &value, &ignore(&obj.kind, &obj.name))
+                }
+            };
+            if !fields.is_empty() {
+                out.push(ObjectDrift {
+                    kind: obj.kind.clone(),
+                    name: obj.name.clone(),
+                    fields,
+                });
+            }
         }
         Ok(out)
     }

@@ -4,6 +4,7 @@ pub mod attest;
 pub mod kubeconfig;
 pub mod member;
 pub mod registry;
+pub mod watch;
 
 /// Identifies the operator to API servers (`User-Agent: residency-operator/<version> (<instance>)`),
 /// so its requests, and which replica sent them, can be told apart in audit logs.

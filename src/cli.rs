@@ -31,6 +31,19 @@ pub enum Command {
         #[arg(long, conflicts_with = "output_dir")]
         markdown: bool,
     },
+    /// Where each country's data lives, with the evidence and the violations, read from the
+    /// management cluster.
+    Report {
+        /// Kubeconfig of the management cluster (default: in-cluster config, then $KUBECONFIG).
+        #[arg(long, env = "RESIDENCY_KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// Context in the kubeconfig.
+        #[arg(long)]
+        context: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = ReportFormat::Text)]
+        output: ReportFormat,
+    },
     /// Validate MemberClusters, ResidencyPolicies and ResidentWorkloads from YAML files and print
     /// where each workload would be placed. Exit code: 0 all placeable, 1 some workload
     /// unplaceable or in conflict, 2 invalid input.
@@ -86,6 +99,17 @@ pub struct RunArgs {
     pub exit_on_stdin_close: bool,
 }
 
+/// Output formats of `report`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ReportFormat {
+    /// Human-readable text.
+    Text,
+    /// JSON for machines.
+    Json,
+    /// Markdown, for audit evidence.
+    Markdown,
+}
+
 /// Output formats of `plan`.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum Format {
@@ -116,6 +140,17 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Report {
+            kubeconfig,
+            context,
+            output,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(report(kubeconfig, context, output))?;
+            Ok(0)
+        }
         Command::Plan { files, output } => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
@@ -124,30 +159,63 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
+async fn report(
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+    output: ReportFormat,
+) -> anyhow::Result<()> {
+    use kube::api::{Api, ListParams};
+    let config = mgmt_config(&kubeconfig, &context).await?;
+    let client = kube::Client::try_from(config)?;
+    let clusters = Api::<api::MemberCluster>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let workloads = Api::<api::ResidentWorkload>::all(client)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let report = crate::report::build(&clusters, &workloads);
+    match output {
+        ReportFormat::Text => print!("{}", crate::report::text(&report)),
+        ReportFormat::Markdown => print!("{}", crate::report::markdown(&report)),
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(())
+}
 
-    crate::telemetry::init(args.log_format);
-    let config = match &args.kubeconfig {
+/// The management cluster's client configuration: the kubeconfig file and context given, a
+/// context of $KUBECONFIG, or the in-cluster configuration.
+async fn mgmt_config(
+    kubeconfig: &Option<PathBuf>,
+    context: &Option<String>,
+) -> anyhow::Result<kube::Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
             let options = kube::config::KubeConfigOptions {
-                context: args.context.clone(),
+                context: context.clone(),
                 ..Default::default()
             };
             kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
         }
-        // a context names an entry of $KUBECONFIG (or ~/.kube/config)
-        None if args.context.is_some() => {
+        None if context.is_some() => {
             let options = kube::config::KubeConfigOptions {
-                context: args.context.clone(),
+                context: context.clone(),
                 ..Default::default()
             };
             kube::Config::from_kubeconfig(&options).await?
         }
         None => kube::Config::infer().await?,
-    };
+    })
+}
+
+async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    crate::telemetry::init(args.log_format);
+    let config = mgmt_config(&args.kubeconfig, &args.context).await?;
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())

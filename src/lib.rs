@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod placement;
 pub mod plan;
 pub mod readiness;
+pub mod report;
 pub mod telemetry;

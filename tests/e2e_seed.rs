@@ -314,7 +314,38 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
         .collect();
     assert!(drift_events.is_empty(), "{drift_events:?}");
 
-    // 8. metrics are served
+    // 8. the location proof in status, and the report
+    let zrh1_store = s.placements.iter().find(|p| p.cluster == "zrh-1").unwrap();
+    let ev = zrh1_store.evidence.clone().expect("location evidence");
+    assert_eq!(ev.node_regions, ["eu-central-2"]);
+    assert_eq!(ev.volume_regions, ["eu-central-2"]);
+    assert!(ev.outside.is_empty(), "{:?}", ev.outside);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_residency-operator"))
+        .args([
+            "report",
+            "--kubeconfig",
+            &Fleet::kubeconfig_path(),
+            "--context",
+            &fleet.mgmt,
+        ])
+        .output()
+        .expect("report");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{report}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("AU (Australia)"), "{report}");
+    for line in [
+        "  zrh-1    CH/zurich      verified   nodes eu-central-2   volumes eu-central-2",
+        "VIOLATION msk-1: threat-intel/apac-threat-store (Retained) holds data where it is forbidden",
+    ] {
+        assert!(report.contains(line), "missing {line:?} in\n{report}");
+    }
+
+    // 9. metrics are served
     let metrics = operator::http_get(op, "/metrics").await;
     assert!(
         metrics.contains("residency_member_writes_total"),

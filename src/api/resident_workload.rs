@@ -307,6 +307,24 @@ pub struct Placement {
     /// Readiness of each placed object.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<ObjectStatus>,
+    /// Where the copy physically is: the regions of its Pods' nodes and of its volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<LocationEvidence>,
+}
+
+/// The location proof of one copy, read from the member.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LocationEvidence {
+    /// `topology.kubernetes.io/region` of the nodes the workload's Pods run on, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_regions: Vec<String>,
+    /// Regions named by the node affinity of the workload's PersistentVolumes, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_regions: Vec<String>,
+    /// Pods and volumes outside the member's attested regions (at most 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outside: Vec<String>,
 }
 
 /// Readiness of one placed object.

@@ -53,6 +53,7 @@ pub async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Acti
                     reachable: false,
                     fingerprint: String::new(),
                     last_error: Some(refused.message.clone()),
+                    node_regions: Default::default(),
                     watches: None,
                 },
             );
@@ -81,6 +82,12 @@ pub async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Acti
                         watches: watches_for(&ctx, &name, &fingerprint, &watch_client),
                         fingerprint,
                         last_error: Some(e.to_string()),
+                        // what was seen before still describes the nodes best
+                        node_regions: ctx
+                            .fleet
+                            .get(&name)
+                            .map(|c| c.node_regions)
+                            .unwrap_or_default(),
                     },
                 );
                 // keep what was observed before: the cluster did not change, we just cannot see it
@@ -98,6 +105,10 @@ pub async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Acti
                 ]
             }
             Ok((version, nodes)) => {
+                let node_regions = nodes
+                    .iter()
+                    .map(|n| (n.name.clone(), n.region.clone()))
+                    .collect();
                 ctx.fleet.set(
                     &name,
                     Connection {
@@ -106,6 +117,7 @@ pub async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Acti
                         watches: watches_for(&ctx, &name, &fingerprint, &watch_client),
                         fingerprint,
                         last_error: None,
+                        node_regions,
                     },
                 );
                 let a = attest::attest(&mc.spec.attestation.node_regions, &nodes);

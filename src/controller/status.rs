@@ -229,6 +229,20 @@ pub fn conditions(decision: &Decision, placements: &[Placement]) -> Vec<Desired>
                 }
             ),
         )
+    } else if let Some((cluster, what)) = placements.iter().find_map(|p| {
+        p.evidence
+            .as_ref()
+            .and_then(|e| e.outside.first())
+            .map(|o| (p.cluster.clone(), o.clone()))
+    }) {
+        Desired::new(
+            types::COMPLIANT,
+            Status::False,
+            "OutsideAttestedRegion",
+            format!(
+                "On {cluster}, {what}: outside the regions the cluster attests. Move it to a node or volume in an attested region."
+            ),
+        )
     } else {
         Desired::new(
             types::COMPLIANT,
@@ -513,6 +527,7 @@ mod tests {
                     "1 of 2 replicas available".into()
                 },
             }],
+            evidence: None,
         }
     }
 

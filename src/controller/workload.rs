@@ -134,6 +134,7 @@ async fn place_on(
         state: state::UNKNOWN.into(),
         message: String::new(),
         objects: Vec::new(),
+        evidence: None,
     };
     let objects = match desired_on(ctx, rw, cluster) {
         Ok(o) => o,
@@ -184,6 +185,24 @@ async fn place_on(
             let ready = objects.iter().all(|o| o.ready);
             placement.state = if ready { state::READY } else { state::APPLIED }.into();
             placement.objects = objects;
+            // the location proof: where the Pods and volumes of this copy are
+            if let (Some(conn), Some(mc)) = (
+                ctx.fleet.get(cluster),
+                ctx.clusters.get(&ObjectRef::new(cluster)),
+            ) {
+                match m
+                    .evidence(
+                        &ns,
+                        &rw.name_any(),
+                        &conn.node_regions,
+                        &mc.spec.attestation.node_regions,
+                    )
+                    .await
+                {
+                    Ok(ev) => placement.evidence = Some(ev),
+                    Err(e) => warn!(cluster, error = %e, "could not read the location evidence"),
+                }
+            }
         }
         Err(e) if e.is_connectivity() => {
             ctx.fleet.mark_unreachable(cluster, e.source.to_string());
@@ -272,6 +291,7 @@ fn retained_placement(cluster: &str, pvcs: Vec<String>) -> Placement {
                 message: "retained".into(),
             })
             .collect(),
+        evidence: None,
     }
 }
 
@@ -509,6 +529,7 @@ async fn cleanup(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action>
                 state: state::APPLIED.into(),
                 message: String::new(),
                 objects: Vec::new(),
+                evidence: None,
             });
         if let Some(p) = evict_from(&ctx, &rw, &record, &mut failures).await
             && p.state != state::RETAINED

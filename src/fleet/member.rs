@@ -367,3 +367,104 @@ impl Member<'_> {
         Ok(names)
     }
 }
+
+/// The regions a PersistentVolume's required node affinity names (pure).
+pub fn volume_regions(pv: &k8s_openapi::api::core::v1::PersistentVolume) -> Vec<String> {
+    let mut out: Vec<String> = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_affinity.as_ref())
+        .and_then(|a| a.required.as_ref())
+        .map(|r| r.node_selector_terms.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|t| t.match_expressions.unwrap_or_default())
+        .filter(|e| e.key == crate::fleet::attest::REGION_LABEL && e.operator == "In")
+        .flat_map(|e| e.values.unwrap_or_default())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+impl Member<'_> {
+    /// Reads where the workload's copy physically is: the regions of the nodes its Pods run on
+    /// (from `nodes`, the member's node regions) and of its volumes (PV node affinity), and
+    /// lists what lies outside `attested`.
+    pub async fn evidence(
+        &self,
+        namespace: &str,
+        workload: &str,
+        nodes: &std::collections::BTreeMap<String, Option<String>>,
+        attested: &[String],
+    ) -> Result<crate::api::resident_workload::LocationEvidence, MemberError> {
+        use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
+        let selector = desired::workload_selector(namespace, workload);
+        let lp = ListParams::default().labels(&selector);
+        let pods = Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .list(&lp)
+            .await
+            .map_err(self.err(format!("list Pods ({selector})")))?;
+        let mut ev = crate::api::resident_workload::LocationEvidence::default();
+        for p in &pods.items {
+            let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+                continue;
+            };
+            match nodes.get(&node).cloned().flatten() {
+                Some(region) => {
+                    if !attested.contains(&region) {
+                        ev.outside.push(format!(
+                            "Pod {} on node {node} (region {region})",
+                            p.name_any()
+                        ));
+                    }
+                    ev.node_regions.push(region);
+                }
+                None => ev.outside.push(format!(
+                    "Pod {} on node {node} (no region label)",
+                    p.name_any()
+                )),
+            }
+        }
+        let claims = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), namespace)
+            .list(&lp)
+            .await
+            .map_err(self.err(format!("list PersistentVolumeClaims ({selector})")))?;
+        let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
+        for c in &claims.items {
+            let Some(volume) = c.spec.as_ref().and_then(|s| s.volume_name.clone()) else {
+                continue;
+            };
+            let Some(pv) = pvs
+                .get_opt(&volume)
+                .await
+                .map_err(self.err(format!("get PersistentVolume {volume}")))?
+            else {
+                continue;
+            };
+            let regions = volume_regions(&pv);
+            if regions.is_empty() {
+                ev.outside.push(format!(
+                    "PersistentVolume {volume} (claim {}) names no region",
+                    c.name_any()
+                ));
+            }
+            for r in &regions {
+                if !attested.contains(r) {
+                    ev.outside.push(format!(
+                        "PersistentVolume {volume} (claim {}) in region {r}",
+                        c.name_any()
+                    ));
+                }
+            }
+            ev.volume_regions.extend(regions);
+        }
+        ev.node_regions.sort();
+        ev.node_regions.dedup();
+        ev.volume_regions.sort();
+        ev.volume_regions.dedup();
+        ev.outside.sort();
+        ev.outside.truncate(20);
+        Ok(ev)
+    }
+}

@@ -1,0 +1,313 @@
+//! `residency-operator report`: per country, which clusters hold its data, which workloads, the
+//! evidence (attested node regions, the regions of the Pods' nodes and of the volumes) and the
+//! violations. Built from the management cluster's objects, whose status the operator keeps
+//! current (pure; the command only lists the objects).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use kube::ResourceExt;
+use serde::Serialize;
+
+use crate::api::conditions::{self, types};
+use crate::api::{CountryCode, MemberCluster, ResidentWorkload};
+
+/// The whole report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// One entry per country with data somewhere, sorted by code.
+    pub countries: Vec<CountryReport>,
+    /// Total violations.
+    pub violation_count: usize,
+}
+
+/// Where one country's data lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CountryReport {
+    /// ISO 3166-1 alpha-2 code.
+    pub country: String,
+    /// Its English short name.
+    pub name: String,
+    /// Every cluster holding its data, sorted.
+    pub clusters: Vec<Holding>,
+    /// What is where it must not be.
+    pub violations: Vec<String>,
+}
+
+/// One cluster holding a country's data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Holding {
+    /// MemberCluster name.
+    pub cluster: String,
+    /// `country/region` the cluster declares.
+    pub location: String,
+    /// Whether its location is attested (every node in an attested region).
+    pub verified: bool,
+    /// The node regions the cluster attests.
+    pub attested_regions: Vec<String>,
+    /// `namespace/name (state)` of each workload with a copy there.
+    pub workloads: Vec<String>,
+    /// Regions of the nodes the Pods run on (from the placements' evidence).
+    pub node_regions: Vec<String>,
+    /// Regions of the volumes.
+    pub volume_regions: Vec<String>,
+}
+
+/// Builds the report (pure).
+pub fn build(clusters: &[MemberCluster], workloads: &[ResidentWorkload]) -> Report {
+    let cluster_by_name: BTreeMap<String, &MemberCluster> =
+        clusters.iter().map(|c| (c.name_any(), c)).collect();
+    let mut by_country: BTreeMap<String, (BTreeMap<String, Holding>, Vec<String>)> =
+        BTreeMap::new();
+    for w in workloads {
+        let Some(status) = &w.status else { continue };
+        let id = format!("{}/{}", w.namespace().unwrap_or_default(), w.name_any());
+        for p in &status.placements {
+            let mc = cluster_by_name.get(&p.cluster);
+            let verdict = status.clusters.iter().find(|c| c.name == p.cluster);
+            for country in &w.spec.countries {
+                let entry = by_country.entry(country.to_string()).or_default();
+                let holding = entry.0.entry(p.cluster.clone()).or_insert_with(|| Holding {
+                    cluster: p.cluster.clone(),
+                    location: mc
+                        .map(|m| format!("{}/{}", m.spec.location.country, m.spec.location.region))
+                        .unwrap_or_else(|| "unknown".into()),
+                    verified: mc.and_then(|m| m.status.as_ref()).is_some_and(|s| {
+                        conditions::is_true(&s.conditions, types::LOCATION_VERIFIED)
+                    }),
+                    attested_regions: mc
+                        .map(|m| m.spec.attestation.node_regions.clone())
+                        .unwrap_or_default(),
+                    workloads: Vec::new(),
+                    node_regions: Vec::new(),
+                    volume_regions: Vec::new(),
+                });
+                holding.workloads.push(format!("{id} ({})", p.state));
+                if let Some(ev) = &p.evidence {
+                    holding.node_regions.extend(ev.node_regions.iter().cloned());
+                    holding
+                        .volume_regions
+                        .extend(ev.volume_regions.iter().cloned());
+                    for o in &ev.outside {
+                        entry.1.push(format!(
+                            "{}: {id}: {o}, outside the attested regions",
+                            p.cluster
+                        ));
+                    }
+                }
+                if let Some(v) = verdict.filter(|v| v.verdict == "Forbidden") {
+                    entry.1.push(format!(
+                        "{}: {id} ({}) holds data where it is forbidden: {}",
+                        p.cluster, p.state, v.reason
+                    ));
+                }
+            }
+        }
+    }
+    let mut report = Report::default();
+    for (country, (holdings, violations)) in by_country {
+        let name = CountryCode::parse(&country)
+            .map(|c| c.name())
+            .unwrap_or("unknown")
+            .to_string();
+        let clusters = holdings
+            .into_values()
+            .map(|mut h| {
+                for v in [&mut h.workloads, &mut h.node_regions, &mut h.volume_regions] {
+                    v.sort();
+                    v.dedup();
+                }
+                h
+            })
+            .collect();
+        report.violation_count += violations.len();
+        report.countries.push(CountryReport {
+            country,
+            name,
+            clusters,
+            violations,
+        });
+    }
+    report
+}
+
+fn regions(v: &[String]) -> String {
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v.join(",")
+    }
+}
+
+/// The report as text: one block per country.
+pub fn text(report: &Report) -> String {
+    let mut out = String::new();
+    if report.countries.is_empty() {
+        out.push_str("No country's data is placed on any member cluster.\n");
+    }
+    for c in &report.countries {
+        let _ = writeln!(out, "{} ({})", c.country, c.name);
+        for h in &c.clusters {
+            let _ = writeln!(
+                out,
+                "  {:<8} {:<14} {:<10} nodes {:<14} volumes {:<14} {}",
+                h.cluster,
+                h.location,
+                if h.verified { "verified" } else { "UNVERIFIED" },
+                regions(&h.node_regions),
+                regions(&h.volume_regions),
+                h.workloads.join(", ")
+            );
+        }
+        for v in &c.violations {
+            let _ = writeln!(out, "  VIOLATION {v}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{} countries, {} violation(s).",
+        report.countries.len(),
+        report.violation_count
+    );
+    out
+}
+
+/// The report as Markdown (for audits: one table per country).
+pub fn markdown(report: &Report) -> String {
+    let mut out = String::from("# Where each country's data lives\n");
+    for c in &report.countries {
+        let _ = writeln!(out, "\n## {} ({})\n", c.country, c.name);
+        out.push_str("| cluster | location | verified | attested regions | node regions | volume regions | workloads |\n|---|---|---|---|---|---|---|\n");
+        for h in &c.clusters {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                h.cluster,
+                h.location,
+                if h.verified { "yes" } else { "**no**" },
+                regions(&h.attested_regions),
+                regions(&h.node_regions),
+                regions(&h.volume_regions),
+                h.workloads.join("<br>")
+            );
+        }
+        for v in &c.violations {
+            let _ = writeln!(out, "\n- **Violation:** {v}");
+        }
+    }
+    let _ = writeln!(out, "\n{} violation(s) in total.", report.violation_count);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::resident_workload::{ClusterDecision, LocationEvidence, Placement};
+    use serde_json::json;
+
+    fn cluster(name: &str, country: &str, region: &str, node_region: &str) -> MemberCluster {
+        serde_json::from_value(json!({
+            "apiVersion": "residency.io/v1alpha1", "kind": "MemberCluster", "metadata": {"name": name},
+            "spec": {"location": {"country": country, "region": region},
+                     "attestation": {"nodeRegions": [node_region]}, "connection": {"local": {}}},
+            "status": {"conditions": [{"type": "LocationVerified", "status": "True", "reason": "RegionsMatch",
+                        "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+        }))
+        .unwrap()
+    }
+
+    fn placement(cluster: &str, state: &str, region: &str) -> Placement {
+        Placement {
+            cluster: cluster.into(),
+            state: state.into(),
+            message: String::new(),
+            objects: Vec::new(),
+            evidence: Some(LocationEvidence {
+                node_regions: if state == "Ready" {
+                    vec![region.into()]
+                } else {
+                    Vec::new()
+                },
+                volume_regions: vec![region.into()],
+                outside: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn countries_list_their_clusters_evidence_and_violations() {
+        let clusters = [
+            cluster("zrh-1", "CH", "zurich", "eu-central-2"),
+            cluster("msk-1", "RU", "moscow", "ru-central-1"),
+        ];
+        let mut w: ResidentWorkload = serde_json::from_value(json!({
+            "apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload",
+            "metadata": {"name": "store", "namespace": "threat-intel"},
+            "spec": {"role": "Storage", "countries": ["AU", "NZ"],
+                     "manifests": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}]}
+        }))
+        .unwrap();
+        let status = crate::api::ResidentWorkloadStatus {
+            placements: vec![
+                placement("msk-1", "Retained", "ru-central-1"),
+                placement("zrh-1", "Ready", "eu-central-2"),
+            ],
+            clusters: vec![
+                ClusterDecision {
+                    name: "msk-1".into(),
+                    verdict: "Forbidden".into(),
+                    reason: "msk-1: forbidden: RU/moscow not allowed for AU by apac-to-zurich"
+                        .into(),
+                },
+                ClusterDecision {
+                    name: "zrh-1".into(),
+                    verdict: "Target".into(),
+                    reason: "zrh-1: allowed".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        w.status = Some(status);
+        let r = build(&clusters, &[w]);
+        assert_eq!(
+            r.countries
+                .iter()
+                .map(|c| c.country.as_str())
+                .collect::<Vec<_>>(),
+            ["AU", "NZ"]
+        );
+        let au = &r.countries[0];
+        assert_eq!(au.name, "Australia");
+        assert_eq!(
+            au.clusters
+                .iter()
+                .map(|h| h.cluster.as_str())
+                .collect::<Vec<_>>(),
+            ["msk-1", "zrh-1"]
+        );
+        let zrh = &au.clusters[1];
+        assert_eq!((zrh.location.as_str(), zrh.verified), ("CH/zurich", true));
+        assert_eq!(zrh.node_regions, ["eu-central-2"]);
+        assert_eq!(zrh.workloads, ["threat-intel/store (Ready)"]);
+        assert_eq!(au.violations.len(), 1);
+        assert!(
+            au.violations[0].starts_with(
+                "msk-1: threat-intel/store (Retained) holds data where it is forbidden"
+            )
+        );
+        assert_eq!(r.violation_count, 2);
+        let t = text(&r);
+        assert!(
+            t.contains("AU (Australia)") && t.contains("VIOLATION msk-1"),
+            "{t}"
+        );
+        assert!(
+            markdown(&r).contains(
+                "| zrh-1 | CH/zurich | yes | eu-central-2 | eu-central-2 | eu-central-2 |"
+            )
+        );
+    }
+}

@@ -283,3 +283,102 @@ async fn drift_is_corrected_reported_or_ignored() {
             .await;
     }
 }
+
+#[tokio::test]
+async fn a_volume_outside_the_attested_regions_is_flagged() {
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    let fleet = Fleet::from_env();
+    operator::start(&fleet).await;
+    let mgmt = fleet.mgmt_client().await;
+    apply_path(&mgmt, "examples/seed/10-clusters.yaml").await;
+    common::clusters_verified(&mgmt, &["zrh-1", "zrh-2", "msk-1"]).await;
+    let ns = "drift-volume";
+    operator::ensure_namespace(&mgmt, ns).await;
+    let zrh1 = fleet.member("zrh-1").await;
+    // a volume in the wrong region, pre-bound to the claim the workload will create on zrh-1
+    let pv_name = "rogue-volume".to_string();
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": pv_name},
+        "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "standard",
+                 "local": {"path": "/mnt/rogue"},
+                 "claimRef": {"namespace": ns, "name": "micronesia-data"},
+                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                     {"key": "topology.kubernetes.io/region", "operator": "In", "values": ["us-east-1"]}]}]}}}
+    }))
+    .unwrap();
+    let pvs: Api<PersistentVolume> = Api::all(zrh1.clone());
+    let _ = pvs.delete(&pv_name, &DeleteParams::default()).await; // an earlier run's
+    eventually("no earlier rogue volume", T, || async {
+        match pvs.get_opt(&pv_name).await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    pvs.create(&Default::default(), &pv).await.unwrap();
+    policy(&mgmt, "micronesia", "FM", "Enforce").await;
+    let body = json!({"apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload",
+        "metadata": {"name": "micronesia", "namespace": ns},
+        "spec": {"role": "Storage", "countries": ["FM"], "manifests": [
+            {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "micronesia-data"},
+             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}});
+    let api: Api<ResidentWorkload> = Api::namespaced(mgmt.clone(), ns);
+    api.patch(
+        "micronesia",
+        &PatchParams::apply("residency-tests").force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .unwrap();
+    let rw = eventually("OutsideAttestedRegion", T, || async {
+        let rw = api.get("micronesia").await.map_err(|e| e.to_string())?;
+        let c = rw.status.clone().unwrap_or_default().conditions;
+        // the copy on zrh-2 binds a volume of its own region: its evidence shows it
+        let zrh2_ok = rw.status.as_ref().is_some_and(|s| {
+            s.placements.iter().any(|p| {
+                p.cluster == "zrh-2"
+                    && p.evidence
+                        .as_ref()
+                        .is_some_and(|e| e.volume_regions == ["eu-central-2"])
+            })
+        });
+        match c.iter().find(|c| c.type_ == "Compliant") {
+            Some(c) if c.reason == "OutsideAttestedRegion" && zrh2_ok => Ok(rw),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let s = rw.status.unwrap();
+    let compliant = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Compliant")
+        .unwrap();
+    assert_eq!(compliant.status, "False");
+    assert!(
+        compliant.message.contains(&format!(
+            "PersistentVolume {pv_name} (claim micronesia-data) in region us-east-1"
+        )),
+        "{}",
+        compliant.message
+    );
+    let zrh2 = s.placements.iter().find(|p| p.cluster == "zrh-2").unwrap();
+    assert_eq!(
+        zrh2.evidence.as_ref().unwrap().volume_regions,
+        ["eu-central-2"],
+        "the other copy is fine"
+    );
+
+    delete_and_wait(&api, "micronesia", T).await;
+    let _ = Api::<ResidencyPolicy>::all(mgmt.clone())
+        .delete("micronesia", &DeleteParams::default())
+        .await;
+    for name in ["zrh-1", "zrh-2"] {
+        let c = fleet.member(name).await;
+        let _ = Api::<Namespace>::all(c)
+            .delete(ns, &DeleteParams::default())
+            .await;
+    }
+    let _ = pvs.delete(&pv_name, &DeleteParams::default()).await;
+}

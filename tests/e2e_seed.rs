@@ -345,6 +345,39 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
         assert!(report.contains(line), "missing {line:?} in\n{report}");
     }
 
+    // the policy reports the retained volumes as violations
+    let policies_api: Api<ResidencyPolicy> = Api::all(mgmt.clone());
+    let apac = eventually("apac-to-zurich reports its violations", T, || async {
+        let p = policies_api
+            .get("apac-to-zurich")
+            .await
+            .map_err(|e| e.to_string())?;
+        let s = p.status.clone().unwrap_or_default();
+        if s.violation_count == 2 {
+            Ok(s)
+        } else {
+            Err(format!("{:?}", s.violations))
+        }
+    })
+    .await;
+    let names: Vec<_> = apac
+        .violations
+        .iter()
+        .map(|v| (v.cluster.as_str(), v.name.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("msk-1", "sample-index"),
+            ("msk-1", "samples-sample-store-0")
+        ]
+    );
+    assert!(
+        apac.conditions
+            .iter()
+            .any(|c| c.type_ == "Compliant" && c.status == "False" && c.reason == "Violations")
+    );
+
     // 9. metrics are served
     let metrics = operator::http_get(op, "/metrics").await;
     assert!(

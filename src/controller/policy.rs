@@ -13,7 +13,7 @@ use tracing::warn;
 
 use super::{Context, Error, Result};
 use crate::api::conditions::{self, Desired, Status, types};
-use crate::api::residency_policy::Enforcement;
+use crate::api::residency_policy::{Enforcement, Violation};
 use crate::api::{
     FIELD_MANAGER, MemberCluster, ResidencyPolicy, ResidencyPolicyStatus, ResidentWorkload,
 };
@@ -60,20 +60,132 @@ pub fn compute(
             matched.join(", ")
         )
     };
+    let mut violations = violations(rp, clusters, workloads);
+    let count = violations.len();
+    violations.truncate(MAX_VIOLATIONS);
+    let compliant = match violations.first() {
+        None => Desired::new(
+            types::COMPLIANT,
+            Status::True,
+            "NoViolations",
+            "No data of its countries is on a cluster it does not allow.",
+        ),
+        Some(v) => Desired::new(
+            types::COMPLIANT,
+            Status::False,
+            "Violations",
+            format!("{count} violation(s), e.g. {}", v.message),
+        ),
+    };
     let generation = rp.metadata.generation;
     ResidencyPolicyStatus {
         observed_generation: generation,
         conditions: conditions::merge(
             &previous.conditions,
-            &[Desired::new(types::READY, Status::True, reason, message)],
+            &[
+                Desired::new(types::READY, Status::True, reason, message),
+                compliant,
+            ],
             generation,
             now,
         ),
         matched_clusters: matched,
         governed_workloads: i32::try_from(governed).unwrap_or(i32::MAX),
-        violations: previous.violations.clone(),
-        violation_count: previous.violation_count,
+        violations,
+        violation_count: i32::try_from(count).unwrap_or(i32::MAX),
     }
+}
+
+/// At most this many violations are kept in status.
+pub const MAX_VIOLATIONS: usize = 20;
+
+/// Copies of governed data on clusters the policy does not allow, from the workloads' recorded
+/// placements (retained volumes count, one entry per volume), sorted (pure).
+pub fn violations(
+    rp: &ResidencyPolicy,
+    clusters: &[Arc<MemberCluster>],
+    workloads: &[Arc<ResidentWorkload>],
+) -> Vec<Violation> {
+    let policy = facts::policy(rp);
+    let name = rp.name_any();
+    let mut out = Vec::new();
+    for w in workloads {
+        let Some(country) = w
+            .spec
+            .countries
+            .iter()
+            .filter(|c| rp.spec.countries.contains(c))
+            .min()
+        else {
+            continue;
+        };
+        let Some(status) = &w.status else { continue };
+        let ns = w.namespace().unwrap_or_default();
+        let wname = w.name_any();
+        for p in &status.placements {
+            let allowed = clusters
+                .iter()
+                .find(|c| c.name_any() == p.cluster)
+                .is_some_and(|c| policy.allows(&facts::cluster(c, StatusSource::Conditions)));
+            if allowed {
+                continue;
+            }
+            if p.state == "Retained" {
+                for o in &p.objects {
+                    out.push(Violation {
+                        cluster: p.cluster.clone(),
+                        country: country.to_string(),
+                        kind: o.kind.clone(),
+                        namespace: Some(ns.clone()),
+                        name: o.name.clone(),
+                        message: format!(
+                            "retained volume {ns}/{} of {wname} holds {country} data on {}, which {name} does not allow",
+                            o.name, p.cluster
+                        ),
+                    });
+                }
+            } else {
+                out.push(Violation {
+                    cluster: p.cluster.clone(),
+                    country: country.to_string(),
+                    kind: "ResidentWorkload".into(),
+                    namespace: Some(ns.clone()),
+                    name: wname.clone(),
+                    message: format!(
+                        "{ns}/{wname} ({}) holds {country} data on {}, which {name} does not allow",
+                        p.state, p.cluster
+                    ),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        (&a.cluster, &a.namespace, &a.name, &a.kind).cmp(&(
+            &b.cluster,
+            &b.namespace,
+            &b.name,
+            &b.kind,
+        ))
+    });
+    out
+}
+
+/// Policies a workload change can affect: those governing one of its countries.
+pub fn map_workload(
+    policies: &kube::runtime::reflector::Store<ResidencyPolicy>,
+    w: &ResidentWorkload,
+) -> Vec<kube::runtime::reflector::ObjectRef<ResidencyPolicy>> {
+    policies
+        .state()
+        .iter()
+        .filter(|p| {
+            p.spec
+                .countries
+                .iter()
+                .any(|c| w.spec.countries.contains(c))
+        })
+        .map(|p| kube::runtime::reflector::ObjectRef::from_obj(p.as_ref()))
+        .collect()
 }
 
 /// Reconciles one policy.
@@ -113,4 +225,80 @@ pub fn error_policy(rp: Arc<ResidencyPolicy>, err: &Error, ctx: Arc<Context>) ->
     warn!(policy = %rp.name_any(), category = err.category(), error = %err, "reconcile failed");
     ctx.metrics.failed(CONTROLLER, err.category());
     Action::requeue(ctx.backoff.next(&format!("policy/{}", rp.name_any())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn arc<T>(v: serde_json::Value) -> Arc<T>
+    where
+        T: serde::de::DeserializeOwned,
+    {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn retained_volumes_on_a_forbidden_cluster_are_violations() {
+        let policy: ResidencyPolicy = serde_json::from_value(json!({
+            "apiVersion": "residency.io/v1alpha1", "kind": "ResidencyPolicy", "metadata": {"name": "apac-to-zurich"},
+            "spec": {"countries": ["AU", "NZ"], "allowedLocations": [{"country": "CH", "region": "zurich"}]}
+        }))
+        .unwrap();
+        let cluster = |name: &str, country: &str, region: &str| -> Arc<MemberCluster> {
+            arc(
+                json!({"apiVersion": "residency.io/v1alpha1", "kind": "MemberCluster", "metadata": {"name": name},
+                "spec": {"location": {"country": country, "region": region},
+                         "attestation": {"nodeRegions": ["r"]}, "connection": {"local": {}}}}),
+            )
+        };
+        let clusters = [
+            cluster("zrh-1", "CH", "zurich"),
+            cluster("msk-1", "RU", "moscow"),
+        ];
+        let workload: Arc<ResidentWorkload> = arc(json!({
+            "apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload",
+            "metadata": {"name": "store", "namespace": "threat-intel"},
+            "spec": {"role": "Storage", "countries": ["NZ", "AU"],
+                     "manifests": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}]},
+            "status": {"placements": [
+                {"cluster": "zrh-1", "state": "Ready"},
+                {"cluster": "msk-1", "state": "Retained", "objects": [
+                    {"kind": "PersistentVolumeClaim", "name": "data", "ready": false}]}
+            ]}
+        }));
+        let v = violations(&policy, &clusters, std::slice::from_ref(&workload));
+        assert_eq!(v.len(), 1);
+        assert_eq!(
+            (
+                v[0].cluster.as_str(),
+                v[0].country.as_str(),
+                v[0].name.as_str()
+            ),
+            ("msk-1", "AU", "data")
+        );
+        assert!(
+            v[0].message.contains("which apac-to-zurich does not allow"),
+            "{}",
+            v[0].message
+        );
+        let status = compute(
+            &policy,
+            &clusters,
+            &[workload],
+            &Default::default(),
+            Timestamp::now(),
+        );
+        assert_eq!(status.violation_count, 1);
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Compliant")
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "Violations")
+        );
+    }
 }

@@ -117,8 +117,13 @@ pub async fn run(
         .shutdown_on_signal()
         .run(cluster::reconcile, cluster::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    let policy_loop = Controller::new(Api::<ResidencyPolicy>::all(client.clone()), wc)
-        .with_config(config)
+    let policy_ctrl = Controller::new(Api::<ResidencyPolicy>::all(client.clone()), wc.clone())
+        .with_config(config);
+    let policy_store = policy_ctrl.store();
+    let policy_loop = policy_ctrl
+        .watches(Api::<ResidentWorkload>::all(client.clone()), wc, move |w| {
+            policy::map_workload(&policy_store, &w)
+        })
         .shutdown_on_signal()
         .run(policy::reconcile, policy::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));

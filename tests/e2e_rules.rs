@@ -702,3 +702,110 @@ async fn a_manifest_dropped_from_the_spec_is_removed_from_the_members() {
     }
     cleanup(&env, ns, &["marshall"], &["marshall"]).await;
 }
+
+#[tokio::test]
+async fn a_hand_made_object_labelled_with_a_country_is_reported_on_the_policy() {
+    let _lock = CLUSTER_LOCK.read().await;
+    let env = setup().await;
+    let ns = "rules-handmade";
+    policy(
+        &env.mgmt,
+        "cook-islands",
+        &["CK"],
+        json!([{"country": "CH", "region": "zurich"}]),
+        "Enforce",
+    )
+    .await;
+    // created by hand on the Moscow cluster, declaring it holds Cook Islands data
+    let msk1 = &env.members[2].1;
+    let zrh1 = &env.members[0].1;
+    let deployment = |name: &str| -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"country.residency.io/CK": "true"}},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"containers": [{"name": "c", "image": "registry.example/app:1"}]}}}
+        }))
+        .unwrap()
+    };
+    for c in [msk1, zrh1] {
+        namespace(c, ns).await;
+        Api::<Deployment>::namespaced(c.clone(), ns)
+            .create(&Default::default(), &deployment("hand-made"))
+            .await
+            .unwrap();
+    }
+    let policies: Api<ResidencyPolicy> = Api::all(env.mgmt.clone());
+    let status = eventually("the policy reports the hand-made copy", T, || async {
+        let p = policies
+            .get("cook-islands")
+            .await
+            .map_err(|e| e.to_string())?;
+        let s = p.status.unwrap_or_default();
+        if s.violation_count >= 1 {
+            Ok(s)
+        } else {
+            Err(format!("{:?}", s.violations))
+        }
+    })
+    .await;
+    assert_eq!(
+        status.violation_count, 1,
+        "only the copy on msk-1 is a violation: {:?}",
+        status.violations
+    );
+    let v = &status.violations[0];
+    assert_eq!(
+        (
+            v.cluster.as_str(),
+            v.kind.as_str(),
+            v.name.as_str(),
+            v.country.as_str()
+        ),
+        ("msk-1", "Deployment", "hand-made", "CK")
+    );
+    assert!(
+        v.message.contains("which cook-islands does not allow"),
+        "{}",
+        v.message
+    );
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Compliant" && c.status == "False")
+    );
+    // never deleted by the operator: it only reports
+    assert!(
+        Api::<Deployment>::namespaced(msk1.clone(), ns)
+            .get_opt("hand-made")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // removing the label clears the violation (event-driven)
+    let unlabel = json!({"metadata": {"labels": {"country.residency.io/CK": null}}});
+    Api::<Deployment>::namespaced(msk1.clone(), ns)
+        .patch(
+            "hand-made",
+            &PatchParams::default(),
+            &Patch::Merge(&unlabel),
+        )
+        .await
+        .unwrap();
+    eventually("the violation is gone", T, || async {
+        let p = policies
+            .get("cook-islands")
+            .await
+            .map_err(|e| e.to_string())?;
+        let n = p.status.unwrap_or_default().violation_count;
+        if n == 0 {
+            Ok(())
+        } else {
+            Err(format!("{n} violations"))
+        }
+    })
+    .await;
+    cleanup(&env, ns, &[], &["cook-islands"]).await;
+}

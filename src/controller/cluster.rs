@@ -37,6 +37,7 @@ pub async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Acti
     let name = mc.name_any();
     if mc.metadata.deletion_timestamp.is_some() {
         ctx.fleet.remove(&name);
+        ctx.labelled.remove_member(&name);
         return Ok(Action::await_change());
     }
     let previous = mc.status.clone().unwrap_or_default();
@@ -287,12 +288,20 @@ fn watches_for(
     {
         return Some(w);
     }
-    Some(std::sync::Arc::new(crate::fleet::watch::start(
+    let mut watches = crate::fleet::watch::start(
         watch_client.clone(),
         name,
         fingerprint.to_string(),
         ctx.member_events.clone(),
-    )))
+    );
+    watches.extend(crate::fleet::labelled::start(
+        watch_client.clone(),
+        name,
+        ctx.labelled.clone(),
+        ctx.policies.clone(),
+        ctx.policy_events.clone(),
+    ));
+    Some(std::sync::Arc::new(watches))
 }
 
 /// CamelCase condition reason from a connection error category (`exec_plugin_refused` ->

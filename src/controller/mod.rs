@@ -130,6 +130,11 @@ pub struct Context {
     pub ready: Arc<AtomicBool>,
     /// Per-object error backoff.
     pub backoff: Backoff,
+    /// Objects on the members labelled with a country (hand-made ones included).
+    pub labelled: Arc<crate::fleet::labelled::Index>,
+    /// Policies to re-evaluate because labelled objects changed on a member.
+    pub policy_events:
+        tokio::sync::mpsc::Sender<kube::runtime::reflector::ObjectRef<ResidencyPolicy>>,
     /// Workloads whose placed objects changed on a member (from the member watches).
     pub member_events:
         tokio::sync::mpsc::Sender<kube::runtime::reflector::ObjectRef<ResidentWorkload>>,

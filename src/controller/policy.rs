@@ -26,6 +26,7 @@ pub fn compute(
     rp: &ResidencyPolicy,
     clusters: &[Arc<MemberCluster>],
     workloads: &[Arc<ResidentWorkload>],
+    labelled: &Labelled,
     previous: &ResidencyPolicyStatus,
     now: Timestamp,
 ) -> ResidencyPolicyStatus {
@@ -61,6 +62,15 @@ pub fn compute(
         )
     };
     let mut violations = violations(rp, clusters, workloads);
+    violations.extend(labelled_violations(rp, clusters, labelled));
+    violations.sort_by(|a, b| {
+        (&a.cluster, &a.namespace, &a.name, &a.kind).cmp(&(
+            &b.cluster,
+            &b.namespace,
+            &b.name,
+            &b.kind,
+        ))
+    });
     let count = violations.len();
     violations.truncate(MAX_VIOLATIONS);
     let compliant = match violations.first() {
@@ -170,6 +180,62 @@ pub fn violations(
     out
 }
 
+/// The labelled objects of every member (see [`crate::fleet::labelled`]).
+pub type Labelled = std::collections::BTreeMap<
+    String,
+    std::collections::BTreeMap<crate::fleet::labelled::Key, crate::fleet::labelled::Labelled>,
+>;
+
+/// Objects that nobody placed through the operator but that are labelled as holding data of a
+/// governed country, on clusters the policy does not allow (pure).
+pub fn labelled_violations(
+    rp: &ResidencyPolicy,
+    clusters: &[Arc<MemberCluster>],
+    labelled: &Labelled,
+) -> Vec<Violation> {
+    let policy = facts::policy(rp);
+    let name = rp.name_any();
+    let mut out = Vec::new();
+    for (cluster, objects) in labelled {
+        let allowed = clusters
+            .iter()
+            .find(|c| &c.name_any() == cluster)
+            .is_some_and(|c| policy.allows(&facts::cluster(c, StatusSource::Conditions)));
+        if allowed {
+            continue;
+        }
+        for ((kind, ns, obj), l) in objects {
+            // objects of a workload are reported through its placements
+            if l.workload.is_some() {
+                continue;
+            }
+            let Some(country) = l
+                .countries
+                .iter()
+                .find(|c| rp.spec.countries.iter().any(|p| p.as_str() == c.as_str()))
+            else {
+                continue;
+            };
+            let at = if ns.is_empty() {
+                obj.clone()
+            } else {
+                format!("{ns}/{obj}")
+            };
+            out.push(Violation {
+                cluster: cluster.clone(),
+                country: country.clone(),
+                kind: kind.clone(),
+                namespace: (!ns.is_empty()).then(|| ns.clone()),
+                name: obj.clone(),
+                message: format!(
+                    "{kind} {at} on {cluster} is labelled as holding {country} data, which {name} does not allow"
+                ),
+            });
+        }
+    }
+    out
+}
+
 /// Policies a workload change can affect: those governing one of its countries.
 pub fn map_workload(
     policies: &kube::runtime::reflector::Store<ResidencyPolicy>,
@@ -199,6 +265,7 @@ pub async fn reconcile(rp: Arc<ResidencyPolicy>, ctx: Arc<Context>) -> Result<Ac
         &rp,
         &ctx.clusters.state(),
         &ctx.workloads.state(),
+        &ctx.labelled.snapshot(),
         &previous,
         Timestamp::now(),
     );
@@ -287,6 +354,7 @@ mod tests {
             &policy,
             &clusters,
             &[workload],
+            &Default::default(),
             &Default::default(),
             Timestamp::now(),
         );

@@ -87,6 +87,10 @@ pub async fn run(
         .with_config(config.clone());
     let workloads = workloads_ctrl.store();
     let (member_events, member_rx) = tokio::sync::mpsc::channel(1024);
+    let (policy_retrigger, policy_rx) = tokio::sync::mpsc::channel(1024);
+    let policy_triggers = futures::stream::unfold(policy_rx, |mut rx| async move {
+        rx.recv().await.map(|r| (r, rx))
+    });
     let member_triggers = futures::stream::unfold(member_rx, |mut rx| async move {
         rx.recv().await.map(|r| (r, rx))
     });
@@ -102,6 +106,8 @@ pub async fn run(
         ready: ready.clone(),
         backoff: Backoff::default(),
         member_events,
+        labelled: Arc::new(crate::fleet::labelled::Index::default()),
+        policy_events: policy_retrigger,
     });
 
     let (w1, w2, p2) = (workloads.clone(), workloads, policies.clone());
@@ -124,6 +130,7 @@ pub async fn run(
         .watches(Api::<ResidentWorkload>::all(client.clone()), wc, move |w| {
             policy::map_workload(&policy_store, &w)
         })
+        .reconcile_on(policy_triggers)
         .shutdown_on_signal()
         .run(policy::reconcile, policy::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));

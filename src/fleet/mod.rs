@@ -2,6 +2,7 @@
 
 pub mod attest;
 pub mod kubeconfig;
+pub mod labelled;
 pub mod member;
 pub mod registry;
 pub mod watch;

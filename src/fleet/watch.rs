@@ -25,6 +25,13 @@ pub struct Watches {
     tasks: Vec<JoinHandle<()>>,
 }
 
+impl Watches {
+    /// Adds more watch tasks to stop with these.
+    pub fn extend(&mut self, tasks: Vec<JoinHandle<()>>) {
+        self.tasks.extend(tasks);
+    }
+}
+
 impl Drop for Watches {
     fn drop(&mut self) {
         for t in &self.tasks {

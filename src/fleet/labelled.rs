@@ -1,0 +1,217 @@
+//! Objects on the members that declare whose data they hold with a country label
+//! (`country.residency.io/<CODE>`), including ones nobody placed through the operator. Each
+//! member has metadata-only watches of the placeable kinds and PersistentVolumes; the objects
+//! carrying a country label are kept in an index, which policy status reads to report data on
+//! clusters a policy does not allow. Changes re-evaluate the policies of those countries.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::RwLock;
+
+use futures::StreamExt;
+use kube::api::{Api, DynamicObject};
+use kube::core::{ApiResource, PartialObjectMeta};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tokio::sync::mpsc::Sender;
+use tokio::task::JoinHandle;
+
+use crate::api::resident_workload::ALLOWED_KINDS;
+use crate::api::{ResidencyPolicy, labels};
+use crate::desired;
+
+/// One labelled object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Labelled {
+    /// The countries its labels declare, sorted.
+    pub countries: Vec<String>,
+    /// `namespace/name` of the ResidentWorkload that placed it, if one did.
+    pub workload: Option<String>,
+    /// Whether it is a retained volume.
+    pub retained: bool,
+}
+
+/// Key of an object: kind, namespace ("" when cluster-scoped), name.
+pub type Key = (String, String, String);
+
+/// The labelled objects of every member.
+#[derive(Default)]
+pub struct Index {
+    members: RwLock<BTreeMap<String, BTreeMap<Key, Labelled>>>,
+}
+
+/// The countries an object's labels declare (pure).
+pub fn countries_of(object_labels: &BTreeMap<String, String>) -> Vec<String> {
+    let mut c: Vec<String> = object_labels
+        .iter()
+        .filter(|(_, v)| v.as_str() == "true")
+        .filter_map(|(k, _)| k.strip_prefix(labels::COUNTRY_PREFIX))
+        .map(str::to_string)
+        .collect();
+    c.sort();
+    c
+}
+
+impl Index {
+    /// Records (or forgets, when it has no country label) one object; returns the countries it
+    /// declared before and declares now.
+    fn update(&self, cluster: &str, key: Key, value: Option<Labelled>) -> BTreeSet<String> {
+        let mut m = self.members.write().unwrap_or_else(|e| e.into_inner());
+        let objects = m.entry(cluster.to_string()).or_default();
+        match value {
+            Some(v) if !v.countries.is_empty() => objects
+                .insert(key, v.clone())
+                .map(|o| o.countries)
+                .into_iter()
+                .flatten()
+                .chain(v.countries)
+                .collect(),
+            _ => objects
+                .remove(&key)
+                .map(|o| o.countries)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// Forgets every object of `kind` on `cluster` (before a fresh list).
+    fn clear_kind(&self, cluster: &str, kind: &str) -> BTreeSet<String> {
+        let mut m = self.members.write().unwrap_or_else(|e| e.into_inner());
+        let mut gone = BTreeSet::new();
+        if let Some(objects) = m.get_mut(cluster) {
+            objects.retain(|k, v| {
+                if k.0 == kind {
+                    gone.extend(v.countries.iter().cloned());
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        gone
+    }
+
+    /// Forgets a member.
+    pub fn remove_member(&self, cluster: &str) {
+        let mut m = self.members.write().unwrap_or_else(|e| e.into_inner());
+        m.remove(cluster);
+    }
+
+    /// Every labelled object, by member.
+    pub fn snapshot(&self) -> BTreeMap<String, BTreeMap<Key, Labelled>> {
+        self.members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn labelled(meta: &PartialObjectMeta<DynamicObject>) -> Labelled {
+    let l = meta.labels();
+    Labelled {
+        countries: countries_of(l),
+        workload: match (l.get(labels::WORKLOAD), l.get(labels::WORKLOAD_NAMESPACE)) {
+            (Some(n), Some(ns)) => Some(format!("{ns}/{n}")),
+            _ => None,
+        },
+        retained: l.get(labels::RETAINED).map(String::as_str) == Some("true"),
+    }
+}
+
+/// Starts the watches of one member. Dropping the handles stops them.
+pub fn start(
+    client: Client,
+    cluster: &str,
+    index: std::sync::Arc<Index>,
+    policies: Store<ResidencyPolicy>,
+    tx: Sender<ObjectRef<ResidencyPolicy>>,
+) -> Vec<JoinHandle<()>> {
+    let mut resources: Vec<ApiResource> = ALLOWED_KINDS
+        .iter()
+        .filter_map(|(v, k)| desired::api_resource(v, k))
+        .collect();
+    resources.push(ApiResource::erase::<
+        k8s_openapi::api::core::v1::PersistentVolume,
+    >(&()));
+    resources
+        .into_iter()
+        .map(|ar| {
+            let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), &ar);
+            let stream = watcher(api, watcher::Config::default()).default_backoff();
+            let (index, policies, tx) = (index.clone(), policies.clone(), tx.clone());
+            let cluster = cluster.to_string();
+            let kind = ar.kind.clone();
+            tokio::spawn(async move {
+                let mut stream = std::pin::pin!(stream);
+                while let Some(event) = stream.next().await {
+                    let changed: BTreeSet<String> = match event {
+                        Ok(watcher::Event::Init) => index.clear_kind(&cluster, &kind),
+                        Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                            let key = (
+                                kind.clone(),
+                                o.namespace().unwrap_or_default(),
+                                o.name_any(),
+                            );
+                            index.update(&cluster, key, Some(labelled(&o)))
+                        }
+                        Ok(watcher::Event::Delete(o)) => {
+                            let key = (
+                                kind.clone(),
+                                o.namespace().unwrap_or_default(),
+                                o.name_any(),
+                            );
+                            index.update(&cluster, key, None)
+                        }
+                        Ok(watcher::Event::InitDone) | Err(_) => BTreeSet::new(),
+                    };
+                    if changed.is_empty() {
+                        continue;
+                    }
+                    for p in policies.state() {
+                        if p.spec
+                            .countries
+                            .iter()
+                            .any(|c| changed.contains(c.as_str()))
+                            && tx.send(ObjectRef::from_obj(p.as_ref())).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn country_labels_are_read_and_the_index_tracks_objects() {
+        let l = BTreeMap::from([
+            ("country.residency.io/AU".to_string(), "true".to_string()),
+            ("country.residency.io/NZ".to_string(), "false".to_string()),
+            ("app".to_string(), "x".to_string()),
+        ]);
+        assert_eq!(countries_of(&l), ["AU"]);
+        let index = Index::default();
+        let key = ("Deployment".to_string(), "ns".to_string(), "d".to_string());
+        let v = Labelled {
+            countries: vec!["AU".into()],
+            workload: None,
+            retained: false,
+        };
+        assert_eq!(
+            index.update("msk-1", key.clone(), Some(v)),
+            BTreeSet::from(["AU".to_string()])
+        );
+        assert_eq!(index.snapshot()["msk-1"].len(), 1);
+        assert_eq!(
+            index.update("msk-1", key, None),
+            BTreeSet::from(["AU".to_string()])
+        );
+        assert!(index.snapshot()["msk-1"].is_empty());
+    }
+}

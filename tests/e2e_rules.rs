@@ -809,3 +809,109 @@ async fn a_hand_made_object_labelled_with_a_country_is_reported_on_the_policy() 
     .await;
     cleanup(&env, ns, &[], &["cook-islands"]).await;
 }
+
+#[tokio::test]
+async fn a_pod_on_a_node_outside_the_attested_region_is_flagged() {
+    let _lock = CLUSTER_LOCK.write().await;
+    let env = setup().await;
+    let ns = "rules-pod-region";
+    namespace(&env.mgmt, ns).await;
+    // only zrh-1 (by its site label) may hold Niue's data
+    let policies: Api<ResidencyPolicy> = Api::all(env.mgmt.clone());
+    let body = json!({"apiVersion": "residency.io/v1alpha1", "kind": "ResidencyPolicy",
+        "metadata": {"name": "niue-dc1"},
+        "spec": {"countries": ["NU"], "clusterSelector": {"matchLabels": {"residency.io/site": "zurich-dc1"}}}});
+    policies
+        .patch(
+            "niue-dc1",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .unwrap();
+    apply_workload(&env.mgmt, &processing(ns, "niue", &["NU"]))
+        .await
+        .unwrap();
+    let rw = wait_workload(&env.mgmt, ns, "niue", "Ready on zrh-1", |rw| {
+        ready_on(rw, &["zrh-1"])
+    })
+    .await;
+    let ev = rw.status.unwrap().placements[0].evidence.clone().unwrap();
+    assert_eq!(ev.node_regions, ["eu-central-2"]);
+
+    // the nodes of zrh-1 now say they are in another region
+    let nodes: Api<Node> = Api::all(env.members[0].1.clone());
+    let relabel = |region: &'static str| {
+        let nodes = nodes.clone();
+        async move {
+            for n in ["zrh-1-node-a", "zrh-1-node-b"] {
+                let patch =
+                    json!({"metadata": {"labels": {"topology.kubernetes.io/region": region}}});
+                nodes
+                    .patch(n, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    relabel("us-east-1").await;
+    let rw = wait_workload(
+        &env.mgmt,
+        ns,
+        "niue",
+        "the Pod flagged outside the attested region",
+        |rw| {
+            rw.status.as_ref().is_some_and(|s| {
+                s.placements.iter().any(|p| {
+                    p.cluster == "zrh-1"
+                        && p.evidence.as_ref().is_some_and(|e| {
+                            e.outside.iter().any(|o| o.contains("(region us-east-1)"))
+                        })
+                })
+            })
+        },
+    )
+    .await;
+    let s = rw.status.unwrap();
+    let outside = &s.placements[0].evidence.as_ref().unwrap().outside;
+    assert!(
+        outside
+            .iter()
+            .all(|o| o.starts_with("Pod niue-") && o.contains("on node zrh-1-node-")),
+        "{outside:?}"
+    );
+    // the copy is kept (no other cluster may hold it) and the workload is not compliant
+    let compliant = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Compliant")
+        .unwrap();
+    assert_eq!(
+        (compliant.status.as_str(), compliant.reason.as_str()),
+        ("False", "NoEligibleCluster")
+    );
+    assert_eq!(
+        placed_on(&env.members[0].1, ns, "niue").await,
+        1,
+        "nothing is removed without a new home"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_residency-operator"))
+        .args([
+            "report",
+            "--kubeconfig",
+            &Fleet::kubeconfig_path(),
+            "--context",
+            "mgmt",
+        ])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("VIOLATION zrh-1: rules-pod-region/niue: Pod niue-"),
+        "{report}"
+    );
+
+    relabel("eu-central-2").await;
+    common::clusters_verified(&env.mgmt, &["zrh-1"]).await;
+    cleanup(&env, ns, &["niue"], &["niue-dc1"]).await;
+}

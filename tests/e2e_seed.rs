@@ -108,6 +108,25 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
     let zrh2 = fleet.member("zrh-2").await;
     let msk1 = fleet.member("msk-1").await;
 
+    // an earlier run's namespaces may still be terminating on the members
+    for client in [&zrh1, &zrh2, &msk1] {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        eventually(
+            "no terminating threat-intel namespace",
+            Duration::from_secs(180),
+            || async {
+                match namespaces.get_opt(NS).await {
+                    Ok(Some(ns)) if ns.metadata.deletion_timestamp.is_some() => {
+                        Err("terminating".to_string())
+                    }
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
+        .await;
+    }
+
     // 1. the seed: clusters, policies (APAC still on RU/moscow), workloads
     apply_path(&mgmt, "examples/seed").await;
     common::clusters_verified(&mgmt, &["zrh-1", "zrh-2", "msk-1"]).await;
@@ -122,27 +141,38 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
 
     // 2. watch the order: Ready on both Zurich clusters, and the msk-1 copy removed
     let stop = Arc::new(AtomicBool::new(false));
+    // Each sample reads msk-1 first, then zrh-1 and zrh-2. Readiness does not regress, so if
+    // the old copy was removed only after the new ones were Ready, every sample that finds
+    // msk-1 empty also finds both Zurich copies Ready. A removal before readiness shows up as a
+    // sample with msk-1 empty and a Zurich copy not Ready.
     let observer = {
         let (stop, zrh1, zrh2, msk1) = (stop.clone(), zrh1.clone(), zrh2.clone(), msk1.clone());
         tokio::spawn(async move {
             let start = Instant::now();
             let (mut ready_at, mut gone_at) = (None, None);
+            let mut violations = Vec::new();
+            let mut samples = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                // removal is sampled first, so a removal before readiness cannot hide in one sample
-                if gone_at.is_none() && gone_from(&msk1).await {
+                let gone = gone_from(&msk1).await;
+                let ready = running_on(&zrh1).await && running_on(&zrh2).await;
+                samples += 1;
+                if gone && gone_at.is_none() {
                     gone_at = Some(start.elapsed());
-                    eprintln!(
-                        "observer: msk-1 empty at {gone_at:?}; zrh-1 {}, zrh-2 {}",
-                        describe(&zrh1).await,
-                        describe(&zrh2).await
-                    );
                 }
-                if ready_at.is_none() && running_on(&zrh1).await && running_on(&zrh2).await {
+                if ready && ready_at.is_none() {
                     ready_at = Some(start.elapsed());
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                if gone && !ready {
+                    violations.push(format!(
+                        "at {:?}: msk-1 empty, zrh-1 {}, zrh-2 {}",
+                        start.elapsed(),
+                        describe(&zrh1).await,
+                        describe(&zrh2).await
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            (ready_at, gone_at)
+            (ready_at, gone_at, violations, samples)
         })
     };
 
@@ -161,17 +191,18 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
     .await;
     let relocation = edited.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let (ready_at, gone_at) = observer.await.unwrap();
-    let (ready_at, gone_at) = (
-        ready_at.expect("saw Ready on zrh-*"),
-        gone_at.expect("saw removal"),
-    );
+    let (ready_at, gone_at, violations, samples) = observer.await.unwrap();
     eprintln!(
-        "relocation: Ready on zrh-1 and zrh-2 at {ready_at:?}, msk-1 copy removed at {gone_at:?}, all settled {relocation:?} after the edit"
+        "relocation: first seen Ready on zrh-1 and zrh-2 at {ready_at:?}, msk-1 copy first seen removed at {gone_at:?}, all settled {relocation:?} after the edit ({samples} samples)"
     );
     assert!(
-        ready_at <= gone_at,
-        "the old copy was removed ({gone_at:?}) before the new ones were Ready ({ready_at:?})"
+        ready_at.is_some() && gone_at.is_some(),
+        "the observer saw the relocation"
+    );
+    assert!(
+        violations.is_empty(),
+        "the old copy was removed before the new ones were Ready:\n{}",
+        violations.join("\n")
     );
 
     // 4. Pods Running on eu-central-2 nodes, PVCs Bound there

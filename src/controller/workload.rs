@@ -186,8 +186,12 @@ async fn place_on(
             placement.state = if ready { state::READY } else { state::APPLIED }.into();
             placement.objects = objects;
             // the location proof: where the Pods and volumes of this copy are
+            // (only once a probe has read the member's nodes; until then keep the last proof)
+            placement.evidence = previous.and_then(|p| p.evidence.clone());
             if let (Some(conn), Some(mc)) = (
-                ctx.fleet.get(cluster),
+                ctx.fleet
+                    .get(cluster)
+                    .filter(|c| !c.node_regions.is_empty()),
                 ctx.clusters.get(&ObjectRef::new(cluster)),
             ) {
                 match m
@@ -405,8 +409,35 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
             if let Some(p) = refresh_retained(&ctx, &rw, prev).await {
                 placements.push(p);
             }
-        } else if ctx.clusters.get(&ObjectRef::new(&prev.cluster)).is_some() {
-            placements.push(prev.clone());
+        } else if let Some(mc) = ctx.clusters.get(&ObjectRef::new(&prev.cluster)) {
+            let mut kept = prev.clone();
+            // a copy the operator does not place now still gets a current location proof
+            // (only once a probe has read the member's nodes)
+            if let (Some(m), Some(conn)) = (
+                member(&ctx, &prev.cluster),
+                ctx.fleet
+                    .get(&prev.cluster)
+                    .filter(|c| !c.node_regions.is_empty()),
+            ) {
+                match m
+                    .evidence(
+                        &rw.namespace().unwrap_or_default(),
+                        &rw.name_any(),
+                        &conn.node_regions,
+                        &mc.spec.attestation.node_regions,
+                    )
+                    .await
+                {
+                    Ok(ev) => {
+                        tracing::debug!(cluster = %prev.cluster, ?ev, "location evidence of a kept copy");
+                        kept.evidence = Some(ev)
+                    }
+                    Err(e) => {
+                        warn!(cluster = %prev.cluster, error = %e, "could not read the location evidence")
+                    }
+                }
+            }
+            placements.push(kept);
         }
     }
     placements.sort_by(|a, b| a.cluster.cmp(&b.cluster));

@@ -15,6 +15,7 @@ pub mod leader;
 pub mod metrics;
 pub mod placement;
 pub mod plan;
+pub mod policy_report;
 pub mod readiness;
 pub mod report;
 pub mod telemetry;

@@ -915,3 +915,90 @@ async fn a_pod_on_a_node_outside_the_attested_region_is_flagged() {
     common::clusters_verified(&env.mgmt, &["zrh-1"]).await;
     cleanup(&env, ns, &["niue"], &["niue-dc1"]).await;
 }
+
+#[tokio::test]
+async fn policy_reports_are_written_where_their_crd_is_installed() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::DynamicObject;
+    use kube::core::{ApiResource, GroupVersionKind};
+    let _lock = CLUSTER_LOCK.read().await;
+    let env = setup().await;
+    let crd: CustomResourceDefinition = serde_yaml::from_str(
+        &std::fs::read_to_string(common::repo("tests/fixtures/policyreport-crd.yaml")).unwrap(),
+    )
+    .unwrap();
+    Api::<CustomResourceDefinition>::all(env.mgmt.clone())
+        .patch(
+            "policyreports.wgpolicyk8s.io",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+    common::crd_established(&env.mgmt, "policyreports.wgpolicyk8s.io").await;
+    let ns = "rules-policy-report";
+    namespace(&env.mgmt, ns).await;
+    policy(
+        &env.mgmt,
+        "comoros",
+        &["KM"],
+        json!([{"country": "CH", "region": "zurich"}]),
+        "Enforce",
+    )
+    .await;
+    apply_workload(&env.mgmt, &processing(ns, "comoros", &["KM"]))
+        .await
+        .unwrap();
+    apply_workload(&env.mgmt, &processing(ns, "chad", &["TD"]))
+        .await
+        .unwrap(); // no policy: fail
+    let gvk = GroupVersionKind::gvk("wgpolicyk8s.io", "v1alpha2", "PolicyReport");
+    let reports: Api<DynamicObject> = Api::namespaced_with(
+        env.mgmt.clone(),
+        ns,
+        &ApiResource::from_gvk_with_plural(&gvk, "policyreports"),
+    );
+    let report = eventually("a PolicyReport with one pass and one fail", T, || async {
+        let r = reports
+            .get_opt("residency-operator")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no report yet")?;
+        if r.data["summary"]["pass"] == 1 && r.data["summary"]["fail"] == 1 {
+            Ok(r)
+        } else {
+            Err(format!("{}", r.data["summary"]))
+        }
+    })
+    .await;
+    let results = report.data["results"].as_array().unwrap();
+    let chad = results
+        .iter()
+        .find(|r| r["resources"][0]["name"] == "chad")
+        .unwrap();
+    assert_eq!(chad["result"], "fail");
+    assert!(
+        chad["message"]
+            .as_str()
+            .unwrap()
+            .contains("no policy governs TD"),
+        "{chad}"
+    );
+    let comoros = results
+        .iter()
+        .find(|r| r["resources"][0]["name"] == "comoros")
+        .unwrap();
+    assert_eq!(comoros["result"], "pass");
+    cleanup(&env, ns, &["comoros", "chad"], &["comoros"]).await;
+    eventually("the report drops deleted workloads", T, || async {
+        let r = reports
+            .get_opt("residency-operator")
+            .await
+            .map_err(|e| e.to_string())?;
+        match r {
+            Some(r) if r.data["results"].as_array().is_some_and(|a| a.is_empty()) => Ok(()),
+            other => Err(format!("{:?}", other.map(|r| r.data["summary"].clone()))),
+        }
+    })
+    .await;
+}

@@ -135,6 +135,9 @@ pub struct Context {
     /// Policies to re-evaluate because labelled objects changed on a member.
     pub policy_events:
         tokio::sync::mpsc::Sender<kube::runtime::reflector::ObjectRef<ResidencyPolicy>>,
+    /// The last PolicyReport content written per namespace (hash), so unchanged reports are
+    /// not written again.
+    pub reports: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Workloads whose placed objects changed on a member (from the member watches).
     pub member_events:
         tokio::sync::mpsc::Sender<kube::runtime::reflector::ObjectRef<ResidentWorkload>>,

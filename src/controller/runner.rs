@@ -107,6 +107,7 @@ pub async fn run(
         backoff: Backoff::default(),
         member_events,
         labelled: Arc::new(crate::fleet::labelled::Index::default()),
+        reports: Default::default(),
         policy_events: policy_retrigger,
     });
 

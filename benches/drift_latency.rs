@@ -37,15 +37,7 @@ async fn policy(client: &Client, enforcement: &str) {
 }
 
 async fn edit(member: &Client, replicas: i32) {
-    let patch = json!({"spec": {"replicas": replicas}});
-    let params = PatchParams {
-        field_manager: Some("kubectl-edit".into()),
-        ..Default::default()
-    };
-    Api::<Deployment>::namespaced(member.clone(), NS)
-        .patch("kittitian", &params, &Patch::Merge(&patch))
-        .await
-        .expect("edit");
+    common::scale_out_of_band(member, NS, "kittitian", replicas).await;
 }
 
 /// Polls `check` every 10 ms (finer than the tests' `eventually`, to measure latency).

@@ -85,18 +85,7 @@ async fn ready_on_zurich(client: &Client, name: &str) {
 
 /// An out-of-band edit, as `kubectl scale` would do it (another field manager).
 async fn scale(client: &Client, name: &str, replicas: i32) {
-    let patch = json!({"spec": {"replicas": replicas}});
-    Api::<Deployment>::namespaced(client.clone(), NS)
-        .patch(
-            name,
-            &PatchParams {
-                field_manager: Some("kubectl-edit".into()),
-                ..Default::default()
-            },
-            &Patch::Merge(&patch),
-        )
-        .await
-        .unwrap();
+    common::scale_out_of_band(client, NS, name, replicas).await;
 }
 
 async fn replicas(client: &Client, name: &str) -> i32 {

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::operator::{self, OPERATOR_NS};
@@ -19,42 +18,12 @@ struct Replica {
     http: String,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start(fleet: &Fleet, identity: &str) -> Replica {
-    let port = free_port();
-    let log =
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("leader-{identity}.log"));
-    let file = std::fs::File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_residency-operator"))
-        .args([
-            "run",
-            "--kubeconfig",
-            &Fleet::kubeconfig_path(),
-            "--context",
-            &fleet.mgmt,
-        ])
-        .args([
-            "--namespace",
-            OPERATOR_NS,
-            "--leader-elect",
-            "--identity",
-            identity,
-        ])
-        .args(["--probe-interval", "2", "--exit-on-stdin-close"])
-        .args(["--http-addr", &format!("127.0.0.1:{port}")])
-        .stdin(Stdio::piped())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start a replica");
+    let (child, port, _) = operator::spawn(
+        fleet,
+        &format!("leader-{identity}"),
+        &["--leader-elect", "--identity", identity],
+    );
     Replica {
         identity: identity.to_string(),
         child,

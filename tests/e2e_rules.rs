@@ -895,17 +895,7 @@ async fn a_pod_on_a_node_outside_the_attested_region_is_flagged() {
         1,
         "nothing is removed without a new home"
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_residency-operator"))
-        .args([
-            "report",
-            "--kubeconfig",
-            &Fleet::kubeconfig_path(),
-            "--context",
-            "mgmt",
-        ])
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
+    let report = common::report();
     assert!(
         report.contains("VIOLATION zrh-1: rules-pod-region/niue: Pod niue-"),
         "{report}"

@@ -351,23 +351,8 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
     assert_eq!(ev.node_regions, ["eu-central-2"]);
     assert_eq!(ev.volume_regions, ["eu-central-2"]);
     assert!(ev.outside.is_empty(), "{:?}", ev.outside);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_residency-operator"))
-        .args([
-            "report",
-            "--kubeconfig",
-            &Fleet::kubeconfig_path(),
-            "--context",
-            &fleet.mgmt,
-        ])
-        .output()
-        .expect("report");
-    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report = common::report();
     eprintln!("{report}");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(report.contains("AU (Australia)"), "{report}");
     for line in [
         "  zrh-1    CH/zurich      verified   nodes eu-central-2   volumes eu-central-2",

@@ -288,19 +288,17 @@ fn watches_for(
     {
         return Some(w);
     }
-    let mut watches = crate::fleet::watch::start(
-        watch_client.clone(),
-        name,
+    let watches = crate::fleet::watch::Watches::new(
         fingerprint.to_string(),
-        ctx.member_events.clone(),
+        crate::fleet::labelled::start(
+            watch_client.clone(),
+            name,
+            ctx.labelled.clone(),
+            ctx.policies.clone(),
+            ctx.policy_events.clone(),
+            ctx.member_events.clone(),
+        ),
     );
-    watches.extend(crate::fleet::labelled::start(
-        watch_client.clone(),
-        name,
-        ctx.labelled.clone(),
-        ctx.policies.clone(),
-        ctx.policy_events.clone(),
-    ));
     Some(std::sync::Arc::new(watches))
 }
 

@@ -477,19 +477,13 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
         drift_count,
     };
     for (cluster, d) in &corrections {
-        let note = format!(
-            "Corrected out-of-band changes of {} {} on {cluster}: {}",
-            d.kind,
-            d.name,
-            status::describe_fields(&d.fields)
-        );
-        publish_about(
+        publish_drift(
             &ctx,
             &rw,
-            Some(cluster),
-            EventType::Warning,
+            cluster,
+            d,
             "DriftCorrected",
-            &note,
+            "was changed out of band and corrected",
         )
         .await;
     }
@@ -500,19 +494,13 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
             .any(|e| &e.cluster == cluster && e.kind == d.kind && e.name == d.name);
         if !known {
             ctx.metrics.drift(cluster, &d.kind, "reported");
-            let note = format!(
-                "{} {} on {cluster} differs from what was applied (not corrected: Audit): {}",
-                d.kind,
-                d.name,
-                status::describe_fields(&d.fields)
-            );
-            publish_about(
+            publish_drift(
                 &ctx,
                 &rw,
-                Some(cluster),
-                EventType::Warning,
+                cluster,
+                d,
                 "DriftDetected",
-                &note,
+                "differs from what was applied (not corrected: Audit)",
             )
             .await;
         }
@@ -694,6 +682,24 @@ async fn publish_about(
     if let Err(e) = ctx.recorder.publish(&event, &rw.object_ref(&())).await {
         warn!(error = %e, reason, "could not publish event");
     }
+}
+
+/// A Warning Event about a drifted object: `<kind> <name> on <cluster> <what>: <fields>`.
+async fn publish_drift(
+    ctx: &Context,
+    rw: &ResidentWorkload,
+    cluster: &str,
+    d: &ObjectDrift,
+    reason: &str,
+    what: &str,
+) {
+    let note = format!(
+        "{} {} on {cluster} {what}: {}",
+        d.kind,
+        d.name,
+        status::describe_fields(&d.fields)
+    );
+    publish_about(ctx, rw, Some(cluster), EventType::Warning, reason, &note).await;
 }
 
 /// Events for what changed: placed, evicted, retained, unplaceable.

@@ -17,7 +17,7 @@ use tokio::sync::mpsc::Sender;
 use tokio::task::JoinHandle;
 
 use crate::api::resident_workload::ALLOWED_KINDS;
-use crate::api::{ResidencyPolicy, labels};
+use crate::api::{ResidencyPolicy, ResidentWorkload, labels};
 use crate::desired;
 
 /// One labelled object.
@@ -119,13 +119,17 @@ fn labelled(meta: &PartialObjectMeta<DynamicObject>) -> Labelled {
     }
 }
 
-/// Starts the watches of one member. Dropping the handles stops them.
+/// Starts one metadata watch per placeable kind (and PersistentVolumes) on a member. Each
+/// event updates the country index (re-evaluating the policies of the countries involved) and,
+/// for an object the operator placed, triggers its workload (drift detection). Dropping the
+/// handles stops them.
 pub fn start(
     client: Client,
     cluster: &str,
     index: std::sync::Arc<Index>,
     policies: Store<ResidencyPolicy>,
     tx: Sender<ObjectRef<ResidencyPolicy>>,
+    workloads_tx: Sender<ObjectRef<ResidentWorkload>>,
 ) -> Vec<JoinHandle<()>> {
     let mut resources: Vec<ApiResource> = ALLOWED_KINDS
         .iter()
@@ -140,11 +144,22 @@ pub fn start(
             let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), &ar);
             let stream = watcher(api, watcher::Config::default()).default_backoff();
             let (index, policies, tx) = (index.clone(), policies.clone(), tx.clone());
+            let workloads_tx = workloads_tx.clone();
             let cluster = cluster.to_string();
             let kind = ar.kind.clone();
             tokio::spawn(async move {
                 let mut stream = std::pin::pin!(stream);
                 while let Some(event) = stream.next().await {
+                    if let Ok(
+                        watcher::Event::Apply(o)
+                        | watcher::Event::InitApply(o)
+                        | watcher::Event::Delete(o),
+                    ) = &event
+                        && let Some(w) = super::watch::workload_of(o.labels())
+                        && workloads_tx.send(w).await.is_err()
+                    {
+                        return; // the controller is gone
+                    }
                     let changed: BTreeSet<String> = match event {
                         Ok(watcher::Event::Init) => index.clear_kind(&cluster, &kind),
                         Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {

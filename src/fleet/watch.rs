@@ -1,22 +1,14 @@
-//! Event-driven drift detection: on every reachable member, metadata-only watches of the objects
-//! the operator placed (selected by its `managed-by` label) trigger the owning workload's
-//! reconcile when one of them changes or disappears. Not a polling sweep.
+//! The member watches' lifetime, and which workload a placed object belongs to. The watches
+//! themselves ([`super::labelled::start`]) trigger the owning workload's reconcile when an object
+//! the operator placed changes or disappears: drift detection is event-driven, not a sweep.
 
-use futures::StreamExt;
-use kube::api::{Api, DynamicObject};
-use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
 use std::collections::BTreeMap;
-use tokio::sync::mpsc::Sender;
+
+use kube::runtime::reflector::ObjectRef;
 use tokio::task::JoinHandle;
-use tracing::debug;
 
 use crate::api::ResidentWorkload;
 use crate::api::labels;
-use crate::api::resident_workload::ALLOWED_KINDS;
-use crate::desired;
 
 /// The watches of one member; dropping them stops them.
 pub struct Watches {
@@ -26,9 +18,9 @@ pub struct Watches {
 }
 
 impl Watches {
-    /// Adds more watch tasks to stop with these.
-    pub fn extend(&mut self, tasks: Vec<JoinHandle<()>>) {
-        self.tasks.extend(tasks);
+    /// Watch tasks started with the connection configuration `fingerprint`.
+    pub fn new(fingerprint: String, tasks: Vec<JoinHandle<()>>) -> Self {
+        Self { fingerprint, tasks }
     }
 }
 
@@ -50,49 +42,6 @@ pub fn workload_of(
     let name = object_labels.get(labels::WORKLOAD)?;
     let namespace = object_labels.get(labels::WORKLOAD_NAMESPACE)?;
     Some(ObjectRef::new(name).within(namespace))
-}
-
-/// Starts one watch per placeable kind on `client` (a client without a read timeout: watches
-/// are long requests), sending the owning workload of every changed object to `tx`.
-pub fn start(
-    client: Client,
-    cluster: &str,
-    fingerprint: String,
-    tx: Sender<ObjectRef<ResidentWorkload>>,
-) -> Watches {
-    let selector = format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
-    let tasks = ALLOWED_KINDS
-        .iter()
-        .filter_map(|(api_version, kind)| desired::api_resource(api_version, kind))
-        .map(|ar| {
-            // metadata only: the watch carries labels, not the objects' specs
-            let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), &ar);
-            let stream = watcher(api, watcher::Config::default().labels(&selector))
-                .default_backoff()
-                .touched_objects();
-            let tx = tx.clone();
-            let cluster = cluster.to_string();
-            let kind = ar.kind.clone();
-            tokio::spawn(async move {
-                let mut stream = std::pin::pin!(stream);
-                while let Some(event) = stream.next().await {
-                    match event {
-                        Ok(meta) => {
-                            if let Some(w) = workload_of(meta.labels())
-                                && tx.send(w).await.is_err()
-                            {
-                                return; // the controller is gone
-                            }
-                        }
-                        Err(e) => {
-                            debug!(%cluster, %kind, error = %e, "member watch error; retrying")
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    Watches { fingerprint, tasks }
 }
 
 #[cfg(test)]

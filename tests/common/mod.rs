@@ -270,3 +270,39 @@ pub async fn clusters_verified(mgmt: &Client, names: &[&str]) {
         .await;
     }
 }
+
+/// Scales a Deployment on a member the way `kubectl scale` would: an out-of-band edit by
+/// another field manager, for drift tests.
+pub async fn scale_out_of_band(member: &Client, namespace: &str, name: &str, replicas: i32) {
+    let patch = serde_json::json!({"spec": {"replicas": replicas}});
+    let params = kube::api::PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..Default::default()
+    };
+    kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(member.clone(), namespace)
+        .patch(name, &params, &kube::api::Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("scale {namespace}/{name}: {e}"));
+}
+
+/// Runs `residency-operator report` against the fleet's management cluster; returns stdout.
+pub fn report() -> String {
+    let fleet_mgmt_context =
+        &std::env::var("RESIDENCY_MGMT_CONTEXT").unwrap_or_else(|_| "mgmt".into());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_residency-operator"))
+        .args([
+            "report",
+            "--kubeconfig",
+            &Fleet::kubeconfig_path(),
+            "--context",
+            fleet_mgmt_context,
+        ])
+        .output()
+        .expect("run residency-operator report");
+    assert!(
+        out.status.success(),
+        "report: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -95,6 +95,40 @@ pub async fn member_secrets(fleet: &Fleet, client: &Client) {
     }
 }
 
+/// Starts an operator process against the fleet's management cluster, with `extra` arguments,
+/// logging to `<CARGO_TARGET_TMPDIR>/<name>.log`. It exits when its standard input closes
+/// (when the test process ends) or when dropped. Returns the child, its HTTP port and log path.
+pub fn spawn(fleet: &Fleet, name: &str, extra: &[&str]) -> (Child, u16, std::path::PathBuf) {
+    let port = free_port();
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.log"));
+    let file = std::fs::File::create(&log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_residency-operator"))
+        .args([
+            "run",
+            "--kubeconfig",
+            &Fleet::kubeconfig_path(),
+            "--context",
+            &fleet.mgmt,
+        ])
+        .args([
+            "--namespace",
+            OPERATOR_NS,
+            "--probe-interval",
+            "2",
+            "--exit-on-stdin-close",
+        ])
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .env("RUST_LOG", "info,residency_operator=debug")
+        .stdin(Stdio::piped())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the operator");
+    (child, port, log)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -110,41 +144,16 @@ pub async fn start(fleet: &Fleet) -> &'static Operator {
             let client = fleet.mgmt_client().await;
             install_crds(&client).await;
             member_secrets(fleet, &client).await;
-            let port = free_port();
-            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-            let log = dir.join(format!(
-                "operator-{}-{}.log",
+            let name = format!(
+                "operator-{}-{}",
                 std::env::current_exe()
                     .unwrap()
                     .file_stem()
                     .unwrap()
                     .to_string_lossy(),
                 std::process::id()
-            ));
-            let file = std::fs::File::create(&log).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_residency-operator"))
-                .args([
-                    "run",
-                    "--kubeconfig",
-                    &Fleet::kubeconfig_path(),
-                    "--context",
-                    &fleet.mgmt,
-                ])
-                .args([
-                    "--namespace",
-                    OPERATOR_NS,
-                    "--probe-interval",
-                    "2",
-                    "--exit-on-stdin-close",
-                ])
-                .args(["--http-addr", &format!("127.0.0.1:{port}")])
-                .env("RUST_LOG", "info,residency_operator=debug")
-                .stdin(Stdio::piped())
-                .stdout(file.try_clone().unwrap())
-                .stderr(file)
-                .kill_on_drop(true)
-                .spawn()
-                .expect("start the operator");
+            );
+            let (child, port, log) = spawn(fleet, &name, &[]);
             let http = format!("http://127.0.0.1:{port}");
             let url = format!("{http}/readyz");
             eventually("operator /readyz", Duration::from_secs(60), || async {

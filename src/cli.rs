@@ -75,6 +75,11 @@ pub struct RunArgs {
     /// Maximum concurrent reconciles per controller.
     #[arg(long, default_value_t = 8)]
     pub concurrency: u16,
+    /// Maximum workloads relocating at once (placed on new clusters while they leave others);
+    /// one policy edit that moves more proceeds in waves, the others wait with
+    /// `Reconciling=True, reason=RelocationQueued`.
+    #[arg(long, default_value_t = 32)]
+    pub max_relocations: usize,
     /// Seconds between member probes (reachability and location attestation).
     #[arg(long, default_value_t = 10)]
     pub probe_interval: u64,
@@ -229,6 +234,7 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         },
         probe_interval: std::time::Duration::from_secs(args.probe_interval.max(1)),
         concurrency: args.concurrency.max(1),
+        max_relocations: args.max_relocations.max(1),
         instance: identity.clone(),
         ..Default::default()
     };
@@ -257,11 +263,16 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         });
     }
     tracing::info!(namespace = %args.namespace, %identity, "starting residency-operator");
+    let fence = Arc::new(if args.leader_elect {
+        crate::leader::Fence::closed()
+    } else {
+        crate::leader::Fence::open()
+    });
     let result = if args.leader_elect {
         let cfg = crate::leader::Config::new(&args.namespace, &identity);
         standby.store(true, std::sync::atomic::Ordering::Relaxed);
         tokio::select! {
-            () = crate::leader::acquire(&client, &cfg) => {}
+            () = crate::leader::acquire(&client, &cfg, &fence) => {}
             () = shutdown_signal() => {
                 tracing::info!("stopping while standing by");
                 let _ = stop_tx.send(true);
@@ -270,19 +281,20 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
             }
         }
         standby.store(false, std::sync::atomic::Ordering::Relaxed);
-        let run = crate::controller::runner::run(client.clone(), settings, metrics, ready);
+        let run =
+            crate::controller::runner::run(client.clone(), settings, metrics, ready, fence.clone());
         tokio::select! {
             result = run => {
                 crate::leader::release(&client, &cfg).await;
                 result.map_err(anyhow::Error::from)
             }
-            lost = crate::leader::keep(&client, &cfg) => {
+            lost = crate::leader::keep(&client, &cfg, &fence) => {
                 tracing::error!(error = %lost, "stopping: only the leader may write");
                 Err(anyhow::Error::from(lost))
             }
         }
     } else {
-        crate::controller::runner::run(client, settings, metrics, ready)
+        crate::controller::runner::run(client, settings, metrics, ready, fence)
             .await
             .map_err(anyhow::Error::from)
     };

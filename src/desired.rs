@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::ResidentWorkload;
 use crate::api::labels;
-use crate::api::resident_workload::{ALLOWED_KINDS, Role, kind_allowed};
+use crate::api::resident_workload::{ALLOWED_KINDS, Role, VolumePolicy, kind_allowed};
 
 /// Annotation holding the hash of the desired content of a placed object.
 pub const HASH_ANNOTATION: &str = "residency.io/desired-hash";
@@ -263,8 +263,16 @@ pub fn build(
         seen.insert((kind.clone(), obj_name.clone()), index);
 
         let mut object = manifest.0.clone();
-        prepare(&mut object, &kind, namespace, &identity, resident_class)
-            .map_err(|reason| invalid(&reason))?;
+        let retain = workload.spec.volume_policy == VolumePolicy::Retain;
+        prepare(
+            &mut object,
+            &kind,
+            namespace,
+            &identity,
+            resident_class,
+            retain,
+        )
+        .map_err(|reason| invalid(&reason))?;
         let hash = content_hash(&object);
         set_annotation(&mut object, HASH_ANNOTATION, &hash).map_err(|reason| invalid(&reason))?;
         out.push(DesiredObject {
@@ -284,8 +292,8 @@ pub fn build(
     Ok(out)
 }
 
-/// Position of `kind` in the apply order (unknown kinds last).
-fn apply_rank(kind: &str) -> usize {
+/// Position of `kind` in the apply order (unknown kinds last); deletion uses the reverse.
+pub fn apply_rank(kind: &str) -> usize {
     APPLY_ORDER
         .iter()
         .position(|k| *k == kind)
@@ -338,6 +346,7 @@ fn prepare(
     namespace: &str,
     identity: &Map<String, Value>,
     resident_class: Option<&str>,
+    retain_volumes: bool,
 ) -> Result<(), String> {
     let root = object
         .as_object_mut()
@@ -394,6 +403,18 @@ fn prepare(
         _ => {}
     }
 
+    if kind == "StatefulSet" && retain_volumes {
+        // under `volumePolicy: Retain` no deletion or scale-down may take a claim with it
+        let spec = child_object(
+            object.as_object_mut().ok_or("it is not an object")?,
+            "spec",
+            "spec",
+        )?;
+        spec.insert(
+            "persistentVolumeClaimRetentionPolicy".to_string(),
+            serde_json::json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+        );
+    }
     if kind == "StatefulSet" {
         let templates = match object.pointer_mut("/spec/volumeClaimTemplates") {
             None | Some(Value::Null) => None,

@@ -6,7 +6,15 @@
 //! resourceVersion, so two replicas can never both win. A leader that cannot renew before its
 //! Lease would expire stops (the process exits and is restarted as a follower); on SIGTERM the
 //! leader releases the Lease so a follower takes over at once.
+//!
+//! Fencing: every write of the operator first asks the [`Fence`] whether this replica can still
+//! prove it holds the Lease. A renewal that succeeds extends the fence to the moment the renewal
+//! request was *sent* plus the Lease duration less a safety margin; each renewal attempt has a
+//! deadline. So a leader that hangs, loses the management cluster or is stopped (SIGSTOP) for
+//! longer than the Lease finds its fence expired when it runs again, and writes nothing before
+//! another replica may have taken over.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -31,10 +39,13 @@ pub struct Config {
     pub renew_period: Duration,
     /// How often a follower retries.
     pub retry_period: Duration,
+    /// How long one renewal attempt may take before it counts as failed.
+    pub renew_deadline: Duration,
 }
 
 impl Config {
-    /// Defaults: Lease `residency-operator`, 15 s validity, renew every 5 s, retry every 2 s.
+    /// Defaults: Lease `residency-operator`, 15 s validity, renew every 5 s (each attempt within
+    /// 4 s), retry every 2 s.
     pub fn new(namespace: &str, identity: &str) -> Self {
         Self {
             namespace: namespace.to_string(),
@@ -43,7 +54,72 @@ impl Config {
             lease_duration: Duration::from_secs(15),
             renew_period: Duration::from_secs(5),
             retry_period: Duration::from_secs(2),
+            renew_deadline: Duration::from_secs(4),
         }
+    }
+
+    /// How long a successful renewal lets this replica write: the Lease duration less a margin
+    /// (a renewal period, at least 1 s) for clock differences between replicas.
+    pub fn write_validity(&self) -> Duration {
+        let margin = self.renew_period.max(Duration::from_secs(1));
+        self.lease_duration.saturating_sub(margin)
+    }
+}
+
+/// Whether this replica may write: always without leader election; with it, only until the
+/// validity of the last successful renewal ends.
+#[derive(Debug)]
+pub struct Fence {
+    enabled: AtomicBool,
+    origin: tokio::time::Instant,
+    /// Milliseconds after `origin` until which writes are allowed.
+    valid_until_ms: AtomicU64,
+}
+
+impl Default for Fence {
+    fn default() -> Self {
+        Self::open()
+    }
+}
+
+impl Fence {
+    /// A fence that always allows writes (no leader election).
+    pub fn open() -> Self {
+        Self {
+            enabled: AtomicBool::new(false),
+            origin: tokio::time::Instant::now(),
+            valid_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// A fence that allows writes only after [`Fence::extend`].
+    pub fn closed() -> Self {
+        let f = Self::open();
+        f.enabled.store(true, Ordering::SeqCst);
+        f
+    }
+
+    /// Allows writes until `sent + validity` (`sent`: when the successful renewal was sent).
+    pub fn extend(&self, sent: tokio::time::Instant, validity: Duration) {
+        let until = sent.saturating_duration_since(self.origin) + validity;
+        let ms = u64::try_from(until.as_millis()).unwrap_or(u64::MAX);
+        self.valid_until_ms.fetch_max(ms, Ordering::SeqCst);
+    }
+
+    /// Forbids writes from now on.
+    pub fn revoke(&self) {
+        self.enabled.store(true, Ordering::SeqCst);
+        self.valid_until_ms.store(0, Ordering::SeqCst);
+    }
+
+    /// Whether a write may be sent now.
+    pub fn may_write(&self) -> bool {
+        if !self.enabled.load(Ordering::SeqCst) {
+            return true;
+        }
+        let now = tokio::time::Instant::now().saturating_duration_since(self.origin);
+        u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
+            < self.valid_until_ms.load(Ordering::SeqCst)
     }
 }
 
@@ -173,11 +249,27 @@ pub async fn try_acquire_or_renew(client: &Client, cfg: &Config) -> Result<bool,
     }
 }
 
-/// Waits until this replica holds the Lease.
-pub async fn acquire(client: &Client, cfg: &Config) {
+/// One attempt within the renewal deadline; extends `fence` when it succeeded.
+async fn attempt(client: &Client, cfg: &Config, fence: &Fence) -> Result<bool, Error> {
+    let sent = tokio::time::Instant::now();
+    match tokio::time::timeout(cfg.renew_deadline, try_acquire_or_renew(client, cfg)).await {
+        Ok(Ok(true)) => {
+            fence.extend(sent, cfg.write_validity());
+            Ok(true)
+        }
+        Ok(other) => other,
+        Err(_) => Err(Error::Lost(format!(
+            "no answer from the management cluster within {:?}",
+            cfg.renew_deadline
+        ))),
+    }
+}
+
+/// Waits until this replica holds the Lease; `fence` then allows writes.
+pub async fn acquire(client: &Client, cfg: &Config, fence: &Fence) {
     let mut announced = false;
     loop {
-        match try_acquire_or_renew(client, cfg).await {
+        match attempt(client, cfg, fence).await {
             Ok(true) => {
                 info!(identity = %cfg.identity, lease = %cfg.name, "became the leader");
                 return;
@@ -194,19 +286,26 @@ pub async fn acquire(client: &Client, cfg: &Config) {
     }
 }
 
-/// Renews the Lease until it cannot: returns why leadership was lost. A failed renewal is
-/// retried until the Lease would expire.
-pub async fn keep(client: &Client, cfg: &Config) -> Error {
-    let mut last_renewal = tokio::time::Instant::now();
+/// Renews the Lease until it cannot: returns why leadership was lost, with `fence` revoked.
+/// A failed renewal is retried until the fence expires; each attempt has a deadline.
+pub async fn keep(client: &Client, cfg: &Config, fence: &Fence) -> Error {
     loop {
         tokio::time::sleep(cfg.renew_period).await;
-        match try_acquire_or_renew(client, cfg).await {
-            Ok(true) => last_renewal = tokio::time::Instant::now(),
-            Ok(false) => return Error::Lost("another replica holds the lease".into()),
+        if !fence.may_write() {
+            // e.g. the process was stopped for longer than the Lease
+            fence.revoke();
+            return Error::Lost("the lease may have expired before it was renewed".into());
+        }
+        match attempt(client, cfg, fence).await {
+            Ok(true) => {}
+            Ok(false) => {
+                fence.revoke();
+                return Error::Lost("another replica holds the lease".into());
+            }
             Err(e) => {
                 warn!(error = %e, "could not renew the lease");
-                // stop before another replica may take over
-                if last_renewal.elapsed() + cfg.renew_period >= cfg.lease_duration {
+                if !fence.may_write() {
+                    fence.revoke();
                     return Error::Lost(format!("renewal failed for too long: {e}"));
                 }
             }
@@ -279,6 +378,26 @@ mod tests {
         );
         assert_eq!(evaluate(Some(&l), "a", ts(115)), Verdict::Acquire);
         assert_eq!(evaluate(Some(&l), "b", ts(200)), Verdict::Renew);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fence_closes_when_the_validity_of_the_last_renewal_ends() {
+        assert!(Fence::open().may_write());
+        let f = Fence::closed();
+        assert!(!f.may_write(), "no write before the lease is held");
+        let cfg = Config::new("ns", "a");
+        assert_eq!(cfg.write_validity(), Duration::from_secs(10));
+        let sent = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_secs(3)).await; // the renewal took 3 s
+        f.extend(sent, cfg.write_validity());
+        assert!(f.may_write());
+        // stopped (or hung) for longer than the lease: counted from when the renewal was sent
+        tokio::time::advance(Duration::from_secs(7)).await;
+        assert!(!f.may_write());
+        f.extend(tokio::time::Instant::now(), cfg.write_validity());
+        assert!(f.may_write());
+        f.revoke();
+        assert!(!f.may_write());
     }
 
     #[test]

@@ -154,6 +154,7 @@ pub async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Acti
     ctx.metrics.member_health(&name, ready, verified);
     if status != previous {
         info!(cluster = %name, ready, verified, "member status changed");
+        ctx.may_write()?;
         let api: Api<MemberCluster> = Api::all(ctx.client.clone());
         let patch = json!({"apiVersion": "residency.io/v1alpha1", "kind": "MemberCluster", "status": status});
         api.patch_status(

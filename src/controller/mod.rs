@@ -9,6 +9,7 @@
 //! exactly the workloads they can affect (watch mappers over the reflector caches below).
 
 pub mod cluster;
+pub mod plan;
 pub mod policy;
 pub mod runner;
 pub mod status;
@@ -49,6 +50,9 @@ pub enum Error {
     /// Cleanup cannot finish yet.
     #[error("cleanup blocked: {0}")]
     CleanupBlocked(String),
+    /// This replica cannot prove it holds the leader Lease: it writes nothing.
+    #[error("not the leader: this replica cannot prove it holds the lease, so it writes nothing")]
+    Fenced,
     /// The finalizer machinery failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
@@ -62,6 +66,7 @@ impl Error {
             Error::Member(e) => e.category(),
             Error::Connection(e) => e.category(),
             Error::CleanupBlocked(_) => "cleanup_blocked",
+            Error::Fenced => "fenced",
             Error::Finalizer(_) => "finalizer",
         }
     }
@@ -90,6 +95,8 @@ pub struct Settings {
     pub resync_interval: Duration,
     /// Maximum concurrent reconciles per controller.
     pub concurrency: u16,
+    /// Maximum workloads relocating at once.
+    pub max_relocations: usize,
     /// This replica's identity (pod name), in the user agent and the leader Lease.
     pub instance: String,
 }
@@ -103,6 +110,7 @@ impl Default for Settings {
             progress_interval: Duration::from_secs(2),
             resync_interval: Duration::from_secs(300),
             concurrency: 8,
+            max_relocations: 32,
             instance: "residency-operator".into(),
         }
     }
@@ -141,6 +149,42 @@ pub struct Context {
     /// Workloads whose placed objects changed on a member (from the member watches).
     pub member_events:
         tokio::sync::mpsc::Sender<kube::runtime::reflector::ObjectRef<ResidentWorkload>>,
+    /// Whether this replica may write (leader election).
+    pub fence: Arc<crate::leader::Fence>,
+    /// The workloads relocating now (bounded by `settings.max_relocations`).
+    pub relocations: Relocations,
+}
+
+/// The workloads that hold a relocation slot.
+#[derive(Default)]
+pub struct Relocations {
+    slots: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl Relocations {
+    /// Takes (or keeps) a slot for `key`; false when `max` slots are taken by others.
+    pub fn acquire(&self, key: &str, max: usize) -> bool {
+        let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if s.contains(key) {
+            return true;
+        }
+        if s.len() < max {
+            s.insert(key.to_string());
+            return true;
+        }
+        false
+    }
+
+    /// Frees `key`'s slot (its relocation finished or it was deleted).
+    pub fn release(&self, key: &str) {
+        let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        s.remove(key);
+    }
+
+    /// How many slots are taken.
+    pub fn in_flight(&self) -> usize {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
 }
 
 impl Context {
@@ -148,6 +192,15 @@ impl Context {
     /// see too few clusters or policies.
     pub fn synced(&self) -> bool {
         self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `Err(Fenced)` unless this replica may write now (it holds the leader Lease).
+    pub fn may_write(&self) -> Result<()> {
+        if self.fence.may_write() {
+            Ok(())
+        } else {
+            Err(Error::Fenced)
+        }
     }
 
     /// The event reporter of the operator.
@@ -190,6 +243,17 @@ pub fn backoff_delay(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relocation_slots_are_bounded_and_reentrant() {
+        let r = Relocations::default();
+        assert!(r.acquire("a", 2) && r.acquire("b", 2));
+        assert!(!r.acquire("c", 2), "third relocation waits");
+        assert!(r.acquire("a", 2), "a holder keeps its slot");
+        r.release("a");
+        assert!(r.acquire("c", 2));
+        assert_eq!(r.in_flight(), 2);
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

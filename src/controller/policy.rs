@@ -270,6 +270,7 @@ pub async fn reconcile(rp: Arc<ResidencyPolicy>, ctx: Arc<Context>) -> Result<Ac
         Timestamp::now(),
     );
     if status != previous {
+        ctx.may_write()?;
         let api: Api<ResidencyPolicy> = Api::all(ctx.client.clone());
         let patch = json!({"apiVersion": "residency.io/v1alpha1", "kind": "ResidencyPolicy", "status": status});
         api.patch_status(

@@ -67,6 +67,7 @@ pub async fn run(
     settings: Settings,
     metrics: Metrics,
     ready: Arc<AtomicBool>,
+    fence: Arc<crate::leader::Fence>,
 ) -> Result<(), StartError> {
     check_crds(&client).await?;
     let wc = watcher::Config::default();
@@ -109,6 +110,8 @@ pub async fn run(
         labelled: Arc::new(crate::fleet::labelled::Index::default()),
         reports: Default::default(),
         policy_events: policy_retrigger,
+        fence,
+        relocations: super::Relocations::default(),
     });
 
     let (w1, w2, p2) = (workloads.clone(), workloads, policies.clone());

@@ -3,7 +3,7 @@
 
 use crate::api::conditions::{Desired, Status, types};
 use crate::api::resident_workload::{ClusterDecision, Placement};
-use crate::placement::{Decision, Ineligibility, Mode, Outcome, Verdict};
+use crate::placement::{Decision, Mode, Outcome, Verdict};
 
 /// Placement states as they appear in `status.placements[].state`.
 pub mod state {
@@ -19,39 +19,6 @@ pub mod state {
     pub const UNKNOWN: &str = "Unknown";
     /// The member refused an object.
     pub const FAILED: &str = "Failed";
-}
-
-/// Clusters that hold a copy (per the previous status) but are no longer targets, and that the
-/// workload must leave. A cluster that is still allowed and merely not Ready keeps its copy: it
-/// is probably coming back, and nothing can be removed from an unreachable cluster anyway.
-/// Clusters whose copy was already removed with its volumes retained are not listed.
-pub fn leaving(decision: &Decision, previous: &[Placement]) -> Vec<String> {
-    let mut out: Vec<String> = previous
-        .iter()
-        .filter(|p| p.state != state::RETAINED)
-        .filter(|p| !decision.targets.contains(&p.cluster))
-        .filter(|p| {
-            !matches!(
-                decision.verdict(&p.cluster).map(|v| &v.verdict),
-                Some(Verdict::AllowedNotEligible { because }) if because == &[Ineligibility::NotReady]
-            )
-        })
-        .map(|p| p.cluster.clone())
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
-/// Make before break: the workload may leave other clusters only when it has at least one
-/// target and is Ready on every target.
-pub fn may_evict(decision: &Decision, placements: &[Placement]) -> bool {
-    !decision.targets.is_empty()
-        && decision.targets.iter().all(|t| {
-            placements
-                .iter()
-                .any(|p| &p.cluster == t && p.state == state::READY)
-        })
 }
 
 /// Objects recorded in the previous placement that the workload no longer declares (kind and
@@ -436,6 +403,25 @@ pub fn conditions(decision: &Decision, placements: &[Placement]) -> Vec<Desired>
     ]
 }
 
+/// Marks the conditions of a workload whose relocation waits for a free slot (bounded change):
+/// Ready=False, Reconciling=True and Stalled=False, reason `RelocationQueued`.
+pub fn relocation_queued(conditions: &mut [Desired], in_flight: usize, max: usize) {
+    let msg = format!(
+        "Relocation queued: {in_flight} relocation(s) in flight, at most {max} at once (--max-relocations); the current copies are kept and updated meanwhile."
+    );
+    for c in conditions.iter_mut() {
+        let (status, text) = match c.type_ {
+            t if t == types::READY => (Status::False, msg.clone()),
+            t if t == types::RECONCILING => (Status::True, msg.clone()),
+            t if t == types::STALLED => {
+                (Status::False, "Waiting for a relocation slot.".to_string())
+            }
+            _ => continue,
+        };
+        *c = Desired::new(c.type_, status, "RelocationQueued", text);
+    }
+}
+
 /// The conditions of a workload whose spec is invalid: nothing is applied anywhere.
 pub fn invalid_conditions(message: &str) -> Vec<Desired> {
     let msg = format!("The spec is invalid, nothing is applied: {message}");
@@ -529,44 +515,6 @@ mod tests {
             }],
             evidence: None,
         }
-    }
-
-    #[test]
-    fn the_old_cluster_is_left_only_after_every_target_is_ready() {
-        let d = decision("CH", true);
-        let prev = [placement("msk-1", state::READY)];
-        assert_eq!(leaving(&d, &prev), ["msk-1"]);
-        let half = [
-            placement("zrh-1", state::READY),
-            placement("zrh-2", state::APPLIED),
-        ];
-        assert!(!may_evict(&d, &half));
-        let all = [
-            placement("zrh-1", state::READY),
-            placement("zrh-2", state::READY),
-        ];
-        assert!(may_evict(&d, &all));
-        assert!(
-            !may_evict(&decision("XX", true), &all),
-            "no targets: never evict"
-        );
-    }
-
-    #[test]
-    fn an_allowed_cluster_that_is_only_not_ready_keeps_its_copy() {
-        let d = decision("CH", false);
-        assert_eq!(d.targets, ["zrh-1"]);
-        let prev = [
-            placement("zrh-2", state::READY),
-            placement("msk-1", state::READY),
-        ];
-        assert_eq!(leaving(&d, &prev), ["msk-1"]);
-    }
-
-    #[test]
-    fn retained_placements_are_not_left_again() {
-        let d = decision("CH", true);
-        assert!(leaving(&d, &[placement("msk-1", state::RETAINED)]).is_empty());
     }
 
     #[test]

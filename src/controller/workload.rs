@@ -1,12 +1,15 @@
-//! The ResidentWorkload reconciler: read -> decide (pure) -> apply -> observe -> status.
+//! The ResidentWorkload reconciler: read -> decide (pure placement) -> plan (pure actions,
+//! [`super::plan`]) -> execute (this module) -> observe -> status.
 //!
 //! Placement is make before break: the workload is applied to its new targets first, and only
 //! when it is Ready on every target is it removed from the clusters it left. Nothing is written
-//! to a member that the last probe did not reach, nothing is removed because a call failed, and
-//! a Storage workload's volumes are retained (labelled) on a cluster it leaves unless its spec
-//! says `volumePolicy: Purge`.
+//! to a member that the last probe did not reach, nothing is removed because a call failed, an
+//! allowed cluster that is only unhealthy keeps its copy, and a Storage workload's volumes are
+//! retained (labelled) on a cluster it leaves unless its spec says `volumePolicy: Purge`. The
+//! rules live in the planner, where they are property-tested; this module carries out its
+//! actions.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,9 +24,9 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::status::{self, state};
-use super::{Context, Error, Result};
+use super::{Context, Error, Result, plan};
 use crate::api::conditions::{self, types};
-use crate::api::resident_workload::{ObjectStatus, Placement, Role};
+use crate::api::resident_workload::{ObjectStatus, Placement, Role, VolumePolicy};
 use crate::api::{
     FINALIZER, MemberCluster, ResidencyPolicy, ResidentWorkload, ResidentWorkloadStatus, validate,
 };
@@ -108,7 +111,16 @@ fn member<'a>(ctx: &'a Context, cluster: &'a str) -> Option<Member<'a>> {
         name: cluster,
         client,
         metrics: &ctx.metrics,
+        fence: &ctx.fence,
     })
+}
+
+/// The members a write may go to now: the last probe reached them.
+fn reachable(ctx: &Context, clusters: impl IntoIterator<Item = String>) -> BTreeSet<String> {
+    clusters
+        .into_iter()
+        .filter(|c| ctx.fleet.client(c).is_some())
+        .collect()
 }
 
 fn unreachable_message(ctx: &Context, cluster: &str) -> String {
@@ -120,34 +132,45 @@ fn unreachable_message(ctx: &Context, cluster: &str) -> String {
     format!("Cannot reach {cluster} ({why}); nothing is written there until it is back.")
 }
 
+/// What applying the workload on one target found.
+struct Applied {
+    placement: Placement,
+    failure: Option<MemberError>,
+    corrected: Vec<ObjectDrift>,
+}
+
 /// Applies the workload on one target and reports how it is doing there.
 async fn place_on(
     ctx: &Context,
     rw: &ResidentWorkload,
     cluster: &str,
     previous: Option<&Placement>,
-    failures: &mut Vec<MemberError>,
-    corrections: &mut Vec<(String, ObjectDrift)>,
-) -> Placement {
-    let mut placement = Placement {
-        cluster: cluster.to_string(),
-        state: state::UNKNOWN.into(),
-        message: String::new(),
-        objects: Vec::new(),
-        evidence: None,
+) -> Applied {
+    let mut out = Applied {
+        placement: Placement {
+            cluster: cluster.to_string(),
+            state: state::UNKNOWN.into(),
+            message: String::new(),
+            objects: Vec::new(),
+            evidence: None,
+        },
+        failure: None,
+        corrected: Vec::new(),
     };
+    let placement = &mut out.placement;
     let objects = match desired_on(ctx, rw, cluster) {
         Ok(o) => o,
         Err(e) => {
             placement.state = state::FAILED.into();
             placement.message = e.to_string();
-            return placement;
+            placement.objects = previous.map(|p| p.objects.clone()).unwrap_or_default();
+            return out;
         }
     };
     let Some(m) = member(ctx, cluster) else {
         placement.message = unreachable_message(ctx, cluster);
         placement.objects = previous.map(|p| p.objects.clone()).unwrap_or_default();
-        return placement;
+        return out;
     };
     let ns = rw.namespace().unwrap_or_default();
     let stale = status::stale_objects(previous, &objects);
@@ -163,10 +186,6 @@ async fn place_on(
             .unwrap_or_default();
         let ignore = |kind: &str, name: &str| rw.spec.ignored_fields(kind, name);
         let (placed, corrected) = m.place(&objects, &before, &ignore).await?;
-        for c in corrected {
-            ctx.metrics.drift(cluster, &c.kind, "corrected");
-            corrections.push((cluster.to_string(), c));
-        }
         if !stale.is_empty() {
             let retained = m.prune(&ns, &stale, rw.spec.volume_policy).await?;
             if !retained.is_empty() {
@@ -177,36 +196,21 @@ async fn place_on(
                 );
             }
         }
-        Ok::<_, MemberError>(placed)
+        Ok::<_, MemberError>((placed, corrected))
     }
     .await;
     match result {
-        Ok(objects) => {
+        Ok((objects, corrected)) => {
+            for c in &corrected {
+                ctx.metrics.drift(cluster, &c.kind, "corrected");
+            }
+            out.corrected = corrected;
             let ready = objects.iter().all(|o| o.ready);
             placement.state = if ready { state::READY } else { state::APPLIED }.into();
             placement.objects = objects;
             // the location proof: where the Pods and volumes of this copy are
-            // (only once a probe has read the member's nodes; until then keep the last proof)
             placement.evidence = previous.and_then(|p| p.evidence.clone());
-            if let (Some(conn), Some(mc)) = (
-                ctx.fleet
-                    .get(cluster)
-                    .filter(|c| !c.node_regions.is_empty()),
-                ctx.clusters.get(&ObjectRef::new(cluster)),
-            ) {
-                match m
-                    .evidence(
-                        &ns,
-                        &rw.name_any(),
-                        &conn.node_regions,
-                        &mc.spec.attestation.node_regions,
-                    )
-                    .await
-                {
-                    Ok(ev) => placement.evidence = Some(ev),
-                    Err(e) => warn!(cluster, error = %e, "could not read the location evidence"),
-                }
-            }
+            refresh_evidence(ctx, rw, placement).await;
         }
         Err(e) if e.is_connectivity() => {
             ctx.fleet.mark_unreachable(cluster, e.source.to_string());
@@ -218,27 +222,117 @@ async fn place_on(
             placement.message = e.to_string();
             // keep the record of what is there, so nothing is forgotten
             placement.objects = previous.map(|p| p.objects.clone()).unwrap_or_default();
-            failures.push(e);
+            out.failure = Some(e);
         }
     }
-    placement
+    out
 }
 
-/// Removes the workload from a cluster it left. `None` when nothing is left there.
+/// Reads where a copy physically is (reads only; only once a probe has read the member's
+/// nodes: until then the last proof is kept).
+async fn refresh_evidence(ctx: &Context, rw: &ResidentWorkload, placement: &mut Placement) {
+    let cluster = placement.cluster.as_str();
+    let (Some(m), Some(conn), Some(mc)) = (
+        member(ctx, cluster),
+        ctx.fleet
+            .get(cluster)
+            .filter(|c| !c.node_regions.is_empty()),
+        ctx.clusters.get(&ObjectRef::new(cluster)),
+    ) else {
+        return;
+    };
+    match m
+        .evidence(
+            &rw.namespace().unwrap_or_default(),
+            &rw.name_any(),
+            &conn.node_regions,
+            &mc.spec.attestation.node_regions,
+        )
+        .await
+    {
+        Ok(ev) => placement.evidence = Some(ev),
+        Err(e) => warn!(cluster, error = %e, "could not read the location evidence"),
+    }
+}
+
+/// The record of a copy the plan holds (nothing is written there). `None` when there is no copy.
+async fn held(
+    ctx: &Context,
+    rw: &ResidentWorkload,
+    decision: &Decision,
+    cluster: &str,
+    previous: Option<&Placement>,
+    why: &plan::Hold,
+) -> Option<Placement> {
+    use plan::Hold;
+    let Some(prev) = previous else {
+        // a target without a copy: only an unreachable one is shown (the others are queued)
+        return matches!(why, Hold::Unreachable).then(|| Placement {
+            cluster: cluster.to_string(),
+            state: state::UNKNOWN.into(),
+            message: unreachable_message(ctx, cluster),
+            objects: Vec::new(),
+            evidence: None,
+        });
+    };
+    let mut p = prev.clone();
+    if p.state == state::RETAINED {
+        if matches!(why, Hold::ClusterRemoved) {
+            p.message = format!(
+                "MemberCluster {cluster} was deleted; its retained volumes {} can no longer be verified.",
+                p.objects
+                    .iter()
+                    .map(|o| o.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        return Some(p);
+    }
+    match why {
+        Hold::AwaitingTargets(_) => {
+            p.state = state::EVICTING.into();
+            p.message = format!(
+                "Kept until the workload is Ready on {} (make before break).",
+                decision.targets.join(", ")
+            );
+        }
+        Hold::Unreachable => {
+            p.state = state::UNKNOWN.into();
+            p.message = format!("{} Its copy is kept.", unreachable_message(ctx, cluster));
+        }
+        Hold::NotEligible(because) => {
+            let because: Vec<&str> = because.iter().map(|b| b.text()).collect();
+            p.message = format!(
+                "{cluster} is allowed but {}: it keeps its copy and gets no changes until it is eligible again.",
+                because.join(", ")
+            );
+            refresh_evidence(ctx, rw, &mut p).await;
+        }
+        Hold::NotEnforced => refresh_evidence(ctx, rw, &mut p).await,
+        Hold::ClusterRemoved => {
+            p.state = state::UNKNOWN.into();
+            p.message = format!(
+                "MemberCluster {cluster} was deleted: the copy recorded there can no longer be verified or removed. \
+                 Re-add the cluster, or remove the data there by hand."
+            );
+        }
+        Hold::RelocationQueued => {}
+    }
+    Some(p)
+}
+
+/// Carries out an eviction: removes what the record lists on a cluster the workload left.
+/// `None` when nothing is left there.
 async fn evict_from(
     ctx: &Context,
     rw: &ResidentWorkload,
     previous: &Placement,
+    delete: &[plan::ObjectKey],
+    retain_volumes: bool,
     failures: &mut Vec<MemberError>,
 ) -> Option<Placement> {
     let cluster = previous.cluster.as_str();
-    if ctx.clusters.get(&ObjectRef::new(cluster)).is_none() {
-        warn!(
-            cluster,
-            "MemberCluster was deleted; forgetting the copy recorded there"
-        );
-        return None;
-    }
     let mut kept = previous.clone();
     let Some(m) = member(ctx, cluster) else {
         kept.state = state::UNKNOWN.into();
@@ -248,19 +342,13 @@ async fn evict_from(
         );
         return Some(kept);
     };
-    let objects = match desired_on(ctx, rw, cluster) {
-        Ok(o) => o,
-        Err(e) => {
-            kept.state = state::FAILED.into();
-            kept.message = e.to_string();
-            return Some(kept);
-        }
-    };
     let ns = rw.namespace().unwrap_or_default();
-    match m
-        .evict(&objects, &ns, &rw.name_any(), rw.spec.volume_policy)
-        .await
-    {
+    let volumes = if retain_volumes {
+        VolumePolicy::Retain
+    } else {
+        VolumePolicy::Purge
+    };
+    match m.evict(delete, &ns, &rw.name_any(), volumes).await {
         Ok(retained) if retained.is_empty() => None,
         Ok(retained) => Some(retained_placement(cluster, retained)),
         Err(e) => {
@@ -306,7 +394,6 @@ async fn refresh_retained(
     previous: &Placement,
 ) -> Option<Placement> {
     let cluster = previous.cluster.as_str();
-    ctx.clusters.get(&ObjectRef::new(cluster))?;
     let Some(m) = member(ctx, cluster) else {
         // unreachable: the volumes are still there as far as anyone knows
         return Some(previous.clone());
@@ -323,8 +410,10 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
     if !ctx.synced() {
         return Ok(Action::requeue(std::time::Duration::from_millis(500)));
     }
+    ctx.may_write()?;
     let ns = rw.namespace().unwrap_or_default();
     let name = rw.name_any();
+    let key = format!("{ns}/{name}");
     let previous = rw.status.clone().unwrap_or_default();
     let generation = rw.metadata.generation;
 
@@ -359,90 +448,108 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
         return Ok(Action::await_change());
     }
 
+    // read and decide
     let decision = decide(&ctx.clusters.state(), &ctx.policies.state(), &rw);
-    tracing::debug!(workload = %format!("{ns}/{name}"), decision = %decision.summary(), "decided");
-    let mut placements: Vec<Placement> = Vec::new();
-    let mut failures: Vec<MemberError> = Vec::new();
-    let mut corrections: Vec<(String, ObjectDrift)> = Vec::new();
-    let mut observed: Vec<(String, ObjectDrift)> = Vec::new();
-    let enforce = decision.mode == Mode::Enforce && decision.is_placeable();
-    if enforce {
-        for target in &decision.targets {
-            let prev = previous.placements.iter().find(|p| &p.cluster == target);
-            placements
-                .push(place_on(&ctx, &rw, target, prev, &mut failures, &mut corrections).await);
-        }
-        let leaving = status::leaving(&decision, &previous.placements);
-        let may_evict = status::may_evict(&decision, &placements);
-        for cluster in &leaving {
-            let Some(prev) = previous.placements.iter().find(|p| &p.cluster == cluster) else {
-                continue;
-            };
-            if may_evict {
-                if let Some(p) = evict_from(&ctx, &rw, prev, &mut failures).await {
-                    placements.push(p);
-                }
-            } else {
-                let mut p = prev.clone();
-                p.state = state::EVICTING.into();
-                p.message = format!(
-                    "Kept until the workload is Ready on {} (make before break).",
-                    decision.targets.join(", ")
-                );
-                placements.push(p);
-            }
-        }
-    }
-    // Every other recorded copy is kept as it is (Audit mode, unplaceable, or an allowed
-    // cluster that is only not Ready); retained volumes are re-checked, read only.
-    let mut handled: BTreeSet<String> = placements.iter().map(|p| p.cluster.clone()).collect();
-    if enforce {
-        // evicted clusters are handled even when nothing is left of them
-        handled.extend(status::leaving(&decision, &previous.placements));
-    }
-    for prev in previous
+    tracing::debug!(workload = %key, decision = %decision.summary(), "decided");
+    let reachable = reachable(
+        &ctx,
+        previous
+            .placements
+            .iter()
+            .map(|p| p.cluster.clone())
+            .chain(decision.targets.iter().cloned()),
+    );
+    let slot = !plan::needs_relocation_slot(&decision, &previous.placements)
+        || ctx.relocations.acquire(&key, ctx.settings.max_relocations);
+    let input = plan::Input {
+        decision: &decision,
+        record: &previous.placements,
+        reachable: &reachable,
+        volume_policy: rw.spec.volume_policy,
+        relocation_slot: slot,
+    };
+
+    // plan and execute: first the applies (in parallel across members) ...
+    let mut record: BTreeMap<String, Placement> = previous
         .placements
         .iter()
-        .filter(|p| !handled.contains(&p.cluster))
-    {
-        if prev.state == state::RETAINED {
-            if let Some(p) = refresh_retained(&ctx, &rw, prev).await {
-                placements.push(p);
-            }
-        } else if let Some(mc) = ctx.clusters.get(&ObjectRef::new(&prev.cluster)) {
-            let mut kept = prev.clone();
-            // a copy the operator does not place now still gets a current location proof
-            // (only once a probe has read the member's nodes)
-            if let (Some(m), Some(conn)) = (
-                member(&ctx, &prev.cluster),
-                ctx.fleet
-                    .get(&prev.cluster)
-                    .filter(|c| !c.node_regions.is_empty()),
-            ) {
-                match m
-                    .evidence(
-                        &rw.namespace().unwrap_or_default(),
-                        &rw.name_any(),
-                        &conn.node_regions,
-                        &mc.spec.attestation.node_regions,
-                    )
-                    .await
+        .map(|p| (p.cluster.clone(), p.clone()))
+        .collect();
+    let applies = plan::plan(&input).into_iter().filter_map(|a| match a {
+        plan::Action::Apply { cluster } => Some(cluster),
+        _ => None,
+    });
+    let applied = futures::future::join_all(applies.map(|cluster| {
+        let prev = record.get(&cluster).cloned();
+        let (ctx, rw) = (&ctx, &rw);
+        async move { place_on(ctx, rw, &cluster, prev.as_ref()).await }
+    }))
+    .await;
+    let mut failures: Vec<MemberError> = Vec::new();
+    let mut corrections: Vec<(String, ObjectDrift)> = Vec::new();
+    let mut fresh: BTreeSet<String> = BTreeSet::new();
+    for a in applied {
+        let cluster = a.placement.cluster.clone();
+        failures.extend(a.failure);
+        corrections.extend(a.corrected.into_iter().map(|d| (cluster.clone(), d)));
+        fresh.insert(cluster.clone());
+        record.insert(cluster, a.placement);
+    }
+    // ... then the rest, planned again from what the applies observed (make before break uses
+    // the readiness just seen)
+    let observed_record: Vec<Placement> = record.values().cloned().collect();
+    let mut placements: Vec<Placement> = Vec::new();
+    let mut queued = false;
+    for action in plan::plan(&plan::Input {
+        record: &observed_record,
+        ..input
+    }) {
+        match action {
+            plan::Action::Apply { cluster } => {
+                if fresh.contains(&cluster)
+                    && let Some(p) = record.get(&cluster)
                 {
-                    Ok(ev) => {
-                        tracing::debug!(cluster = %prev.cluster, ?ev, "location evidence of a kept copy");
-                        kept.evidence = Some(ev)
-                    }
-                    Err(e) => {
-                        warn!(cluster = %prev.cluster, error = %e, "could not read the location evidence")
-                    }
+                    placements.push(p.clone());
                 }
             }
-            placements.push(kept);
+            plan::Action::Evict {
+                cluster,
+                delete,
+                retain_volumes,
+            } => {
+                if let Some(prev) = record.get(&cluster)
+                    && let Some(p) =
+                        evict_from(&ctx, &rw, prev, &delete, retain_volumes, &mut failures).await
+                {
+                    placements.push(p);
+                }
+            }
+            plan::Action::CheckRetained { cluster } => {
+                if let Some(prev) = record.get(&cluster)
+                    && let Some(p) = refresh_retained(&ctx, &rw, prev).await
+                {
+                    placements.push(p);
+                }
+            }
+            plan::Action::Hold { cluster, why } => {
+                queued |= why == plan::Hold::RelocationQueued;
+                if let Some(p) =
+                    held(&ctx, &rw, &decision, &cluster, record.get(&cluster), &why).await
+                {
+                    placements.push(p);
+                }
+            }
         }
     }
     placements.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    if !plan::needs_relocation_slot(&decision, &placements) {
+        ctx.relocations.release(&key);
+    }
+
+    // observe: copies the operator may not touch now are checked for drift, writing nothing
+    let enforce = decision.mode == Mode::Enforce && decision.is_placeable();
+    let mut observed: Vec<(String, ObjectDrift)> = Vec::new();
     if !enforce {
-        // copies the operator may not touch now: report how they drifted, write nothing
         for p in placements.iter().filter(|p| p.state != state::RETAINED) {
             let Some(m) = member(&ctx, &p.cluster) else {
                 continue;
@@ -457,9 +564,18 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
             }
         }
     }
+
+    // status
     let now = Timestamp::now();
     let (drift, drift_count) = status::drift_entries(&observed, &previous.drift, now);
     let mut desired_conditions = status::conditions(&decision, &placements);
+    if queued {
+        status::relocation_queued(
+            &mut desired_conditions,
+            ctx.relocations.in_flight(),
+            ctx.settings.max_relocations,
+        );
+    }
     desired_conditions.push(status::drift_condition(&drift, drift_count, &corrections));
 
     let status = ResidentWorkloadStatus {
@@ -508,7 +624,7 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
     if changed(&previous, &status) {
         events(&ctx, &rw, &previous, &status, &decision).await;
         patch_status(&ctx, &rw, &status).await?;
-        info!(workload = %format!("{ns}/{name}"), targets = ?status.targets, "status updated");
+        info!(workload = %key, targets = ?status.targets, "status updated");
     }
     let mut with_status = (*rw).clone();
     with_status.status = Some(status.clone());
@@ -523,44 +639,98 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
     })
 }
 
-/// Deleting a workload removes what it placed, retaining volumes like an eviction does.
+/// Deleting a workload removes what it placed (from the record), retaining volumes like an
+/// eviction does. A copy on a cluster that cannot be reached, or whose MemberCluster is gone,
+/// blocks the deletion until the cluster is back or a person names it in
+/// [`plan::ABANDON_ANNOTATION`]; its copy is then recorded as abandoned (Warning Event).
 async fn cleanup(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
     if !ctx.synced() {
         return Err(Error::CleanupBlocked("caches are not synced yet".into()));
     }
+    ctx.may_write()?;
     let previous = rw.status.clone().unwrap_or_default();
-    let mut clusters: BTreeSet<String> = previous
-        .placements
-        .iter()
-        .filter(|p| p.state != state::RETAINED)
-        .map(|p| p.cluster.clone())
-        .collect();
-    clusters.extend(previous.targets.iter().cloned());
-    let mut failures = Vec::new();
-    for cluster in clusters {
-        if ctx.clusters.get(&ObjectRef::new(&cluster)).is_none() {
-            continue;
-        }
-        let record = previous
-            .placements
-            .iter()
-            .find(|p| p.cluster == cluster)
-            .cloned()
-            .unwrap_or(Placement {
-                cluster: cluster.clone(),
+    let key = format!("{}/{}", rw.namespace().unwrap_or_default(), rw.name_any());
+    let mut record = previous.placements.clone();
+    for t in &previous.targets {
+        // a target may hold objects applied just before a crash, before the record was written
+        if !record.iter().any(|p| &p.cluster == t) {
+            record.push(Placement {
+                cluster: t.clone(),
                 state: state::APPLIED.into(),
                 message: String::new(),
                 objects: Vec::new(),
                 evidence: None,
             });
-        if let Some(p) = evict_from(&ctx, &rw, &record, &mut failures).await
-            && p.state != state::RETAINED
-        {
-            let msg = format!("{cluster}: {}", p.message);
-            publish(&ctx, &rw, EventType::Warning, "CleanupBlocked", &msg).await;
-            return Err(Error::CleanupBlocked(msg));
         }
     }
+    let known: BTreeSet<String> = ctx.clusters.state().iter().map(|c| c.name_any()).collect();
+    let reachable = reachable(&ctx, record.iter().map(|p| p.cluster.clone()));
+    let abandoned = plan::abandoned(rw.annotations());
+    let steps = plan::plan_cleanup(
+        &record,
+        &known,
+        &reachable,
+        &abandoned,
+        rw.spec.volume_policy,
+    );
+    let mut blocked: Vec<String> = Vec::new();
+    let mut failures = Vec::new();
+    let hint = format!(
+        "if the cluster is gone for good, annotate the workload {}=<cluster>",
+        plan::ABANDON_ANNOTATION
+    );
+    for step in steps {
+        match step {
+            plan::Cleanup::Remove(plan::Action::Evict {
+                cluster,
+                delete,
+                retain_volumes,
+            }) => {
+                let Some(prev) = record.iter().find(|p| p.cluster == cluster) else {
+                    continue;
+                };
+                if let Some(p) =
+                    evict_from(&ctx, &rw, prev, &delete, retain_volumes, &mut failures).await
+                    && p.state != state::RETAINED
+                {
+                    blocked.push(format!("{cluster}: {}", p.message));
+                }
+            }
+            plan::Cleanup::Remove(_) => {}
+            plan::Cleanup::Abandon { cluster } => {
+                let objects: Vec<String> = record
+                    .iter()
+                    .filter(|p| p.cluster == cluster)
+                    .flat_map(|p| p.objects.iter().map(|o| format!("{} {}", o.kind, o.name)))
+                    .collect();
+                let note = format!(
+                    "{cluster} was declared gone for good ({}): its copy ({}) was not removed and can no longer be verified.",
+                    plan::ABANDON_ANNOTATION,
+                    if objects.is_empty() {
+                        "no objects recorded".to_string()
+                    } else {
+                        objects.join(", ")
+                    }
+                );
+                warn!(workload = %key, cluster = %cluster, "copy abandoned");
+                publish_about(&ctx, &rw, Some(&cluster), EventType::Warning, "CopyAbandoned", &note)
+                    .await;
+            }
+            plan::Cleanup::Blocked { cluster, removed } => blocked.push(if removed {
+                format!(
+                    "{cluster}: its MemberCluster was deleted, so the copy there cannot be removed; {hint}"
+                )
+            } else {
+                format!("{cluster}: {} {hint}", unreachable_message(&ctx, &cluster))
+            }),
+        }
+    }
+    if !blocked.is_empty() {
+        let msg = blocked.join("; ");
+        publish(&ctx, &rw, EventType::Warning, "CleanupBlocked", &msg).await;
+        return Err(Error::CleanupBlocked(msg));
+    }
+    ctx.relocations.release(&key);
     publish(
         &ctx,
         &rw,
@@ -612,6 +782,9 @@ async fn publish_policy_report(
     let ar = ApiResource::from_gvk_with_plural(&gvk, "policyreports");
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, &ar);
     let params = PatchParams::apply(crate::api::FIELD_MANAGER).force();
+    if !ctx.fence.may_write() {
+        return;
+    }
     let written = match api
         .patch(crate::policy_report::NAME, &params, &Patch::Apply(&report))
         .await
@@ -639,6 +812,7 @@ async fn patch_status(
     rw: &ResidentWorkload,
     status: &ResidentWorkloadStatus,
 ) -> Result<()> {
+    ctx.may_write()?;
     let api: Api<ResidentWorkload> =
         Api::namespaced(ctx.client.clone(), &rw.namespace().unwrap_or_default());
     let patch = json!({"apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload", "status": status});
@@ -679,6 +853,9 @@ async fn publish_about(
         action: reason.into(),
         secondary,
     };
+    if !ctx.fence.may_write() {
+        return;
+    }
     if let Err(e) = ctx.recorder.publish(&event, &rw.object_ref(&())).await {
         warn!(error = %e, reason, "could not publish event");
     }

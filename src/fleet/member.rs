@@ -23,25 +23,37 @@ pub struct MemberError {
     pub cluster: String,
     /// What was being done, e.g. "apply Deployment malware-analysis".
     pub action: String,
-    /// The API error.
+    /// Why it failed.
     #[source]
-    pub source: kube::Error,
+    pub source: Cause,
+}
+
+/// Why a call to a member failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    /// The API server refused the call, or could not be reached.
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    /// The write was not sent: this replica cannot prove it holds the leader Lease.
+    #[error("not sent: this replica cannot prove it holds the leader lease")]
+    Fenced,
 }
 
 impl MemberError {
     /// Stable category.
     pub fn category(&self) -> &'static str {
         match &self.source {
-            kube::Error::Api(s) if s.code == 403 || s.code == 401 => "member_forbidden",
-            kube::Error::Api(s) if s.code == 422 || s.code == 400 => "member_rejected",
-            kube::Error::Api(_) => "member_api",
-            _ => "member_unreachable",
+            Cause::Api(kube::Error::Api(s)) if s.code == 403 || s.code == 401 => "member_forbidden",
+            Cause::Api(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => "member_rejected",
+            Cause::Api(kube::Error::Api(_)) => "member_api",
+            Cause::Api(_) => "member_unreachable",
+            Cause::Fenced => "fenced",
         }
     }
 
     /// True when the API server could not be reached at all (as opposed to refusing a request).
     pub fn is_connectivity(&self) -> bool {
-        !matches!(self.source, kube::Error::Api(_))
+        matches!(&self.source, Cause::Api(e) if !matches!(e, kube::Error::Api(_)))
     }
 }
 
@@ -64,7 +76,11 @@ pub struct Member<'a> {
     pub client: Client,
     /// Where writes are counted.
     pub metrics: &'a Metrics,
+    /// Asked before every write (leader election).
+    pub fence: &'a crate::leader::Fence,
 }
+
+const PVC: &str = "PersistentVolumeClaim";
 
 fn params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
@@ -75,7 +91,20 @@ impl Member<'_> {
         move |source| MemberError {
             cluster: self.name.to_string(),
             action,
-            source,
+            source: Cause::Api(source),
+        }
+    }
+
+    /// `Err` unless a write may be sent now: called right before every write.
+    fn fenced(&self, action: &str) -> Result<(), MemberError> {
+        if self.fence.may_write() {
+            Ok(())
+        } else {
+            Err(MemberError {
+                cluster: self.name.to_string(),
+                action: action.to_string(),
+                source: Cause::Fenced,
+            })
         }
     }
 
@@ -95,6 +124,7 @@ impl Member<'_> {
             .await
             .map_err(self.err(format!("get Namespace {namespace}")))?;
         if found.is_none() {
+            self.fenced("create Namespace")?;
             api.patch(
                 namespace,
                 &params(),
@@ -155,11 +185,13 @@ impl Member<'_> {
                     if retained {
                         // a retained volume is back in use here: it is no longer a leftover
                         let unlabel = json!({"metadata": {"labels": {labels::RETAINED: null}}});
+                        self.fenced(&what)?;
                         api.patch(&obj.name, &PatchParams::default(), &Patch::Merge(unlabel))
                             .await
                             .map_err(self.err(format!("unlabel retained {what}")))?;
                         self.metrics.wrote(self.name, "label");
                     }
+                    self.fenced(&what)?;
                     let applied = api
                         .patch(&obj.name, &params(), &Patch::Apply(&obj.object))
                         .await
@@ -247,6 +279,7 @@ impl Member<'_> {
             };
             let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &ar);
             let what = format!("{kind} {name}");
+            self.fenced(&what)?;
             let result = if kind == "PersistentVolumeClaim" && volumes == VolumePolicy::Retain {
                 let patch = json!({"metadata": {"labels": {labels::RETAINED: "true"}}});
                 retained.push(name.clone());
@@ -267,13 +300,18 @@ impl Member<'_> {
         Ok(retained)
     }
 
-    /// Removes a workload's objects (in reverse apply order). Volumes are retained (labelled
-    /// `residency.io/retained=true`) unless the policy is `Purge`; that includes the PVCs the
-    /// StatefulSet controller created from volumeClaimTemplates, found by the workload's labels.
-    /// Returns the names of the retained PVCs. Stops at the first failed call.
+    /// Removes a workload's copy: `recorded` are the objects the record lists on this member
+    /// (kind and name; deleted in reverse apply order, and only when they carry this workload's
+    /// labels: an object the operator did not place is never deleted). Volumes - the recorded
+    /// PVCs and those the StatefulSet controller created, found by the workload's labels - are
+    /// retained (labelled `residency.io/retained=true`) unless the policy is `Purge`. Under
+    /// `Retain` nothing deleted may take a volume with it: the claims are labelled and their
+    /// owner references removed, and each StatefulSet's claim retention is set to Retain,
+    /// before anything is deleted. Returns the names of the retained PVCs. Lists first and
+    /// stops at the first failed call.
     pub async fn evict(
         &self,
-        objects: &[DesiredObject],
+        recorded: &[(String, String)],
         namespace: &str,
         workload: &str,
         volumes: VolumePolicy,
@@ -285,64 +323,127 @@ impl Member<'_> {
             .list(&ListParams::default().labels(&selector))
             .await
             .map_err(self.err(format!("list PersistentVolumeClaims ({selector})")))?;
-        for obj in objects.iter().rev() {
-            if obj.kind == "PersistentVolumeClaim" {
-                continue; // handled with the other volumes below
-            }
-            let what = format!("{} {}", obj.kind, obj.name);
-            match self
-                .api(obj)
-                .delete(&obj.name, &DeleteParams::background())
-                .await
-            {
-                Ok(_) => self.metrics.wrote(self.name, "delete"),
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(self.err(format!("delete {what}"))(e)),
-            }
-        }
         let mut names: Vec<String> = claimed.items.iter().map(|p| p.name_any()).collect();
-        for obj in objects.iter().filter(|o| o.kind == "PersistentVolumeClaim") {
-            if !names.contains(&obj.name) {
-                names.push(obj.name.clone());
+        for (_, name) in recorded.iter().filter(|(k, _)| k == PVC) {
+            if !names.contains(name) {
+                names.push(name.clone());
             }
         }
         names.sort();
+        names.dedup();
+        let mut others: Vec<&(String, String)> =
+            recorded.iter().filter(|(k, _)| k != PVC).collect();
+        others.sort_by_key(|(kind, name)| {
+            (std::cmp::Reverse(desired::apply_rank(kind)), name.clone())
+        });
+
         let mut retained = Vec::new();
-        for name in names {
-            match volumes {
-                VolumePolicy::Retain => {
-                    let patch = json!({"metadata": {"labels": {labels::RETAINED: "true"}}});
-                    match pvcs
-                        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-                        .await
-                    {
-                        Ok(_) => {
-                            self.metrics.wrote(self.name, "label");
-                            retained.push(name);
-                        }
-                        Err(kube::Error::Api(s)) if s.code == 404 => {}
-                        Err(e) => {
-                            return Err(self
-                                .err(format!("label PersistentVolumeClaim {name} retained"))(
-                                e
-                            ));
-                        }
+        if volumes == VolumePolicy::Retain {
+            for (kind, name) in others.iter().filter(|(k, _)| k == "StatefulSet") {
+                let Some(api) = self.api_of(namespace, kind) else {
+                    continue;
+                };
+                let keep = json!({"spec": {"persistentVolumeClaimRetentionPolicy":
+                    {"whenDeleted": "Retain", "whenScaled": "Retain"}}});
+                self.fenced("retain volumes of StatefulSet")?;
+                match api
+                    .patch(name, &PatchParams::default(), &Patch::Merge(keep))
+                    .await
+                {
+                    Ok(_) => self.metrics.wrote(self.name, "label"),
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => {
+                        return Err(self
+                            .err(format!("set claim retention of StatefulSet {name}"))(
+                            e
+                        ));
                     }
                 }
-                VolumePolicy::Purge => {
-                    match pvcs.delete(&name, &DeleteParams::background()).await {
-                        Ok(_) => self.metrics.wrote(self.name, "delete"),
-                        Err(kube::Error::Api(s)) if s.code == 404 => {}
-                        Err(e) => {
-                            return Err(self.err(format!("delete PersistentVolumeClaim {name}"))(
-                                e,
-                            ));
-                        }
+            }
+            for name in &names {
+                // labelled, and no owner whose deletion would take the claim with it
+                let patch = json!({"metadata": {"labels": {labels::RETAINED: "true"}, "ownerReferences": null}});
+                self.fenced("label PersistentVolumeClaim retained")?;
+                match pvcs
+                    .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                {
+                    Ok(_) => {
+                        self.metrics.wrote(self.name, "label");
+                        retained.push(name.clone());
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => {
+                        return Err(self
+                            .err(format!("label PersistentVolumeClaim {name} retained"))(
+                            e
+                        ));
+                    }
+                }
+            }
+        }
+        for (kind, name) in others {
+            let Some(api) = self.api_of(namespace, kind) else {
+                continue;
+            };
+            let what = format!("{kind} {name}");
+            let Some(live) = api
+                .get_opt(name)
+                .await
+                .map_err(self.err(format!("get {what}")))?
+            else {
+                continue;
+            };
+            if !self.is_ours(live.labels(), namespace, workload) {
+                tracing::warn!(cluster = self.name, object = %what, "not deleted: it does not carry this workload's labels");
+                continue;
+            }
+            self.fenced(&what)?;
+            let dp = DeleteParams {
+                preconditions: live.uid().map(|uid| kube::api::Preconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                }),
+                ..DeleteParams::background()
+            };
+            match api.delete(name, &dp).await {
+                Ok(_) => self.metrics.wrote(self.name, "delete"),
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(e) => return Err(self.err(format!("delete {what}"))(e)),
+            }
+        }
+        if volumes == VolumePolicy::Purge {
+            for name in &names {
+                self.fenced("delete PersistentVolumeClaim")?;
+                match pvcs.delete(name, &DeleteParams::background()).await {
+                    Ok(_) => self.metrics.wrote(self.name, "delete"),
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => {
+                        return Err(self.err(format!("delete PersistentVolumeClaim {name}"))(e));
                     }
                 }
             }
         }
         Ok(retained)
+    }
+
+    fn api_of(&self, namespace: &str, kind: &str) -> Option<Api<DynamicObject>> {
+        let (api_version, _) = crate::api::resident_workload::ALLOWED_KINDS
+            .iter()
+            .find(|(_, k)| *k == kind)?;
+        let ar = desired::api_resource(api_version, kind)?;
+        Some(Api::namespaced_with(self.client.clone(), namespace, &ar))
+    }
+
+    /// Whether an object's labels say this workload placed it.
+    fn is_ours(
+        &self,
+        l: &std::collections::BTreeMap<String, String>,
+        namespace: &str,
+        workload: &str,
+    ) -> bool {
+        crate::fleet::watch::workload_of(l)
+            .is_some_and(|r| r.name == workload && r.namespace.as_deref() == Some(namespace))
     }
 
     /// The workload's retained PVCs still on this member (a failed list is an error, never

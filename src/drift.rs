@@ -6,6 +6,12 @@
 //! Lists of objects with a `name` (containers, ports, volumes, env) are matched by name, other
 //! lists by position. Paths use dots and `[name]` / `[index]`, e.g.
 //! `spec.template.spec.containers[analyzer].image`.
+//!
+//! No false positives from what the API server does with a valid object: an empty list or map
+//! is the same as an absent one; a quantity is compared by value (`cpu: 1` and `"1"`, `0.5` and
+//! `"500m"`, `1024Mi` and `1Gi`); a Secret's write-only `stringData` is compared with the `data`
+//! the server stores. And no secret in the output: the values of a Secret's `data` and
+//! `stringData` are never rendered, only a short SHA-256 of them.
 
 use serde_json::Value;
 
@@ -38,6 +44,12 @@ pub fn ignored(path: &str, ignore: &[String]) -> bool {
 /// `metadata` is compared only for labels and annotations the operator sets.
 pub fn compare(desired: &Value, live: &Value, ignore: &[String]) -> Vec<FieldDrift> {
     let mut out = Vec::new();
+    let secret = desired.get("kind").and_then(Value::as_str) == Some("Secret");
+    let desired = &if secret {
+        secret_as_stored(desired)
+    } else {
+        desired.clone()
+    };
     if let (Some(d), Some(l)) = (desired.as_object(), live.as_object()) {
         for (key, dv) in d {
             match key.as_str() {
@@ -65,7 +77,130 @@ pub fn compare(desired: &Value, live: &Value, ignore: &[String]) -> Vec<FieldDri
             }
         }
     }
+    if secret {
+        for f in &mut out {
+            if f.path.starts_with("data.") || f.path.starts_with("stringData.") {
+                f.desired = redact(&f.desired);
+                f.live = redact(&f.live);
+            }
+        }
+    }
     out
+}
+
+/// A Secret as the API server stores it: `stringData` merged into `data` (base64), since
+/// `stringData` is write-only and never read back.
+fn secret_as_stored(desired: &Value) -> Value {
+    use base64::Engine;
+    let mut d = desired.clone();
+    let Some(root) = d.as_object_mut() else {
+        return d;
+    };
+    let Some(Value::Object(string_data)) = root.remove("stringData") else {
+        return d;
+    };
+    let data = root
+        .entry("data")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if let Some(data) = data.as_object_mut() {
+        for (k, v) in string_data {
+            let text = v
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
+            data.insert(
+                k,
+                Value::from(base64::engine::general_purpose::STANDARD.encode(text)),
+            );
+        }
+    }
+    d
+}
+
+/// A rendered secret value, as `<redacted sha256:0123abcd>` (or `<absent>`).
+pub fn redact(rendered: &str) -> String {
+    use sha2::Digest;
+    if rendered == "<absent>" {
+        return rendered.to_string();
+    }
+    let digest = sha2::Sha256::digest(rendered.as_bytes());
+    format!("<redacted sha256:{}>", &hex::encode(digest)[..8])
+}
+
+/// A Kubernetes quantity (`1`, `500m`, `1.5Gi`, `2e3`) in nano-units, if `s` is one.
+fn quantity(s: &str) -> Option<i128> {
+    let s = s.trim();
+    let (number, multiplier): (&str, i128) = [
+        ("Ki", 1i128 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("Pi", 1 << 50),
+        ("Ei", 1 << 60),
+    ]
+    .into_iter()
+    .find_map(|(suffix, m)| s.strip_suffix(suffix).map(|n| (n, m * 1_000_000_000)))
+    .or_else(|| {
+        [
+            ("n", 1i128),
+            ("u", 1_000),
+            ("m", 1_000_000),
+            ("k", 1_000_000_000_000),
+            ("M", 1_000_000_000_000_000),
+            ("G", 1_000_000_000_000_000_000),
+            ("T", 1_000_000_000_000_000_000_000),
+            ("P", 1_000_000_000_000_000_000_000_000),
+            ("E", 1_000_000_000_000_000_000_000_000_000),
+        ]
+        .into_iter()
+        .find_map(|(suffix, m)| s.strip_suffix(suffix).map(|n| (n, m)))
+    })
+    .unwrap_or((s, 1_000_000_000));
+    let (mantissa, exponent) = match number.find(['e', 'E']) {
+        Some(i) if multiplier == 1_000_000_000 => {
+            (&number[..i], number[i + 1..].parse::<i32>().ok()?)
+        }
+        Some(_) => return None,
+        None => (number, 0),
+    };
+    let (sign, digits) = match mantissa.strip_prefix('-') {
+        Some(rest) => (-1i128, rest),
+        None => (1, mantissa.strip_prefix('+').unwrap_or(mantissa)),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if (int.is_empty() && frac.is_empty())
+        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+        || int.len() + frac.len() > 24
+        || !(-30..=30).contains(&exponent)
+    {
+        return None;
+    }
+    let mut value: i128 = format!("{int}{frac}").parse().ok()?;
+    value = value.checked_mul(multiplier)?;
+    let mut scale = i32::try_from(frac.len()).ok()? - exponent;
+    while scale > 0 {
+        value /= 10;
+        scale -= 1;
+    }
+    while scale < 0 {
+        value = value.checked_mul(10)?;
+        scale += 1;
+    }
+    Some(sign * value)
+}
+
+/// Whether a field holds quantities (resource requests and limits, capacities, size limits).
+fn quantity_field(path: &str) -> bool {
+    [
+        ".requests.",
+        ".limits.",
+        ".capacity.",
+        ".hard.",
+        ".overhead.",
+    ]
+    .iter()
+    .any(|p| path.contains(p))
+        || path.ends_with(".sizeLimit")
 }
 
 fn render(v: &Value) -> String {
@@ -84,16 +219,35 @@ fn render(v: &Value) -> String {
     }
 }
 
-/// Numbers compare by value, so `1` and `1.0` are the same.
-fn same_scalar(d: &Value, l: &Value) -> bool {
+/// Numbers compare by value, so `1` and `1.0` are the same; a number the server stored as a
+/// quantity string (`cpu: 1` -> `"1"`) is the same number; quantities compare by value.
+fn same_scalar(path: &str, d: &Value, l: &Value) -> bool {
     match (d, l) {
         (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (Value::Number(n), Value::String(q)) => {
+            quantity(&n.to_string()).is_some_and(|a| Some(a) == quantity(q))
+        }
+        (Value::String(a), Value::String(b)) if a != b && quantity_field(path) => {
+            quantity(a).is_some_and(|a| Some(a) == quantity(b))
+        }
         _ => d == l,
+    }
+}
+
+/// Whether a desired value says nothing a missing live value does not: an empty list or map.
+fn empty(v: &Value) -> bool {
+    match v {
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
     }
 }
 
 fn walk(path: &str, desired: &Value, live: &Value, ignore: &[String], out: &mut Vec<FieldDrift>) {
     if desired.is_null() || ignored(path, ignore) {
+        return;
+    }
+    if empty(desired) && (live.is_null() || empty(live)) {
         return;
     }
     match desired {
@@ -140,7 +294,7 @@ fn walk(path: &str, desired: &Value, live: &Value, ignore: &[String], out: &mut 
             }
         }
         scalar => {
-            if !same_scalar(scalar, live) {
+            if !same_scalar(path, scalar, live) {
                 out.push(FieldDrift {
                     path: path.to_string(),
                     desired: render(scalar),
@@ -231,6 +385,64 @@ mod tests {
         assert!(d.is_empty(), "{d:?}");
         assert!(ignored("spec.template.spec", &["spec.template".into()]));
         assert!(!ignored("spec.templates", &["spec.template".into()]));
+    }
+
+    #[test]
+    fn quantities_compare_by_value() {
+        assert_eq!(quantity("1"), quantity("1000m"));
+        assert_eq!(quantity("0.5"), quantity("500m"));
+        assert_eq!(quantity("1Gi"), quantity("1024Mi"));
+        assert_eq!(quantity("1e3"), quantity("1k"));
+        assert_eq!(quantity("1.5Gi"), Some(1_610_612_736 * 1_000_000_000));
+        assert_ne!(quantity("1Gi"), quantity("1G"));
+        for not in ["", "Gi", "1.2.3", "abc", "1x", "nginx:1.0", "1e3Gi"] {
+            assert_eq!(quantity(not), None, "{not}");
+        }
+        let d = json!({"spec": {"resources": {"requests": {"cpu": 1, "memory": "1024Mi"}, "limits": {"cpu": 0.5}}}});
+        let l = json!({"spec": {"resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "500m"}}}});
+        assert!(compare(&d, &l, &[]).is_empty());
+        let l = json!({"spec": {"resources": {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"cpu": "500m"}}}});
+        assert_eq!(compare(&d, &l, &[])[0].path, "spec.resources.requests.cpu");
+        // outside quantity fields, strings compare as strings
+        let d = json!({"metadata": {"labels": {"v": "1.0"}}});
+        let l = json!({"metadata": {"labels": {"v": "1"}}});
+        assert_eq!(compare(&d, &l, &[]).len(), 1);
+    }
+
+    #[test]
+    fn empty_lists_and_maps_are_the_same_as_absent_ones() {
+        let d = json!({"spec": {"args": [], "nodeSelector": {}, "env": [], "x": {"y": []}}});
+        assert!(compare(&d, &json!({"spec": {}}), &[]).is_empty());
+        let d = json!({"spec": {"args": []}});
+        let l = json!({"spec": {"args": ["injected"]}});
+        assert_eq!(
+            compare(&d, &l, &[]).len(),
+            1,
+            "a list that became non-empty is drift"
+        );
+    }
+
+    #[test]
+    fn secrets_compare_string_data_with_data_and_never_show_values() {
+        let d = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "stringData": {"password": "hunter2"}, "data": {"token": "dG9rZW4="}});
+        let l = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "data": {"password": "aHVudGVyMg==", "token": "dG9rZW4="}, "type": "Opaque"});
+        assert!(
+            compare(&d, &l, &[]).is_empty(),
+            "stringData is stored as data"
+        );
+        let tampered = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "data": {"password": "c3RvbGVu", "token": "dG9rZW4="}});
+        let drift = compare(&d, &tampered, &[]);
+        assert_eq!(drift.len(), 1);
+        assert_eq!(drift[0].path, "data.password");
+        let shown = format!("{drift:?}");
+        for secret in ["hunter2", "aHVudGVyMg", "c3RvbGVu", "stolen"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(drift[0].desired.starts_with("<redacted sha256:"), "{shown}");
+        assert_ne!(drift[0].desired, drift[0].live);
     }
 
     #[test]

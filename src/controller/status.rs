@@ -27,7 +27,8 @@ pub fn stale_objects(
     previous: Option<&Placement>,
     desired: &[crate::desired::DesiredObject],
 ) -> Vec<(String, String)> {
-    let Some(previous) = previous else {
+    // a retained record lists the volumes left behind, not objects placed
+    let Some(previous) = previous.filter(|p| p.state != state::RETAINED) else {
         return Vec::new();
     };
     let mut stale: Vec<(String, String)> = previous
@@ -620,7 +621,12 @@ mod tests {
             stale_objects(Some(&prev), std::slice::from_ref(&desired)),
             [("Deployment".to_string(), "d".to_string())]
         );
-        assert!(stale_objects(None, &[desired]).is_empty());
+        assert!(stale_objects(None, std::slice::from_ref(&desired)).is_empty());
+        let retained = placement("zrh-1", state::RETAINED);
+        assert!(
+            stale_objects(Some(&retained), &[desired]).is_empty(),
+            "volumes left behind are not stale objects"
+        );
     }
 
     #[test]

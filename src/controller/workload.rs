@@ -186,6 +186,13 @@ async fn place_on(
             .unwrap_or_default();
         let ignore = |kind: &str, name: &str| rw.spec.ignored_fields(kind, name);
         let (placed, corrected) = m.place(&objects, &before, &ignore).await?;
+        if rw.spec.role == Role::Storage && previous.is_none_or(|p| p.state == state::RETAINED) {
+            // placed here again: the volumes it left behind are in use again
+            let reclaimed = m.reclaim_volumes(&ns, &rw.name_any()).await?;
+            if !reclaimed.is_empty() {
+                info!(cluster, ?reclaimed, "retained volumes are in use again");
+            }
+        }
         if !stale.is_empty() {
             let retained = m.prune(&ns, &stale, rw.spec.volume_policy).await?;
             if !retained.is_empty() {

@@ -446,6 +446,36 @@ impl Member<'_> {
             .is_some_and(|r| r.name == workload && r.namespace.as_deref() == Some(namespace))
     }
 
+    /// Takes the workload's retained PVCs on this member back into use (it is placed here again,
+    /// so they are no longer leftovers): removes their `residency.io/retained` label. Returns
+    /// their names.
+    pub async fn reclaim_volumes(
+        &self,
+        namespace: &str,
+        workload: &str,
+    ) -> Result<Vec<String>, MemberError> {
+        let names = self.retained_volumes(namespace, workload).await?;
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
+        for name in &names {
+            let unlabel = json!({"metadata": {"labels": {labels::RETAINED: null}}});
+            self.fenced("unlabel retained PersistentVolumeClaim")?;
+            match pvcs
+                .patch(name, &PatchParams::default(), &Patch::Merge(unlabel))
+                .await
+            {
+                Ok(_) => self.metrics.wrote(self.name, "label"),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    return Err(self
+                        .err(format!("unlabel retained PersistentVolumeClaim {name}"))(
+                        e
+                    ));
+                }
+            }
+        }
+        Ok(names)
+    }
+
     /// The workload's retained PVCs still on this member (a failed list is an error, never
     /// "none").
     pub async fn retained_volumes(

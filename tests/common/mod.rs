@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod operator;
+pub mod rules;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -287,6 +288,11 @@ pub async fn scale_out_of_band(member: &Client, namespace: &str, name: &str, rep
 
 /// Runs `residency-operator report` against the fleet's management cluster; returns stdout.
 pub fn report() -> String {
+    report_with(&[])
+}
+
+/// `residency-operator report` with more arguments (e.g. `-o json`); returns stdout.
+pub fn report_with(args: &[&str]) -> String {
     let fleet_mgmt_context =
         &std::env::var("RESIDENCY_MGMT_CONTEXT").unwrap_or_else(|_| "mgmt".into());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_residency-operator"))
@@ -297,6 +303,7 @@ pub fn report() -> String {
             "--context",
             fleet_mgmt_context,
         ])
+        .args(args)
         .output()
         .expect("run residency-operator report");
     assert!(
@@ -305,4 +312,71 @@ pub fn report() -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A position in a local-fleet cluster's audit log, to read only what comes after it.
+#[derive(Clone, Debug)]
+pub struct AuditMark {
+    path: std::path::PathBuf,
+    offset: usize,
+}
+
+/// One write recorded in an audit log: `verb resource namespace/name (user agent)`.
+#[derive(Clone, Debug)]
+pub struct AuditWrite {
+    /// create, update, patch, delete, deletecollection.
+    pub verb: String,
+    /// The resource, e.g. `persistentvolumeclaims`.
+    pub resource: String,
+    /// Its namespace ("" when cluster-scoped).
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Who sent it.
+    pub user_agent: String,
+    /// The response code.
+    pub code: i64,
+    /// When the API server received it (RFC 3339).
+    pub received: String,
+}
+
+/// Marks the end of `cluster`'s audit log now; `None` off the local fleet (no audit logs).
+pub fn audit_mark(cluster: &str) -> Option<AuditMark> {
+    let dir = std::env::var("RESIDENCY_FLEET_DIR").ok()?;
+    let path = std::path::PathBuf::from(format!("{dir}/logs/{cluster}-audit.log"));
+    let offset = std::fs::metadata(&path).ok()?.len() as usize;
+    Some(AuditMark { path, offset })
+}
+
+/// The writes recorded since `mark` (the audit log is flushed as requests complete).
+pub fn audit_writes_since(mark: &AuditMark) -> Vec<AuditWrite> {
+    let bytes = std::fs::read(&mark.path).unwrap_or_default();
+    let tail = String::from_utf8_lossy(bytes.get(mark.offset..).unwrap_or_default());
+    tail.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete" | "deletecollection")
+            )
+        })
+        .map(|e| AuditWrite {
+            verb: e["verb"].as_str().unwrap_or_default().into(),
+            resource: e["objectRef"]["resource"]
+                .as_str()
+                .unwrap_or_default()
+                .into(),
+            namespace: e["objectRef"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .into(),
+            name: e["objectRef"]["name"].as_str().unwrap_or_default().into(),
+            user_agent: e["userAgent"].as_str().unwrap_or_default().into(),
+            code: e["responseStatus"]["code"].as_i64().unwrap_or_default(),
+            received: e["requestReceivedTimestamp"]
+                .as_str()
+                .unwrap_or_default()
+                .into(),
+        })
+        .collect()
 }

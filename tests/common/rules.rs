@@ -1,0 +1,168 @@
+//! Helpers of the operator's fleet tests: the seed members, policies and workloads with their
+//! own countries, waiting for a workload's status, and cleaning up.
+
+use std::time::Duration;
+
+use super::operator::{self, delete_and_wait};
+use super::{Fleet, apply_path, eventually};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use residency_operator::api::{ResidencyPolicy, ResidentWorkload};
+use serde_json::{Value, json};
+
+/// How long a fleet test waits for a state.
+pub const T: Duration = Duration::from_secs(90);
+/// Field manager of the tests' writes.
+pub const MANAGER: &str = "residency-tests";
+
+/// The management cluster and the members of the seed scenario.
+pub struct Env {
+    /// The management cluster.
+    pub mgmt: Client,
+    /// zrh-1, zrh-2, msk-1.
+    pub members: Vec<(&'static str, Client)>,
+}
+
+pub async fn setup() -> Env {
+    let fleet = Fleet::from_env();
+    operator::start(&fleet).await;
+    let mgmt = fleet.mgmt_client().await;
+    apply_path(&mgmt, "examples/seed/10-clusters.yaml").await;
+    super::clusters_verified(&mgmt, &["zrh-1", "zrh-2", "msk-1"]).await;
+    let mut members = Vec::new();
+    for name in ["zrh-1", "zrh-2", "msk-1"] {
+        members.push((name, fleet.member(name).await));
+    }
+    Env { mgmt, members }
+}
+
+pub async fn namespace(client: &Client, ns: &str) {
+    operator::ensure_namespace(client, ns).await;
+}
+
+/// Applies a ResidencyPolicy.
+pub async fn policy(
+    client: &Client,
+    name: &str,
+    countries: &[&str],
+    locations: Value,
+    enforcement: &str,
+) {
+    let api: Api<ResidencyPolicy> = Api::all(client.clone());
+    let body = json!({
+        "apiVersion": "residency.io/v1alpha1", "kind": "ResidencyPolicy",
+        "metadata": {"name": name},
+        "spec": {"countries": countries, "allowedLocations": locations, "enforcement": enforcement}
+    });
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("policy {name}: {e}"));
+}
+
+/// A processing workload: a ConfigMap and a Deployment.
+pub fn processing(ns: &str, name: &str, countries: &[&str]) -> Value {
+    json!({
+        "apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "role": "Processing", "countries": countries,
+            "manifests": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("{name}-config")}, "data": {"k": "v"}},
+                {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+                 "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                          "template": {"metadata": {"labels": {"app": name}},
+                                       "spec": {"containers": [{"name": "c", "image": "registry.example/app:1"}]}}}}
+            ]
+        }
+    })
+}
+
+pub async fn apply_workload(
+    client: &Client,
+    body: &Value,
+) -> Result<ResidentWorkload, kube::Error> {
+    let ns = body["metadata"]["namespace"].as_str().unwrap();
+    let name = body["metadata"]["name"].as_str().unwrap();
+    Api::<ResidentWorkload>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await
+}
+
+pub fn condition(rw: &ResidentWorkload, t: &str) -> Option<(String, String, String)> {
+    rw.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Waits until `check` accepts the workload; returns it.
+pub async fn wait_workload(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+    check: impl Fn(&ResidentWorkload) -> bool,
+) -> ResidentWorkload {
+    let api: Api<ResidentWorkload> = Api::namespaced(client.clone(), ns);
+    eventually(&format!("{ns}/{name}: {what}"), T, || async {
+        let rw = api.get(name).await.map_err(|e| e.to_string())?;
+        if check(&rw) {
+            Ok(rw)
+        } else {
+            Err(format!("{:?}", rw.status))
+        }
+    })
+    .await
+}
+
+pub fn ready_on(rw: &ResidentWorkload, targets: &[&str]) -> bool {
+    condition(rw, "Ready").is_some_and(|c| c.0 == "True")
+        && condition(rw, "Reconciling").is_some_and(|c| c.0 == "False")
+        && rw.status.as_ref().is_some_and(|s| s.targets == targets)
+}
+
+/// Objects of the workload on a member (a failed list panics: it must not read as "none").
+pub async fn placed_on(client: &Client, ns: &str, name: &str) -> usize {
+    let d: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    d.list(&ListParams::default().labels(&format!("residency.io/workload={name}")))
+        .await
+        .expect("list deployments")
+        .items
+        .len()
+}
+
+pub async fn namespace_exists(client: &Client, ns: &str) -> bool {
+    Api::<Namespace>::all(client.clone())
+        .get_opt(ns)
+        .await
+        .expect("get namespace")
+        .is_some()
+}
+
+pub async fn cleanup(env: &Env, ns: &str, workloads: &[&str], policies: &[&str]) {
+    let api: Api<ResidentWorkload> = Api::namespaced(env.mgmt.clone(), ns);
+    for w in workloads {
+        delete_and_wait(&api, w, T).await;
+    }
+    let p: Api<ResidencyPolicy> = Api::all(env.mgmt.clone());
+    for name in policies {
+        let _ = p.delete(name, &DeleteParams::default()).await;
+    }
+    for (_, c) in &env.members {
+        let _ = Api::<Namespace>::all(c.clone())
+            .delete(ns, &DeleteParams::default())
+            .await;
+    }
+}

@@ -6,83 +6,19 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::rules::*;
 use common::{AuditWrite, audit_mark, audit_writes_since, eventually};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Event, Node, PersistentVolumeClaim, Secret};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Event, Node, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use residency_operator::api::{MemberCluster, ResidentWorkload};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::RwLock;
 
 static CLUSTER_LOCK: RwLock<()> = RwLock::const_new(());
-
-/// A Storage workload: a ConfigMap, a PVC and a StatefulSet with a volume claim template.
-fn storage(ns: &str, name: &str, countries: &[&str], claim_retention: Option<&str>) -> Value {
-    let mut sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name},
-        "spec": {"serviceName": name, "replicas": 1, "selector": {"matchLabels": {"app": name}},
-                 "template": {"metadata": {"labels": {"app": name}},
-                              "spec": {"containers": [{"name": "db", "image": "registry.example/db:1",
-                                        "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
-                 "volumeClaimTemplates": [{"metadata": {"name": "data"},
-                     "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}});
-    if let Some(when) = claim_retention {
-        sts["spec"]["persistentVolumeClaimRetentionPolicy"] =
-            json!({"whenDeleted": when, "whenScaled": when});
-    }
-    json!({
-        "apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "role": "Storage", "countries": countries, "volumePolicy": "Retain",
-            "manifests": [
-                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("{name}-config")}, "data": {"k": "v"}},
-                {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": format!("{name}-index")},
-                 "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}},
-                sts
-            ]
-        }
-    })
-}
-
-/// The workload's PVCs on a member: name -> retained label (a failed list panics: it must not
-/// read as "none").
-async fn claims(member: &Client, ns: &str, workload: &str) -> BTreeMap<String, bool> {
-    Api::<PersistentVolumeClaim>::namespaced(member.clone(), ns)
-        .list(&ListParams::default().labels(&format!("residency.io/workload={workload}")))
-        .await
-        .expect("list PVCs")
-        .items
-        .into_iter()
-        .map(|p| {
-            let retained = p.labels().contains_key("residency.io/retained");
-            (p.name_any(), retained)
-        })
-        .collect()
-}
-
-/// Waits until the workload has `n` claims on a member (the StatefulSet controller creates the
-/// template's claim).
-async fn wait_claims(
-    member: &Client,
-    ns: &str,
-    workload: &str,
-    n: usize,
-) -> BTreeMap<String, bool> {
-    eventually(&format!("{n} claims of {workload}"), T, || async {
-        let c = claims(member, ns, workload).await;
-        if c.len() == n {
-            Ok(c)
-        } else {
-            Err(format!("{c:?}"))
-        }
-    })
-    .await
-}
 
 /// Writes by the operator (its user agent) in namespace `ns` since `mark`.
 fn operator_writes(mark: &Option<common::AuditMark>, ns: &str) -> Vec<AuditWrite> {
@@ -115,17 +51,6 @@ async fn wait_verified(mgmt: &Client, cluster: &str, verified: bool) {
         }
     })
     .await;
-}
-
-fn placement<'a>(
-    rw: &'a ResidentWorkload,
-    cluster: &str,
-) -> Option<&'a residency_operator::api::resident_workload::Placement> {
-    rw.status
-        .as_ref()?
-        .placements
-        .iter()
-        .find(|p| p.cluster == cluster)
 }
 
 #[tokio::test]

@@ -1,16 +1,29 @@
 //! Leader election on the local fleet with real operator processes: only the Lease holder
 //! reconciles and writes; when it is killed another replica takes over; on SIGTERM the leader
-//! hands the Lease over at once.
+//! hands the Lease over at once; a leader stopped for longer than its Lease writes nothing when
+//! it runs again; a leader killed in the middle of a relocation loses nothing. The tests take
+//! turns (they share the Lease).
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::operator::{self, OPERATOR_NS};
-use common::{Fleet, apply_path, eventually};
+use common::rules::{
+    T, apply_workload, claims, namespace, placement, policy, ready_on, storage, wait_claims,
+    wait_workload,
+};
+use common::{Fleet, apply_path, audit_mark, audit_writes_since, eventually};
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
+use kube::api::DeleteParams;
+use residency_operator::api::ResidentWorkload;
+use serde_json::json;
 use tokio::process::{Child, Command};
+
+/// The tests share the Lease: one at a time.
+static LEASE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Replica {
     identity: String,
@@ -79,6 +92,7 @@ fn writes_by(identity: &str) -> Option<usize> {
 
 #[tokio::test]
 async fn only_the_leader_writes_and_a_follower_takes_over() {
+    let _turn = LEASE_LOCK.lock().await;
     let fleet = Fleet::from_env();
     let mgmt = fleet.mgmt_client().await;
     operator::install_crds(&mgmt).await;
@@ -196,4 +210,264 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
         "a released lease is taken without waiting for expiry: {handover:?}"
     );
     drop(c);
+}
+
+/// Starts two replicas and waits until one leads; returns (leader, follower).
+async fn pair(fleet: &Fleet, leases: &Api<Lease>, tag: &str) -> (Replica, Replica) {
+    let suffix = std::process::id();
+    let a = start(fleet, &format!("{tag}-a-{suffix}"));
+    let b = start(fleet, &format!("{tag}-b-{suffix}"));
+    let first = eventually("a leader", Duration::from_secs(60), || async {
+        let h = holder(leases).await?;
+        if h == a.identity || h == b.identity {
+            Ok(h)
+        } else {
+            Err(format!("held by {h}"))
+        }
+    })
+    .await;
+    if first == a.identity { (a, b) } else { (b, a) }
+}
+
+async fn wait_holder(leases: &Api<Lease>, identity: &str) {
+    eventually(
+        &format!("{identity} leads"),
+        Duration::from_secs(40),
+        || async {
+            let h = holder(leases).await?;
+            if h == identity {
+                Ok(())
+            } else {
+                Err(format!("held by {h}"))
+            }
+        },
+    )
+    .await;
+}
+
+async fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .await
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[tokio::test]
+async fn a_leader_stopped_past_its_lease_writes_nothing_when_it_resumes() {
+    let _turn = LEASE_LOCK.lock().await;
+    let fleet = Fleet::from_env();
+    let mgmt = fleet.mgmt_client().await;
+    operator::install_crds(&mgmt).await;
+    operator::member_secrets(&fleet, &mgmt).await;
+    apply_path(&mgmt, "examples/seed/10-clusters.yaml").await;
+    let leases: Api<Lease> = Api::namespaced(mgmt.clone(), OPERATOR_NS);
+    let (mut leader, follower) = pair(&fleet, &leases, "fence").await;
+    common::clusters_verified(&mgmt, &["zrh-1", "zrh-2", "msk-1"]).await;
+    let ns = "leader-fence";
+    namespace(&mgmt, ns).await;
+    policy(
+        &mgmt,
+        "marshall-zurich",
+        &["MH"],
+        json!([{"country": "CH", "region": "zurich"}]),
+        "Enforce",
+    )
+    .await;
+    let workload = |value: &str| {
+        json!({"apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload",
+            "metadata": {"name": "marshall", "namespace": ns},
+            "spec": {"role": "Processing", "countries": ["MH"], "manifests": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "marshall"}, "data": {"v": value}}]}})
+    };
+    apply_workload(&mgmt, &workload("1")).await.unwrap();
+    wait_workload(&mgmt, ns, "marshall", "Ready on Zurich", |rw| {
+        ready_on(rw, &["zrh-1", "zrh-2"])
+    })
+    .await;
+
+    // the leader freezes (SIGSTOP) for longer than the Lease; the follower takes over
+    let _stdin = leader.child.stdin.take();
+    let pid = leader.child.id().expect("pid");
+    signal(pid, "-STOP").await;
+    let stopped = Instant::now();
+    wait_holder(&leases, &follower.identity).await;
+    eprintln!("follower took over {:?} after SIGSTOP", stopped.elapsed());
+    // work that the frozen leader also has pending: a spec change it will see when it resumes
+    apply_workload(&mgmt, &workload("2")).await.unwrap();
+    let zrh1 = fleet.member("zrh-1").await;
+    eventually("the new leader applied the change", T, || async {
+        let cm = Api::<ConfigMap>::namespaced(zrh1.clone(), ns)
+            .get("marshall")
+            .await
+            .map_err(|e| e.to_string())?;
+        match cm.data.and_then(|d| d.get("v").cloned()).as_deref() {
+            Some("2") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(
+        20u64.saturating_sub(stopped.elapsed().as_secs()),
+    ))
+    .await;
+
+    // it resumes: it must notice it cannot prove it leads, write nothing, and exit
+    let marks: Vec<_> = ["mgmt", "zrh-1", "zrh-2", "msk-1"]
+        .iter()
+        .map(|c| (*c, audit_mark(c)))
+        .collect();
+    signal(pid, "-CONT").await;
+    let resumed = Instant::now();
+    let exit = tokio::time::timeout(Duration::from_secs(30), leader.child.wait())
+        .await
+        .expect("the stale leader exits")
+        .unwrap();
+    eprintln!(
+        "stale leader exited {:?} after SIGCONT ({exit:?})",
+        resumed.elapsed()
+    );
+    assert!(!exit.success(), "losing the lease is an error exit");
+    let agent = format!("({})", leader.identity);
+    for (cluster, mark) in &marks {
+        let Some(mark) = mark else { continue };
+        let writes: Vec<_> = audit_writes_since(mark)
+            .into_iter()
+            .filter(|w| w.user_agent.contains(&agent))
+            .collect();
+        assert!(
+            writes.is_empty(),
+            "{cluster}: the stale leader sent writes after it resumed: {writes:?}"
+        );
+    }
+    assert_eq!(holder(&leases).await.unwrap(), follower.identity);
+    let api: Api<ResidentWorkload> = Api::namespaced(mgmt.clone(), ns);
+    common::operator::delete_and_wait(&api, "marshall", T).await;
+    let _ = Api::<residency_operator::api::ResidencyPolicy>::all(mgmt.clone())
+        .delete("marshall-zurich", &DeleteParams::default())
+        .await;
+    drop(follower);
+}
+
+#[tokio::test]
+async fn a_leader_killed_mid_relocation_loses_and_duplicates_nothing() {
+    let _turn = LEASE_LOCK.lock().await;
+    let fleet = Fleet::from_env();
+    let mgmt = fleet.mgmt_client().await;
+    operator::install_crds(&mgmt).await;
+    operator::member_secrets(&fleet, &mgmt).await;
+    apply_path(&mgmt, "examples/seed/10-clusters.yaml").await;
+    let leases: Api<Lease> = Api::namespaced(mgmt.clone(), OPERATOR_NS);
+    let (mut leader, follower) = pair(&fleet, &leases, "kill").await;
+    common::clusters_verified(&mgmt, &["zrh-1", "zrh-2", "msk-1"]).await;
+    let ns = "leader-kill";
+    namespace(&mgmt, ns).await;
+    let moscow = json!([{"country": "RU", "region": "moscow"}]);
+    policy(&mgmt, "fiji", &["FJ"], moscow, "Enforce").await;
+    apply_workload(&mgmt, &storage(ns, "fiji", &["FJ"], None))
+        .await
+        .unwrap();
+    wait_workload(&mgmt, ns, "fiji", "Ready on msk-1", |rw| {
+        ready_on(rw, &["msk-1"])
+    })
+    .await;
+    let msk1 = fleet.member("msk-1").await;
+    let on_msk = wait_claims(&msk1, ns, "fiji", 2).await;
+
+    // the relocation starts; the leader is killed right after its first write to a target
+    let zrh1 = fleet.member("zrh-1").await;
+    let zrh2 = fleet.member("zrh-2").await;
+    policy(
+        &mgmt,
+        "fiji",
+        &["FJ"],
+        json!([{"country": "CH", "region": "zurich"}]),
+        "Enforce",
+    )
+    .await;
+    // poll closely: the first write of a relocation is the namespace on a target
+    let started = Instant::now();
+    let first_write = loop {
+        let mut seen = false;
+        for m in [&zrh1, &zrh2] {
+            seen |= Api::<k8s_openapi::api::core::v1::Namespace>::all(m.clone())
+                .get_opt(ns)
+                .await
+                .unwrap()
+                .is_some();
+        }
+        if seen {
+            break Instant::now();
+        }
+        assert!(started.elapsed() < T, "no write to Zurich within {T:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    leader.child.start_kill().unwrap();
+    let _ = leader.child.wait().await;
+    let rw = Api::<ResidentWorkload>::namespaced(mgmt.clone(), ns)
+        .get("fiji")
+        .await
+        .unwrap();
+    eprintln!(
+        "killed the leader {:?} after its first Zurich write; record then: {:?}",
+        first_write.elapsed(),
+        rw.status.map(|s| s
+            .placements
+            .iter()
+            .map(|p| (p.cluster.clone(), p.state.clone()))
+            .collect::<Vec<_>>())
+    );
+    let sts = Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(msk1.clone(), ns);
+    assert!(
+        sts.get_opt("fiji").await.unwrap().is_some(),
+        "killed mid-relocation: the msk-1 copy was not removed yet"
+    );
+
+    // the follower takes over and finishes the relocation from what is there
+    let killed = Instant::now();
+    wait_holder(&leases, &follower.identity).await;
+    wait_workload(
+        &mgmt,
+        ns,
+        "fiji",
+        "relocated to Zurich, msk-1 retained",
+        |rw| {
+            ready_on(rw, &["zrh-1", "zrh-2"])
+                && placement(rw, "msk-1").is_some_and(|p| p.state == "Retained")
+        },
+    )
+    .await;
+    eprintln!("relocation finished {:?} after the kill", killed.elapsed());
+    let retained = claims(&msk1, ns, "fiji").await;
+    assert_eq!(
+        retained.keys().collect::<Vec<_>>(),
+        on_msk.keys().collect::<Vec<_>>(),
+        "every msk-1 claim is still there"
+    );
+    assert!(retained.values().all(|r| *r), "{retained:?}");
+    for m in [&zrh1, &zrh2] {
+        let c = wait_claims(m, ns, "fiji", 2).await;
+        assert!(c.values().all(|r| !r), "{c:?}");
+    }
+    // one copy of each object per target: the StatefulSet's Pods were not doubled
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(zrh1.clone(), ns)
+        .list(&kube::api::ListParams::default().labels("residency.io/workload=fiji"))
+        .await
+        .unwrap()
+        .items
+        .len();
+    assert_eq!(pods, 1, "one Pod of the one-replica StatefulSet on zrh-1");
+    let api: Api<ResidentWorkload> = Api::namespaced(mgmt.clone(), ns);
+    common::operator::delete_and_wait(&api, "fiji", T).await;
+    let _ = Api::<residency_operator::api::ResidencyPolicy>::all(mgmt.clone())
+        .delete("fiji", &DeleteParams::default())
+        .await;
+    for m in [&zrh1, &zrh2, &msk1] {
+        let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(m.clone())
+            .delete(ns, &DeleteParams::default())
+            .await;
+    }
+    drop(follower);
 }

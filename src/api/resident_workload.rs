@@ -48,7 +48,12 @@ pub struct ResidentWorkloadSpec {
     pub manifests: Vec<Manifest>,
     /// What happens to the volumes (PVCs) of a member the workload leaves: `Retain` keeps them,
     /// labelled `residency.io/retained=true` and reported as a copy that must not stay there;
-    /// `Purge` deletes them once the workload is Ready elsewhere.
+    /// `Purge` deletes them once the workload is Ready elsewhere. Under `Retain` nothing the
+    /// operator deletes may take a volume with it: every StatefulSet is placed with
+    /// `persistentVolumeClaimRetentionPolicy` `Retain` (whatever its manifest says), and claims
+    /// are released from their owners before the workload leaves a member. Only a policy change
+    /// or a cordon makes a workload leave a member; a member that is merely not ready or not
+    /// location-verified keeps its copy.
     #[serde(default)]
     pub volume_policy: VolumePolicy,
     /// How out-of-band changes to placed objects are treated.

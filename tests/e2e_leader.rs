@@ -1,8 +1,9 @@
 //! Leader election on the local fleet with real operator processes: only the Lease holder
 //! reconciles and writes; when it is killed another replica takes over; on SIGTERM the leader
 //! hands the Lease over at once; a leader stopped for longer than its Lease writes nothing when
-//! it runs again; a leader killed in the middle of a relocation loses nothing. The tests take
-//! turns (they share the Lease).
+//! it runs again; a leader killed in the middle of a relocation loses nothing; a policy edit
+//! that moves several workloads proceeds in waves of `--max-relocations`. These tests run their
+//! own operator processes and take turns (they share the Lease).
 
 mod common;
 
@@ -10,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::operator::{self, OPERATOR_NS};
 use common::rules::{
-    T, apply_workload, claims, namespace, placement, policy, ready_on, storage, wait_claims,
-    wait_workload,
+    T, apply_workload, claims, condition, namespace, placement, policy, processing, ready_on,
+    storage, wait_claims, wait_workload,
 };
 use common::{Fleet, apply_path, audit_mark, audit_writes_since, eventually};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -470,4 +471,99 @@ async fn a_leader_killed_mid_relocation_loses_and_duplicates_nothing() {
             .await;
     }
     drop(follower);
+}
+
+#[tokio::test]
+async fn a_policy_edit_that_moves_many_workloads_proceeds_in_waves() {
+    let _turn = LEASE_LOCK.lock().await;
+    let fleet = Fleet::from_env();
+    let mgmt = fleet.mgmt_client().await;
+    operator::install_crds(&mgmt).await;
+    operator::member_secrets(&fleet, &mgmt).await;
+    apply_path(&mgmt, "examples/seed/10-clusters.yaml").await;
+    let leases: Api<Lease> = Api::namespaced(mgmt.clone(), OPERATOR_NS);
+    let identity = format!("waves-{}", std::process::id());
+    let (_child, _, _) = operator::spawn(
+        &fleet,
+        &format!("leader-{identity}"),
+        &[
+            "--leader-elect",
+            "--identity",
+            &identity,
+            "--max-relocations",
+            "1",
+        ],
+    );
+    wait_holder(&leases, &identity).await;
+    common::clusters_verified(&mgmt, &["zrh-1", "zrh-2", "msk-1"]).await;
+    let ns = "leader-waves";
+    namespace(&mgmt, ns).await;
+    let names = ["solomon-1", "solomon-2", "solomon-3"];
+    policy(
+        &mgmt,
+        "solomon",
+        &["SB"],
+        json!([{"country": "RU", "region": "moscow"}]),
+        "Enforce",
+    )
+    .await;
+    for n in names {
+        apply_workload(&mgmt, &processing(ns, n, &["SB"]))
+            .await
+            .unwrap();
+    }
+    for n in names {
+        wait_workload(&mgmt, ns, n, "Ready on msk-1", |rw| {
+            ready_on(rw, &["msk-1"])
+        })
+        .await;
+    }
+
+    let edit = Instant::now();
+    policy(
+        &mgmt,
+        "solomon",
+        &["SB"],
+        json!([{"country": "CH", "region": "zurich"}]),
+        "Enforce",
+    )
+    .await;
+    let api: Api<ResidentWorkload> = Api::namespaced(mgmt.clone(), ns);
+    let (mut most_in_flight, mut queued_seen) = (0, false);
+    loop {
+        let list = api.list(&Default::default()).await.unwrap().items;
+        // relocating: a copy on msk-1 and on a new target at once
+        let in_flight = list
+            .iter()
+            .filter(|rw| {
+                let p = rw
+                    .status
+                    .as_ref()
+                    .map(|s| s.placements.clone())
+                    .unwrap_or_default();
+                p.iter().any(|p| p.cluster == "msk-1") && p.iter().any(|p| p.cluster != "msk-1")
+            })
+            .count();
+        most_in_flight = most_in_flight.max(in_flight);
+        queued_seen |= list.iter().any(|rw| {
+            condition(rw, "Reconciling").is_some_and(|c| c.0 == "True" && c.1 == "RelocationQueued")
+        });
+        if list.len() == names.len() && list.iter().all(|rw| ready_on(rw, &["zrh-1", "zrh-2"])) {
+            break;
+        }
+        assert!(edit.elapsed() < T, "not relocated within {T:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "3 workloads relocated in {:?} with --max-relocations 1 (at most {most_in_flight} in flight)",
+        edit.elapsed()
+    );
+    assert_eq!(most_in_flight, 1, "more than one relocation in flight");
+    assert!(queued_seen, "no workload waited with RelocationQueued");
+    for n in names {
+        common::operator::delete_and_wait(&api, n, T).await;
+    }
+    let _ = Api::<residency_operator::api::ResidencyPolicy>::all(mgmt.clone())
+        .delete("solomon", &DeleteParams::default())
+        .await;
 }

@@ -587,3 +587,111 @@ async fn a_policy_edit_while_a_target_is_down_relocates_without_loss() {
     }
     cleanup(&env, ns, &["palau"], &["palau"]).await;
 }
+
+/// Compacts the fleet's etcd at its current revision, so watches that resume from an older
+/// resourceVersion get 410 Gone and must list again.
+fn compact_etcd() -> String {
+    let base = std::env::var("RESIDENCY_FLEET_PORT_BASE").unwrap_or_else(|_| "17400".into());
+    let url = format!("http://127.0.0.1:{base}/v3/kv");
+    let post = |path: &str, body: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-fsS", "-X", "POST", &format!("{url}/{path}"), "-d", body])
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "etcd {path}: {out:?}");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("etcd answers JSON")
+    };
+    let revision = post("range", r#"{"key":"AA=="}"#)["header"]["revision"]
+        .as_str()
+        .expect("revision")
+        .to_string();
+    post(
+        "compaction",
+        &format!(r#"{{"revision":"{revision}","physical":true}}"#),
+    );
+    revision
+}
+
+#[tokio::test]
+async fn the_management_cluster_restarted_mid_relocation_with_watches_expired_converges() {
+    let _lock = CLUSTER_LOCK.write().await;
+    let env = setup().await;
+    let ns = "faults-mgmt-restart";
+    namespace(&env.mgmt, ns).await;
+    let (zrh1, zrh2, msk1) = (
+        env.members[0].1.clone(),
+        env.members[1].1.clone(),
+        env.members[2].1.clone(),
+    );
+    let moscow = json!([{"country": "RU", "region": "moscow"}]);
+    policy(&env.mgmt, "niue", &["NU"], moscow, "Enforce").await;
+    apply_workload(&env.mgmt, &storage(ns, "niue", &["NU"], None))
+        .await
+        .unwrap();
+    wait_workload(&env.mgmt, ns, "niue", "Ready on msk-1", |rw| {
+        ready_on(rw, &["msk-1"])
+    })
+    .await;
+    let on_msk = wait_claims(&msk1, ns, "niue", 2).await;
+    let marks = [audit_mark("zrh-1"), audit_mark("zrh-2")];
+
+    // the relocation starts; right after its first member write the management cluster goes
+    // away, and etcd is compacted so the operator's watches cannot resume where they were
+    policy(
+        &env.mgmt,
+        "niue",
+        &["NU"],
+        json!([{"country": "CH", "region": "zurich"}]),
+        "Enforce",
+    )
+    .await;
+    let started = Instant::now();
+    loop {
+        let mut seen = false;
+        for m in [&zrh1, &zrh2] {
+            seen |= Api::<k8s_openapi::api::core::v1::Namespace>::all(m.clone())
+                .get_opt(ns)
+                .await
+                .unwrap()
+                .is_some();
+        }
+        if seen {
+            break;
+        }
+        assert!(started.elapsed() < T, "no write to Zurich within {T:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    fleet_sh(&["stop", "mgmt-kube-apiserver"]);
+    let revision = compact_etcd();
+    eprintln!("mgmt stopped, etcd compacted at revision {revision}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    fleet_sh(&["up"]);
+    let back = Instant::now();
+    wait_workload(&env.mgmt, ns, "niue", "relocated, msk-1 retained", |rw| {
+        ready_on(rw, &["zrh-1", "zrh-2"])
+            && placement(rw, "msk-1").is_some_and(|p| p.state == "Retained")
+    })
+    .await;
+    eprintln!(
+        "converged {:?} after the management cluster was back",
+        back.elapsed()
+    );
+    let retained = claims(&msk1, ns, "niue").await;
+    assert_eq!(
+        retained.keys().collect::<Vec<_>>(),
+        on_msk.keys().collect::<Vec<_>>(),
+        "every msk-1 claim is still there"
+    );
+    assert!(retained.values().all(|r| *r), "{retained:?}");
+    for m in [&zrh1, &zrh2] {
+        wait_claims(m, ns, "niue", 2).await;
+    }
+    for (name, mark) in ["zrh-1", "zrh-2"].iter().zip(&marks) {
+        let deletes: Vec<_> = operator_writes(mark, ns)
+            .into_iter()
+            .filter(|w| w.verb == "delete")
+            .collect();
+        assert!(deletes.is_empty(), "{name} stayed allowed: {deletes:?}");
+    }
+    cleanup(&env, ns, &["niue"], &["niue"]).await;
+}

@@ -15,6 +15,7 @@ use tracing::info;
 use super::{Backoff, Context, Settings, cluster, policy, workload};
 use crate::api::{MemberCluster, ResidencyPolicy, ResidentWorkload};
 use crate::fleet::registry::Fleet;
+use crate::fleet::watch::WatchBackoff;
 use crate::metrics::Metrics;
 
 /// Why the operator cannot start.
@@ -75,17 +76,18 @@ pub async fn run(
 
     let (clusters, cluster_writer) = reflector::store::<MemberCluster>();
     let cluster_events = watcher(Api::<MemberCluster>::all(client.clone()), wc.clone())
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .reflect(cluster_writer)
         .touched_objects();
     let (policies, policy_writer) = reflector::store::<ResidencyPolicy>();
     let policy_events = watcher(Api::<ResidencyPolicy>::all(client.clone()), wc.clone())
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .reflect(policy_writer)
         .touched_objects();
 
     let workloads_ctrl = Controller::new(Api::<ResidentWorkload>::all(client.clone()), wc.clone())
-        .with_config(config.clone());
+        .with_config(config.clone())
+        .trigger_backoff(WatchBackoff::default());
     let workloads = workloads_ctrl.store();
     let (member_events, member_rx) = tokio::sync::mpsc::channel(1024);
     let (policy_retrigger, policy_rx) = tokio::sync::mpsc::channel(1024);
@@ -124,11 +126,13 @@ pub async fn run(
         .for_each(|_| futures::future::ready(()));
     let cluster_loop = Controller::new(Api::<MemberCluster>::all(client.clone()), wc.clone())
         .with_config(config.clone())
+        .trigger_backoff(WatchBackoff::default())
         .shutdown_on_signal()
         .run(cluster::reconcile, cluster::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
     let policy_ctrl = Controller::new(Api::<ResidencyPolicy>::all(client.clone()), wc.clone())
-        .with_config(config);
+        .with_config(config)
+        .trigger_backoff(WatchBackoff::default());
     let policy_store = policy_ctrl.store();
     let policy_loop = policy_ctrl
         .watches(Api::<ResidentWorkload>::all(client.clone()), wc, move |w| {

@@ -142,7 +142,8 @@ pub fn start(
         .into_iter()
         .map(|ar| {
             let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), &ar);
-            let stream = watcher(api, watcher::Config::default()).default_backoff();
+            let stream = watcher(api, watcher::Config::default())
+                .backoff(super::watch::WatchBackoff::default());
             let (index, policies, tx) = (index.clone(), policies.clone(), tx.clone());
             let workloads_tx = workloads_tx.clone();
             let cluster = cluster.to_string();

@@ -10,6 +10,54 @@ use tokio::task::JoinHandle;
 use crate::api::ResidentWorkload;
 use crate::api::labels;
 
+/// Retry delays of every watch of the operator (management cluster and members): 250 ms,
+/// doubling up to 5 s, back to 250 ms after a minute without failures. kube's default reaches
+/// 30 s, which left the caches up to a minute behind after an API server came back.
+#[derive(Clone, Debug)]
+pub struct WatchBackoff {
+    next: std::time::Duration,
+    last: Option<std::time::Instant>,
+}
+
+impl WatchBackoff {
+    const MIN: std::time::Duration = std::time::Duration::from_millis(250);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(5);
+    const RESET_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self {
+            next: Self::MIN,
+            last: None,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<std::time::Duration> {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) > Self::RESET_AFTER)
+        {
+            self.next = Self::MIN;
+        }
+        self.last = Some(now);
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(delay)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+}
+
 /// The watches of one member; dropping them stops them.
 pub struct Watches {
     /// The connection configuration they were started with.
@@ -47,6 +95,16 @@ pub fn workload_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watch_retries_are_capped_at_five_seconds() {
+        use kube::runtime::utils::Backoff;
+        let mut b = WatchBackoff::default();
+        let delays: Vec<u64> = b.by_ref().take(7).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(delays, [250, 500, 1000, 2000, 4000, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next(), Some(std::time::Duration::from_millis(250)));
+    }
 
     #[test]
     fn objects_map_to_their_workload_by_label() {

@@ -353,7 +353,7 @@ async fn a_leader_stopped_past_its_lease_writes_nothing_when_it_resumes() {
 }
 
 #[tokio::test]
-async fn a_leader_killed_mid_relocation_loses_and_duplicates_nothing() {
+async fn a_leader_killed_mid_apply_and_mid_eviction_loses_and_duplicates_nothing() {
     let _turn = LEASE_LOCK.lock().await;
     let fleet = Fleet::from_env();
     let mgmt = fleet.mgmt_client().await;
@@ -460,6 +460,66 @@ async fn a_leader_killed_mid_relocation_loses_and_duplicates_nothing() {
         .items
         .len();
     assert_eq!(pods, 1, "one Pod of the one-replica StatefulSet on zrh-1");
+
+    // back to msk-1, and the leader is killed in the middle of the eviction from Zurich
+    let mut leader = follower;
+    let follower = start(&fleet, &format!("kill-c-{}", std::process::id()));
+    eventually("c stands by", Duration::from_secs(30), || async {
+        if get(&format!("{}/readyz", follower.http)).await == "standby" {
+            Ok(())
+        } else {
+            Err("not up".to_string())
+        }
+    })
+    .await;
+    policy(
+        &mgmt,
+        "fiji",
+        &["FJ"],
+        json!([{"country": "RU", "region": "moscow"}]),
+        "Enforce",
+    )
+    .await;
+    let started = Instant::now();
+    loop {
+        // the eviction's first writes label the claims retained, before anything is deleted
+        let labelled = claims(&zrh1, ns, "fiji").await.values().any(|r| *r)
+            || claims(&zrh2, ns, "fiji").await.values().any(|r| *r);
+        if labelled {
+            break;
+        }
+        assert!(
+            started.elapsed() < T,
+            "no eviction from Zurich within {T:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    leader.child.start_kill().unwrap();
+    let _ = leader.child.wait().await;
+    let killed = Instant::now();
+    wait_holder(&leases, &follower.identity).await;
+    wait_workload(&mgmt, ns, "fiji", "back on msk-1, Zurich retained", |rw| {
+        ready_on(rw, &["msk-1"])
+            && ["zrh-1", "zrh-2"]
+                .iter()
+                .all(|c| placement(rw, c).is_some_and(|p| p.state == "Retained"))
+    })
+    .await;
+    eprintln!("eviction finished {:?} after the kill", killed.elapsed());
+    let back = claims(&msk1, ns, "fiji").await;
+    assert_eq!(
+        back.keys().collect::<Vec<_>>(),
+        on_msk.keys().collect::<Vec<_>>(),
+        "msk-1 uses its own claims again"
+    );
+    assert!(back.values().all(|r| !r), "taken back into use: {back:?}");
+    for m in [&zrh1, &zrh2] {
+        let c = claims(m, ns, "fiji").await;
+        assert_eq!(c.len(), 2, "Zurich claims kept: {c:?}");
+        assert!(c.values().all(|r| *r), "{c:?}");
+        let sts = Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(m.clone(), ns);
+        assert!(sts.get_opt("fiji").await.unwrap().is_none(), "evicted");
+    }
     let api: Api<ResidentWorkload> = Api::namespaced(mgmt.clone(), ns);
     common::operator::delete_and_wait(&api, "fiji", T).await;
     let _ = Api::<residency_operator::api::ResidencyPolicy>::all(mgmt.clone())

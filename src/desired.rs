@@ -168,6 +168,50 @@ pub fn build(
     workload: &ResidentWorkload,
     storage_class: Option<&str>,
 ) -> Result<Vec<DesiredObject>, BuildError> {
+    build_with_secrets(workload, storage_class, &[])
+}
+
+/// The content of one `spec.secrets` entry, read from the management cluster: the Secret's
+/// `type` and `data` (base64, as the API serves it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SourcedSecret {
+    /// The name of the Secret placed on the members.
+    pub name: String,
+    /// Its `type`, e.g. `Opaque`.
+    pub type_: Option<String>,
+    /// Its `data`, base64-encoded.
+    pub data: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for SourcedSecret {
+    // never print the values
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourcedSecret")
+            .field("name", &self.name)
+            .field("type_", &self.type_)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl SourcedSecret {
+    fn manifest(&self) -> crate::api::resident_workload::Manifest {
+        let mut m = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": self.name}, "data": self.data});
+        if let Some(t) = &self.type_ {
+            m["type"] = Value::from(t.as_str());
+        }
+        crate::api::resident_workload::Manifest(m)
+    }
+}
+
+/// [`build`], with the Secrets of `spec.secrets` whose content was read from the management
+/// cluster (placed like manifests, after them in `spec` order).
+pub fn build_with_secrets(
+    workload: &ResidentWorkload,
+    storage_class: Option<&str>,
+    sourced: &[SourcedSecret],
+) -> Result<Vec<DesiredObject>, BuildError> {
     let name = workload
         .metadata
         .name
@@ -214,7 +258,8 @@ pub fn build(
 
     let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
     let mut out = Vec::with_capacity(workload.spec.manifests.len());
-    for (index, manifest) in workload.spec.manifests.iter().enumerate() {
+    let extra: Vec<_> = sourced.iter().map(SourcedSecret::manifest).collect();
+    for (index, manifest) in workload.spec.manifests.iter().chain(&extra).enumerate() {
         let api_version = manifest.api_version().to_string();
         let kind = manifest.kind().to_string();
         let obj_name = manifest.name().to_string();
@@ -574,6 +619,7 @@ mod tests {
                 manifests: manifests.into_iter().map(Manifest).collect(),
                 volume_policy: VolumePolicy::Retain,
                 drift: None,
+                secrets: Vec::new(),
             },
         );
         rw.metadata.namespace = Some("finance".to_string());
@@ -651,6 +697,31 @@ mod tests {
         assert_eq!(labels[labels::WORKLOAD_NAMESPACE], "finance");
         assert_eq!(labels["country.residency.io/CH"], "true");
         assert_eq!(labels["country.residency.io/AU"], "true");
+    }
+
+    #[test]
+    fn sourced_secrets_are_placed_like_manifests_and_never_printed() {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+        let rw = workload(Role::Processing, vec![cm]);
+        let sourced = SourcedSecret {
+            name: "db".into(),
+            type_: Some("Opaque".into()),
+            data: BTreeMap::from([("password".to_string(), "aHVudGVyMg==".to_string())]),
+        };
+        assert!(!format!("{sourced:?}").contains("aHVudGVyMg"));
+        let out = build_with_secrets(&rw, None, std::slice::from_ref(&sourced)).unwrap();
+        assert_eq!(out.len(), 2);
+        let db = out.iter().find(|o| o.kind == "Secret").unwrap();
+        assert_eq!(db.name, "db");
+        assert_eq!(db.object["data"]["password"], "aHVudGVyMg==");
+        assert_eq!(db.object["type"], "Opaque");
+        assert_eq!(
+            db.object["metadata"]["labels"]["residency.io/workload"],
+            "ledger"
+        );
+        assert_eq!(out[0].kind, "Secret", "Secrets are applied first");
+        let again = build_with_secrets(&rw, None, &[sourced]).unwrap();
+        assert_eq!(again, out, "deterministic");
     }
 
     #[test]

@@ -281,13 +281,28 @@ async fn a_secret_value_appears_nowhere_outside_the_spec() {
     .await;
     let password = format!("pw-{}", common::unique("s3cr3t"));
     let tampered = format!("tampered-{}", common::unique("x"));
+    let api_key = format!("key-{}", common::unique("k3y"));
+    // a Secret on the management cluster, taken by reference (spec.secrets)
+    let source: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "api-source", "namespace": ns},
+        "type": "Opaque", "stringData": {"key": api_key}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(env.mgmt.clone(), ns)
+        .patch(
+            "api-source",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&source),
+        )
+        .await
+        .unwrap();
     let body = json!({
         "apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload",
         "metadata": {"name": "kiribati", "namespace": ns},
         "spec": {"role": "Processing", "countries": ["KI"], "manifests": [
             {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
              "stringData": {"password": password}}
-        ]}
+        ], "secrets": [{"name": "api", "fromSecret": "api-source"}]}
     });
     apply_workload(&env.mgmt, &body).await.unwrap();
     let uid = wait_workload(
@@ -299,6 +314,19 @@ async fn a_secret_value_appears_nowhere_outside_the_spec() {
     )
     .await
     .uid();
+    let placed = Api::<Secret>::namespaced(zrh1.clone(), ns)
+        .get("api")
+        .await
+        .expect("the referenced Secret is placed");
+    assert_eq!(
+        placed.data.unwrap()["key"].0,
+        api_key.as_bytes(),
+        "with the content of the management cluster's Secret"
+    );
+    assert_eq!(
+        placed.metadata.labels.unwrap()["residency.io/workload"],
+        "kiribati"
+    );
     // write-only stringData is no drift
     tokio::time::sleep(Duration::from_secs(3)).await;
     let events: Api<Event> = Api::namespaced(env.mgmt.clone(), ns);
@@ -374,6 +402,8 @@ async fn a_secret_value_appears_nowhere_outside_the_spec() {
         b64(&password),
         tampered.clone(),
         b64(&tampered),
+        api_key.clone(),
+        b64(&api_key),
     ] {
         for (place, text) in &places {
             assert!(!text.contains(&secret), "{place} shows a secret value");
@@ -694,4 +724,80 @@ async fn the_management_cluster_restarted_mid_relocation_with_watches_expired_co
         assert!(deletes.is_empty(), "{name} stayed allowed: {deletes:?}");
     }
     cleanup(&env, ns, &["niue"], &["niue"]).await;
+}
+
+#[tokio::test]
+async fn a_missing_secret_source_changes_nothing_until_it_exists() {
+    let _lock = CLUSTER_LOCK.read().await;
+    let env = setup().await;
+    let ns = "faults-secret-source";
+    namespace(&env.mgmt, ns).await;
+    let _ = Api::<Secret>::namespaced(env.mgmt.clone(), ns)
+        .delete("late-source", &DeleteParams::default())
+        .await;
+    policy(
+        &env.mgmt,
+        "tokelau-zurich",
+        &["TK"],
+        json!([{"country": "CH", "region": "zurich"}]),
+        "Enforce",
+    )
+    .await;
+    let body = json!({
+        "apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload",
+        "metadata": {"name": "tokelau", "namespace": ns},
+        "spec": {"role": "Processing", "countries": ["TK"], "manifests": [
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "tokelau"}, "data": {"k": "v"}}
+        ], "secrets": [{"name": "late", "fromSecret": "late-source"}]}
+    });
+    apply_workload(&env.mgmt, &body).await.unwrap();
+    let rw = wait_workload(&env.mgmt, ns, "tokelau", "SecretSourceUnavailable", |rw| {
+        condition(rw, "Ready").is_some_and(|c| c.1 == "SecretSourceUnavailable")
+    })
+    .await;
+    let (status, _, message) = condition(&rw, "Ready").unwrap();
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("Secret late-source") && message.contains(ns),
+        "{message}"
+    );
+    for (name, c) in &env.members {
+        assert!(
+            !namespace_exists(c, ns).await,
+            "{name}: nothing is written while the source is missing"
+        );
+    }
+    let source: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "late-source", "namespace": ns}, "stringData": {"k": "v"}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(env.mgmt.clone(), ns)
+        .patch(
+            "late-source",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&source),
+        )
+        .await
+        .unwrap();
+    let created = Instant::now();
+    wait_workload(
+        &env.mgmt,
+        ns,
+        "tokelau",
+        "Ready once the source exists",
+        |rw| ready_on(rw, &["zrh-1", "zrh-2"]),
+    )
+    .await;
+    eprintln!(
+        "placed {:?} after the source Secret was created",
+        created.elapsed()
+    );
+    assert!(
+        Api::<Secret>::namespaced(env.members[0].1.clone(), ns)
+            .get_opt("late")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    cleanup(&env, ns, &["tokelau"], &["tokelau-zurich"]).await;
 }

@@ -1078,6 +1078,40 @@ async fn service_account_rbac_is_least_privilege() {
         },
     )
     .await;
+    // spec.secrets: a namespace grants the operator its Secrets with a RoleBinding to the
+    // chart's secret-source ClusterRole; only that namespace, only get
+    let team = "secret-source-team";
+    let _ = Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": team}})).unwrap(),
+        )
+        .await;
+    sa.assert_denied(&client, access("get", "", "secrets", team))
+        .await;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "residency-secret-source", "namespace": team},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "residency-rbac-test-residency-operator-secret-source"},
+        "subjects": [{"kind": "ServiceAccount", "name": "residency-rbac-test-residency-operator",
+                      "namespace": ns}]
+    }))
+    .unwrap();
+    let _ = Api::<RoleBinding>::namespaced(client.clone(), team)
+        .create(&PostParams::default(), &binding)
+        .await;
+    sa.wait_allowed(&client, access("get", "", "secrets", team))
+        .await;
+    sa.assert_denied(&client, access("list", "", "secrets", team))
+        .await;
+    sa.assert_denied(&client, access("watch", "", "secrets", team))
+        .await;
+    sa.assert_denied(&client, access("get", "", "secrets", "default"))
+        .await;
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(team, &Default::default())
+        .await;
+
     // rbac.localMember is off: nothing on this cluster's own workloads
     sa.assert_denied(&client, access("create", "", "namespaces", ""))
         .await;

@@ -59,6 +59,30 @@ pub struct ResidentWorkloadSpec {
     /// How out-of-band changes to placed objects are treated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<DriftSpec>,
+    /// Secrets placed on every target with the content (`type` and `data`) of a Secret on the
+    /// management cluster in this workload's namespace, so that the ResidentWorkload itself
+    /// carries no secret value. The operator reads only the Secrets a namespace grants it: bind
+    /// the ClusterRole `<release>-secret-source` of the Helm chart to its ServiceAccount with a
+    /// RoleBinding in this namespace. A missing or unreadable source stops the workload's
+    /// changes (`Ready=False, reason=SecretSourceUnavailable`) and keeps what is placed. A
+    /// changed source reaches the members at the workload's next reconcile (any change to it, or
+    /// the periodic resync).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub secrets: Vec<SecretSource>,
+}
+
+/// A Secret placed on the members from a Secret on the management cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretSource {
+    /// Name of the Secret placed on the members, in the workload's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Name of the Secret on the management cluster, in the workload's namespace, whose `type`
+    /// and `data` are placed.
+    #[schemars(length(min = 1, max = 253))]
+    pub from_secret: String,
 }
 
 /// Drift settings of a workload.

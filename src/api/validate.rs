@@ -293,6 +293,26 @@ fn resident_workload_spec(e: &mut Errors, spec: &ResidentWorkloadSpec) {
             );
         }
     }
+    for (i, s) in spec.secrets.iter().enumerate() {
+        let p = format!("spec.secrets[{i}]");
+        for (field, value) in [("name", &s.name), ("fromSecret", &s.from_secret)] {
+            if !is_dns_subdomain(value) {
+                e.add(
+                    format!("{p}.{field}"),
+                    format!("'{value}' is not a valid Secret name"),
+                );
+            }
+        }
+        if !seen.insert(("Secret".to_string(), s.name.clone())) {
+            e.add(
+                format!("{p}.name"),
+                format!(
+                    "Secret {} is declared twice (in spec.manifests or spec.secrets)",
+                    s.name
+                ),
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -408,10 +428,33 @@ mod tests {
                 manifests: manifests.into_iter().map(Manifest).collect(),
                 volume_policy: VolumePolicy::Retain,
                 drift: None,
+                secrets: Vec::new(),
             },
         );
         rw.metadata.namespace = Some("threat-data".into());
         rw
+    }
+
+    #[test]
+    fn secret_sources_must_not_collide_with_manifests() {
+        use crate::api::resident_workload::SecretSource;
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"}});
+        let mut rw = workload(vec![secret]);
+        rw.spec.secrets = vec![
+            SecretSource {
+                name: "api".into(),
+                from_secret: "api-source".into(),
+            },
+            SecretSource {
+                name: "db".into(),
+                from_secret: "Not_A_Name".into(),
+            },
+        ];
+        let errors = resident_workload(&rw).unwrap_err();
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 2, "{text:?}");
+        assert!(text[0].contains("spec.secrets[1].fromSecret"), "{text:?}");
+        assert!(text[1].contains("Secret db is declared twice"), "{text:?}");
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub enum Error {
     /// Cleanup cannot finish yet.
     #[error("cleanup blocked: {0}")]
     CleanupBlocked(String),
+    /// A Secret of `spec.secrets` cannot be read from the management cluster.
+    #[error("secret source: {0}")]
+    SecretSource(String),
     /// This replica cannot prove it holds the leader Lease: it writes nothing.
     #[error("not the leader: this replica cannot prove it holds the lease, so it writes nothing")]
     Fenced,
@@ -67,6 +70,7 @@ impl Error {
             Error::Connection(e) => e.category(),
             Error::CleanupBlocked(_) => "cleanup_blocked",
             Error::Fenced => "fenced",
+            Error::SecretSource(_) => "secret_source",
             Error::Finalizer(_) => "finalizer",
         }
     }

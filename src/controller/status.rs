@@ -423,6 +423,31 @@ pub fn relocation_queued(conditions: &mut [Desired], in_flight: usize, max: usiz
     }
 }
 
+/// The conditions of a workload whose `spec.secrets` cannot be read: nothing changes on the
+/// members (what is placed stays) until they can.
+pub fn secret_source_conditions(message: &str) -> Vec<Desired> {
+    vec![
+        Desired::new(
+            types::READY,
+            Status::False,
+            "SecretSourceUnavailable",
+            message,
+        ),
+        Desired::new(
+            types::RECONCILING,
+            Status::True,
+            "SecretSourceUnavailable",
+            message,
+        ),
+        Desired::new(
+            types::STALLED,
+            Status::False,
+            "SecretSourceUnavailable",
+            "Retrying with backoff.",
+        ),
+    ]
+}
+
 /// The conditions of a workload whose spec is invalid: nothing is applied anywhere.
 pub fn invalid_conditions(message: &str) -> Vec<Desired> {
     let msg = format!("The spec is invalid, nothing is applied: {message}");

@@ -98,8 +98,10 @@ fn desired_on(
     ctx: &Context,
     rw: &ResidentWorkload,
     cluster: &str,
+    sourced: &[desired::SourcedSecret],
 ) -> Result<Vec<desired::DesiredObject>, desired::BuildError> {
-    let mut objects = desired::build(rw, storage_class(ctx, rw, cluster).as_deref())?;
+    let mut objects =
+        desired::build_with_secrets(rw, storage_class(ctx, rw, cluster).as_deref(), sourced)?;
     for o in &mut objects {
         desired::strip_fields(o, &rw.spec.ignored_fields(&o.kind, &o.name));
     }
@@ -139,12 +141,58 @@ struct Applied {
     corrected: Vec<ObjectDrift>,
 }
 
+/// Reads the content of `spec.secrets` from the management cluster (part of the read step).
+/// An error names the Secret and what to do, never a value.
+async fn sourced_secrets(
+    ctx: &Context,
+    rw: &ResidentWorkload,
+) -> Result<Vec<desired::SourcedSecret>, String> {
+    use base64::Engine;
+    use k8s_openapi::api::core::v1::Secret;
+    let ns = rw.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut out = Vec::with_capacity(rw.spec.secrets.len());
+    for s in &rw.spec.secrets {
+        let source = &s.from_secret;
+        match api.get_opt(source).await {
+            Ok(Some(secret)) => out.push(desired::SourcedSecret {
+                name: s.name.clone(),
+                type_: secret.type_,
+                data: secret
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, base64::engine::general_purpose::STANDARD.encode(v.0)))
+                    .collect(),
+            }),
+            Ok(None) => {
+                return Err(format!(
+                    "Secret {source} (the source of spec.secrets {}) does not exist in namespace {ns} on the management cluster; nothing is changed until it does.",
+                    s.name
+                ));
+            }
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                return Err(format!(
+                    "The operator may not read Secret {source} in namespace {ns}: bind the ClusterRole residency-operator-secret-source to its ServiceAccount with a RoleBinding in {ns}; nothing is changed until then."
+                ));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "Cannot read Secret {source} in namespace {ns} ({e}); nothing is changed until it can be read."
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Applies the workload on one target and reports how it is doing there.
 async fn place_on(
     ctx: &Context,
     rw: &ResidentWorkload,
     cluster: &str,
     previous: Option<&Placement>,
+    sourced: &[desired::SourcedSecret],
 ) -> Applied {
     let mut out = Applied {
         placement: Placement {
@@ -158,7 +206,7 @@ async fn place_on(
         corrected: Vec::new(),
     };
     let placement = &mut out.placement;
-    let objects = match desired_on(ctx, rw, cluster) {
+    let objects = match desired_on(ctx, rw, cluster, sourced) {
         Ok(o) => o,
         Err(e) => {
             placement.state = state::FAILED.into();
@@ -455,7 +503,34 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
         return Ok(Action::await_change());
     }
 
-    // read and decide
+    // read (the Secrets the workload takes from the management cluster) and decide
+    let sourced = match sourced_secrets(&ctx, &rw).await {
+        Ok(s) => s,
+        Err(message) => {
+            let status = ResidentWorkloadStatus {
+                observed_generation: generation,
+                conditions: conditions::merge(
+                    &previous.conditions,
+                    &status::secret_source_conditions(&message),
+                    generation,
+                    Timestamp::now(),
+                ),
+                ..previous.clone()
+            };
+            if changed(&previous, &status) {
+                publish(
+                    &ctx,
+                    &rw,
+                    EventType::Warning,
+                    "SecretSourceUnavailable",
+                    &message,
+                )
+                .await;
+                patch_status(&ctx, &rw, &status).await?;
+            }
+            return Err(Error::SecretSource(message));
+        }
+    };
     let decision = decide(&ctx.clusters.state(), &ctx.policies.state(), &rw);
     tracing::debug!(workload = %key, decision = %decision.summary(), "decided");
     let reachable = reachable(
@@ -488,8 +563,8 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
     });
     let applied = futures::future::join_all(applies.map(|cluster| {
         let prev = record.get(&cluster).cloned();
-        let (ctx, rw) = (&ctx, &rw);
-        async move { place_on(ctx, rw, &cluster, prev.as_ref()).await }
+        let (ctx, rw, sourced) = (&ctx, &rw, &sourced);
+        async move { place_on(ctx, rw, &cluster, prev.as_ref(), sourced).await }
     }))
     .await;
     let mut failures: Vec<MemberError> = Vec::new();
@@ -561,7 +636,7 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
             let Some(m) = member(&ctx, &p.cluster) else {
                 continue;
             };
-            let Ok(objects) = desired_on(&ctx, &rw, &p.cluster) else {
+            let Ok(objects) = desired_on(&ctx, &rw, &p.cluster, &sourced) else {
                 continue;
             };
             let ignore = |kind: &str, name: &str| rw.spec.ignored_fields(kind, name);

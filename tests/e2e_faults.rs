@@ -20,6 +20,14 @@ use tokio::sync::RwLock;
 
 static CLUSTER_LOCK: RwLock<()> = RwLock::const_new(());
 
+/// Deletes by the operator in namespace `ns` since `mark`.
+fn operator_deletes(mark: &Option<common::AuditMark>, ns: &str) -> Vec<AuditWrite> {
+    operator_writes(mark, ns)
+        .into_iter()
+        .filter(|w| w.verb == "delete")
+        .collect()
+}
+
 /// Writes by the operator (its user agent) in namespace `ns` since `mark`.
 fn operator_writes(mark: &Option<common::AuditMark>, ns: &str) -> Vec<AuditWrite> {
     mark.as_ref()
@@ -132,10 +140,7 @@ async fn a_node_label_flap_on_an_allowed_member_removes_nothing() {
         before[1],
         "no claim kept a retained label"
     );
-    let deletes: Vec<_> = operator_writes(&mark, ns)
-        .into_iter()
-        .filter(|w| w.verb == "delete")
-        .collect();
+    let deletes = operator_deletes(&mark, ns);
     assert!(
         deletes.is_empty(),
         "deletes on the allowed zrh-2: {deletes:?}"
@@ -609,10 +614,7 @@ async fn a_policy_edit_while_a_target_is_down_relocates_without_loss() {
     eprintln!("zrh-2 placed {:?} after it was back", back.elapsed());
     wait_claims(&zrh2, ns, "palau", 2).await;
     for (name, mark) in ["zrh-1", "zrh-2"].iter().zip(&marks) {
-        let deletes: Vec<_> = operator_writes(mark, ns)
-            .into_iter()
-            .filter(|w| w.verb == "delete")
-            .collect();
+        let deletes = operator_deletes(mark, ns);
         assert!(deletes.is_empty(), "{name} stayed allowed: {deletes:?}");
     }
     cleanup(&env, ns, &["palau"], &["palau"]).await;
@@ -675,22 +677,7 @@ async fn the_management_cluster_restarted_mid_relocation_with_watches_expired_co
         "Enforce",
     )
     .await;
-    let started = Instant::now();
-    loop {
-        let mut seen = false;
-        for m in [&zrh1, &zrh2] {
-            seen |= Api::<k8s_openapi::api::core::v1::Namespace>::all(m.clone())
-                .get_opt(ns)
-                .await
-                .unwrap()
-                .is_some();
-        }
-        if seen {
-            break;
-        }
-        assert!(started.elapsed() < T, "no write to Zurich within {T:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    first_write(&[&zrh1, &zrh2], ns).await;
     fleet_sh(&["stop", "mgmt-kube-apiserver"]);
     let revision = compact_etcd();
     eprintln!("mgmt stopped, etcd compacted at revision {revision}");
@@ -717,10 +704,7 @@ async fn the_management_cluster_restarted_mid_relocation_with_watches_expired_co
         wait_claims(m, ns, "niue", 2).await;
     }
     for (name, mark) in ["zrh-1", "zrh-2"].iter().zip(&marks) {
-        let deletes: Vec<_> = operator_writes(mark, ns)
-            .into_iter()
-            .filter(|w| w.verb == "delete")
-            .collect();
+        let deletes = operator_deletes(mark, ns);
         assert!(deletes.is_empty(), "{name} stayed allowed: {deletes:?}");
     }
     cleanup(&env, ns, &["niue"], &["niue"]).await;

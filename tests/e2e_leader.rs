@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::operator::{self, OPERATOR_NS};
 use common::rules::{
-    T, apply_workload, claims, condition, namespace, placement, policy, processing, ready_on,
-    storage, wait_claims, wait_workload,
+    T, apply_workload, claims, condition, first_write, namespace, placement, policy, processing,
+    ready_on, storage, wait_claims, wait_workload,
 };
 use common::{Fleet, apply_path, audit_mark, audit_writes_since, eventually};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -213,6 +213,18 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
     drop(c);
 }
 
+/// What the tests that run their own operators need: the CRDs, the member Secrets and the seed
+/// clusters on the management cluster, and the Lease's API.
+async fn own_operators_setup() -> (Fleet, kube::Client, Api<Lease>) {
+    let fleet = Fleet::from_env();
+    let mgmt = fleet.mgmt_client().await;
+    operator::install_crds(&mgmt).await;
+    operator::member_secrets(&fleet, &mgmt).await;
+    apply_path(&mgmt, "examples/seed/10-clusters.yaml").await;
+    let leases: Api<Lease> = Api::namespaced(mgmt.clone(), OPERATOR_NS);
+    (fleet, mgmt, leases)
+}
+
 /// Starts two replicas and waits until one leads; returns (leader, follower).
 async fn pair(fleet: &Fleet, leases: &Api<Lease>, tag: &str) -> (Replica, Replica) {
     let suffix = std::process::id();
@@ -259,12 +271,7 @@ async fn signal(pid: u32, sig: &str) {
 #[tokio::test]
 async fn a_leader_stopped_past_its_lease_writes_nothing_when_it_resumes() {
     let _turn = LEASE_LOCK.lock().await;
-    let fleet = Fleet::from_env();
-    let mgmt = fleet.mgmt_client().await;
-    operator::install_crds(&mgmt).await;
-    operator::member_secrets(&fleet, &mgmt).await;
-    apply_path(&mgmt, "examples/seed/10-clusters.yaml").await;
-    let leases: Api<Lease> = Api::namespaced(mgmt.clone(), OPERATOR_NS);
+    let (fleet, mgmt, leases) = own_operators_setup().await;
     let (mut leader, follower) = pair(&fleet, &leases, "fence").await;
     common::clusters_verified(&mgmt, &["zrh-1", "zrh-2", "msk-1"]).await;
     let ns = "leader-fence";
@@ -355,12 +362,7 @@ async fn a_leader_stopped_past_its_lease_writes_nothing_when_it_resumes() {
 #[tokio::test]
 async fn a_leader_killed_mid_apply_and_mid_eviction_loses_and_duplicates_nothing() {
     let _turn = LEASE_LOCK.lock().await;
-    let fleet = Fleet::from_env();
-    let mgmt = fleet.mgmt_client().await;
-    operator::install_crds(&mgmt).await;
-    operator::member_secrets(&fleet, &mgmt).await;
-    apply_path(&mgmt, "examples/seed/10-clusters.yaml").await;
-    let leases: Api<Lease> = Api::namespaced(mgmt.clone(), OPERATOR_NS);
+    let (fleet, mgmt, leases) = own_operators_setup().await;
     let (mut leader, follower) = pair(&fleet, &leases, "kill").await;
     common::clusters_verified(&mgmt, &["zrh-1", "zrh-2", "msk-1"]).await;
     let ns = "leader-kill";
@@ -388,23 +390,8 @@ async fn a_leader_killed_mid_apply_and_mid_eviction_loses_and_duplicates_nothing
         "Enforce",
     )
     .await;
-    // poll closely: the first write of a relocation is the namespace on a target
-    let started = Instant::now();
-    let first_write = loop {
-        let mut seen = false;
-        for m in [&zrh1, &zrh2] {
-            seen |= Api::<k8s_openapi::api::core::v1::Namespace>::all(m.clone())
-                .get_opt(ns)
-                .await
-                .unwrap()
-                .is_some();
-        }
-        if seen {
-            break Instant::now();
-        }
-        assert!(started.elapsed() < T, "no write to Zurich within {T:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    // the first write of a relocation is the namespace on a target
+    let first_write = first_write(&[&zrh1, &zrh2], ns).await;
     leader.child.start_kill().unwrap();
     let _ = leader.child.wait().await;
     let rw = Api::<ResidentWorkload>::namespaced(mgmt.clone(), ns)
@@ -536,12 +523,7 @@ async fn a_leader_killed_mid_apply_and_mid_eviction_loses_and_duplicates_nothing
 #[tokio::test]
 async fn a_policy_edit_that_moves_many_workloads_proceeds_in_waves() {
     let _turn = LEASE_LOCK.lock().await;
-    let fleet = Fleet::from_env();
-    let mgmt = fleet.mgmt_client().await;
-    operator::install_crds(&mgmt).await;
-    operator::member_secrets(&fleet, &mgmt).await;
-    apply_path(&mgmt, "examples/seed/10-clusters.yaml").await;
-    let leases: Api<Lease> = Api::namespaced(mgmt.clone(), OPERATOR_NS);
+    let (fleet, mgmt, leases) = own_operators_setup().await;
     let identity = format!("waves-{}", std::process::id());
     let (_child, _, _) = operator::spawn(
         &fleet,

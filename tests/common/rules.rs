@@ -243,3 +243,26 @@ pub fn placement<'a>(
         .iter()
         .find(|p| p.cluster == cluster)
 }
+
+/// Waits, polling every 5 ms, until the namespace `ns` exists on one of `members`: the first
+/// write of a placement or relocation there. Returns when it was seen.
+pub async fn first_write(members: &[&Client], ns: &str) -> std::time::Instant {
+    let started = std::time::Instant::now();
+    loop {
+        for m in members {
+            let there = Api::<Namespace>::all((*m).clone())
+                .get_opt(ns)
+                .await
+                .expect("get namespace")
+                .is_some();
+            if there {
+                return std::time::Instant::now();
+            }
+        }
+        assert!(
+            started.elapsed() < T,
+            "no write to the members within {T:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

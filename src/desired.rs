@@ -620,6 +620,7 @@ mod tests {
                 volume_policy: VolumePolicy::Retain,
                 drift: None,
                 secrets: Vec::new(),
+                adopt_existing: false,
             },
         );
         rw.metadata.namespace = Some("finance".to_string());

@@ -54,6 +54,15 @@ pub struct DriftLabels {
     pub action: String,
 }
 
+/// Labels of held-copy metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HoldLabels {
+    /// MemberCluster name.
+    pub cluster: String,
+    /// Why the copy is held: `NotEligible`, `ClusterUnreachable`, `ClusterRemoved`.
+    pub reason: String,
+}
+
 /// Every metric of the operator.
 #[derive(Clone)]
 pub struct Metrics {
@@ -71,6 +80,9 @@ pub struct Metrics {
     pub member_writes: Family<WriteLabels, Counter>,
     /// Drifted objects found, by cluster, kind and action (`corrected` or `reported`).
     pub drift: Family<DriftLabels, Counter>,
+    /// Copies kept as they are on a cluster that is allowed but unhealthy (or gone), counted
+    /// when a copy starts being held.
+    pub held: Family<HoldLabels, Counter>,
     registry: Arc<Registry>,
 }
 
@@ -93,6 +105,12 @@ impl Metrics {
         let member_verified = Family::<ClusterLabels, Gauge>::default();
         let member_writes = Family::<WriteLabels, Counter>::default();
         let drift = Family::<DriftLabels, Counter>::default();
+        let held = Family::<HoldLabels, Counter>::default();
+        registry.register(
+            "copies_held",
+            "Copies kept unchanged on a cluster that is allowed but not eligible, unreachable or removed (counted when the hold starts)",
+            held.clone(),
+        );
         registry.register(
             "drift",
             "Placed objects found drifted from what was applied",
@@ -136,6 +154,7 @@ impl Metrics {
             member_verified,
             member_writes,
             drift,
+            held,
             registry: Arc::new(registry),
         }
     }
@@ -176,6 +195,16 @@ impl Metrics {
                 cluster: cluster.to_string(),
                 kind: kind.to_string(),
                 action: action.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records that a copy started being held on `cluster`.
+    pub fn held(&self, cluster: &str, reason: &str) {
+        self.held
+            .get_or_create(&HoldLabels {
+                cluster: cluster.to_string(),
+                reason: reason.to_string(),
             })
             .inc();
     }

@@ -98,6 +98,25 @@ async fn a_node_label_flap_on_an_allowed_member_removes_nothing() {
     })
     .await;
     eprintln!("zrh-2 while unverified: {:?}", placement(&rw, "zrh-2"));
+    let held = eventually("a CopyHeld Event about zrh-2", T, || async {
+        event_reasons(&env.mgmt, ns, &[rw.uid()])
+            .await
+            .into_iter()
+            .find(|(r, m)| r == "CopyHeld" && m.contains("zrh-2"))
+            .ok_or_else(|| "none yet".to_string())
+    })
+    .await;
+    eprintln!("CopyHeld: {}", held.1);
+    let op = common::operator::start(&common::Fleet::from_env()).await;
+    let metrics = common::operator::http_get(op, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("residency_copies_held_total{")
+                && l.contains("cluster=\"zrh-2\"")
+                && l.contains("reason=\"NotEligible\"")),
+        "no held-copy metric for zrh-2"
+    );
     // give a wrong eviction time to happen (it took under 6 s when it did)
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(
@@ -284,6 +303,7 @@ async fn a_secret_value_appears_nowhere_outside_the_spec() {
         "Enforce",
     )
     .await;
+    install_policy_report_crd(&env.mgmt).await;
     let password = format!("pw-{}", common::unique("s3cr3t"));
     let tampered = format!("tampered-{}", common::unique("x"));
     let api_key = format!("key-{}", common::unique("k3y"));
@@ -392,7 +412,16 @@ async fn a_secret_value_appears_nowhere_outside_the_spec() {
         .await
         .unwrap();
     let op = common::operator::start(&common::Fleet::from_env()).await;
+    let report = eventually("the namespace's PolicyReport", T, || async {
+        policy_reports(&env.mgmt, ns)
+            .get_opt("residency-operator")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "no PolicyReport yet".to_string())
+    })
+    .await;
     let places = [
+        ("PolicyReport", serde_json::to_string(&report).unwrap()),
         ("Events", serde_json::to_string(&evs).unwrap()),
         ("status", serde_json::to_string(&rw.status).unwrap()),
         ("report", common::report_with(&["-o", "json"])),

@@ -7,14 +7,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::operator;
+use common::operator::{self, delete_and_wait};
 use common::rules::*;
 use common::{Fleet, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use residency_operator::api::{MemberCluster, ResidencyPolicy};
+use residency_operator::api::{MemberCluster, ResidencyPolicy, ResidentWorkload};
 use serde_json::json;
 use tokio::sync::RwLock;
 
@@ -763,24 +763,9 @@ async fn a_pod_on_a_node_outside_the_attested_region_is_flagged() {
 
 #[tokio::test]
 async fn policy_reports_are_written_where_their_crd_is_installed() {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    use kube::api::DynamicObject;
-    use kube::core::{ApiResource, GroupVersionKind};
     let _lock = CLUSTER_LOCK.read().await;
     let env = setup().await;
-    let crd: CustomResourceDefinition = serde_yaml::from_str(
-        &std::fs::read_to_string(common::repo("tests/fixtures/policyreport-crd.yaml")).unwrap(),
-    )
-    .unwrap();
-    Api::<CustomResourceDefinition>::all(env.mgmt.clone())
-        .patch(
-            "policyreports.wgpolicyk8s.io",
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap();
-    common::crd_established(&env.mgmt, "policyreports.wgpolicyk8s.io").await;
+    install_policy_report_crd(&env.mgmt).await;
     let ns = "rules-policy-report";
     namespace(&env.mgmt, ns).await;
     policy(
@@ -797,12 +782,7 @@ async fn policy_reports_are_written_where_their_crd_is_installed() {
     apply_workload(&env.mgmt, &processing(ns, "chad", &["TD"]))
         .await
         .unwrap(); // no policy: fail
-    let gvk = GroupVersionKind::gvk("wgpolicyk8s.io", "v1alpha2", "PolicyReport");
-    let reports: Api<DynamicObject> = Api::namespaced_with(
-        env.mgmt.clone(),
-        ns,
-        &ApiResource::from_gvk_with_plural(&gvk, "policyreports"),
-    );
+    let reports = policy_reports(&env.mgmt, ns);
     let report = eventually("a PolicyReport with one pass and one fail", T, || async {
         let r = reports
             .get_opt("residency-operator")
@@ -846,4 +826,146 @@ async fn policy_reports_are_written_where_their_crd_is_installed() {
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn two_workloads_never_claim_one_object_and_nothing_is_taken_over_unasked() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let _lock = CLUSTER_LOCK.read().await;
+    let env = setup().await;
+    let ns = "rules-collision";
+    namespace(&env.mgmt, ns).await;
+    policy(
+        &env.mgmt,
+        "wallis-zurich",
+        &["WF"],
+        json!([{"country": "CH", "region": "zurich"}]),
+        "Enforce",
+    )
+    .await;
+    let workload = |name: &str, configmaps: &[&str], adopt: bool| {
+        json!({"apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"role": "Processing", "countries": ["WF"], "adoptExisting": adopt,
+                     "manifests": configmaps.iter().map(|c| json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": c}, "data": {"owner": name}})).collect::<Vec<_>>()}})
+    };
+    apply_workload(&env.mgmt, &workload("first", &["shared"], false))
+        .await
+        .unwrap();
+    wait_workload(&env.mgmt, ns, "first", "Ready", |rw| {
+        ready_on(rw, &["zrh-1", "zrh-2"])
+    })
+    .await;
+    let owner_on = |c: Client, name: &'static str| async move {
+        Api::<ConfigMap>::namespaced(c, ns)
+            .get_opt(name)
+            .await
+            .unwrap()
+            .and_then(|cm| cm.data)
+            .and_then(|d| d.get("owner").cloned())
+    };
+
+    // a second workload declares the same ConfigMap: it is refused, naming the owner
+    apply_workload(
+        &env.mgmt,
+        &workload("second", &["shared", "second-own"], false),
+    )
+    .await
+    .unwrap();
+    let rw = wait_workload(&env.mgmt, ns, "second", "Stalled: Conflict", |rw| {
+        condition(rw, "Stalled").is_some_and(|c| c.0 == "True" && c.1 == "Conflict")
+    })
+    .await;
+    let ready = condition(&rw, "Ready").unwrap();
+    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("False", "Conflict"));
+    assert!(
+        ready.2.contains("ConfigMap shared")
+            && ready.2.contains("ResidentWorkload rules-collision/first"),
+        "{}",
+        ready.2
+    );
+    for (name, c) in &env.members[..2] {
+        assert_eq!(
+            owner_on(c.clone(), "shared").await.as_deref(),
+            Some("first"),
+            "{name}: the first workload's object is untouched"
+        );
+    }
+    let first = Api::<ResidentWorkload>::namespaced(env.mgmt.clone(), ns)
+        .get("first")
+        .await
+        .unwrap();
+    assert!(
+        ready_on(&first, &["zrh-1", "zrh-2"]),
+        "the first stays Ready"
+    );
+
+    // deleting the second leaves the first's object
+    delete_and_wait(
+        &Api::<ResidentWorkload>::namespaced(env.mgmt.clone(), ns),
+        "second",
+        T,
+    )
+    .await;
+    for (name, c) in &env.members[..2] {
+        assert_eq!(
+            owner_on(c.clone(), "shared").await.as_deref(),
+            Some("first"),
+            "{name}: still the first's"
+        );
+        assert_eq!(
+            owner_on(c.clone(), "second-own").await,
+            None,
+            "{name}: the second's own object is gone"
+        );
+    }
+
+    // an object made by hand is taken over only when the workload asks for it
+    for (_, c) in &env.members[..2] {
+        let cm: ConfigMap = serde_json::from_value(
+            json!({"metadata": {"name": "handmade"}, "data": {"owner": "a person"}}),
+        )
+        .unwrap();
+        Api::<ConfigMap>::namespaced(c.clone(), ns)
+            .patch(
+                "handmade",
+                &PatchParams::apply("kubectl").force(),
+                &Patch::Apply(&cm),
+            )
+            .await
+            .unwrap();
+    }
+    apply_workload(&env.mgmt, &workload("third", &["handmade"], false))
+        .await
+        .unwrap();
+    let rw = wait_workload(&env.mgmt, ns, "third", "Conflict", |rw| {
+        condition(rw, "Ready").is_some_and(|c| c.1 == "Conflict")
+    })
+    .await;
+    assert!(
+        condition(&rw, "Ready").unwrap().2.contains("adoptExisting"),
+        "{:?}",
+        condition(&rw, "Ready")
+    );
+    assert_eq!(
+        owner_on(env.members[0].1.clone(), "handmade")
+            .await
+            .as_deref(),
+        Some("a person")
+    );
+    apply_workload(&env.mgmt, &workload("third", &["handmade"], true))
+        .await
+        .unwrap();
+    wait_workload(&env.mgmt, ns, "third", "Ready after adopting", |rw| {
+        ready_on(rw, &["zrh-1", "zrh-2"])
+    })
+    .await;
+    assert_eq!(
+        owner_on(env.members[0].1.clone(), "handmade")
+            .await
+            .as_deref(),
+        Some("third")
+    );
+    cleanup(&env, ns, &["third", "first"], &["wallis-zurich"]).await;
 }

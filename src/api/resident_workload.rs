@@ -70,6 +70,12 @@ pub struct ResidentWorkloadSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub secrets: Vec<SecretSource>,
+    /// Take over objects that already exist on a member under a manifest's kind and name but
+    /// were not placed by the operator (made by hand or by another tool). Off by default: such
+    /// an object is left alone and the workload reports `Stalled=True, reason=Conflict`. An
+    /// object of another ResidentWorkload is never taken over.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt_existing: bool,
 }
 
 /// A Secret placed on the members from a Secret on the management cluster.

@@ -429,6 +429,7 @@ mod tests {
                 volume_policy: VolumePolicy::Retain,
                 drift: None,
                 secrets: Vec::new(),
+                adopt_existing: false,
             },
         );
         rw.metadata.namespace = Some("threat-data".into());

@@ -19,6 +19,8 @@ pub mod state {
     pub const UNKNOWN: &str = "Unknown";
     /// The member refused an object.
     pub const FAILED: &str = "Failed";
+    /// An object of the workload exists there and belongs to another owner: not applied.
+    pub const CONFLICT: &str = "Conflict";
 }
 
 /// Objects recorded in the previous placement that the workload no longer declares (kind and
@@ -316,6 +318,20 @@ pub fn conditions(decision: &Decision, placements: &[Placement]) -> Vec<Desired>
         .map(|p| p.cluster.clone())
         .collect();
     let targets = list(&decision.targets);
+    if let Some(c) = placements.iter().find(|p| p.state == state::CONFLICT) {
+        let msg = format!("{}: {}", c.cluster, c.message);
+        return vec![
+            Desired::new(types::READY, Status::False, "Conflict", msg.clone()),
+            Desired::new(
+                types::RECONCILING,
+                Status::False,
+                "Conflict",
+                "Waiting for a spec change.",
+            ),
+            Desired::new(types::STALLED, Status::True, "Conflict", msg),
+            compliant,
+        ];
+    }
     if let Some(f) = failed.first() {
         let msg = format!("{}: {}", f.cluster, f.message);
         return vec![

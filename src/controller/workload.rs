@@ -233,7 +233,9 @@ async fn place_on(
             })
             .unwrap_or_default();
         let ignore = |kind: &str, name: &str| rw.spec.ignored_fields(kind, name);
-        let (placed, corrected) = m.place(&objects, &before, &ignore).await?;
+        let placed = m
+            .place(&objects, &before, &ignore, rw.spec.adopt_existing)
+            .await?;
         if rw.spec.role == Role::Storage && previous.is_none_or(|p| p.state == state::RETAINED) {
             // placed here again: the volumes it left behind are in use again
             let reclaimed = m.reclaim_volumes(&ns, &rw.name_any()).await?;
@@ -242,7 +244,9 @@ async fn place_on(
             }
         }
         if !stale.is_empty() {
-            let retained = m.prune(&ns, &stale, rw.spec.volume_policy).await?;
+            let retained = m
+                .prune(&ns, &rw.name_any(), &stale, rw.spec.volume_policy)
+                .await?;
             if !retained.is_empty() {
                 warn!(
                     cluster,
@@ -251,18 +255,29 @@ async fn place_on(
                 );
             }
         }
-        Ok::<_, MemberError>((placed, corrected))
+        Ok::<_, MemberError>(placed)
     }
     .await;
     match result {
-        Ok((objects, corrected)) => {
-            for c in &corrected {
+        Ok(placed) => {
+            for c in &placed.corrected {
                 ctx.metrics.drift(cluster, &c.kind, "corrected");
             }
-            out.corrected = corrected;
-            let ready = objects.iter().all(|o| o.ready);
-            placement.state = if ready { state::READY } else { state::APPLIED }.into();
-            placement.objects = objects;
+            out.corrected = placed.corrected;
+            let ready = placed.objects.iter().all(|o| o.ready);
+            placement.state = if !placed.conflicts.is_empty() {
+                placement.message = format!(
+                    "Not applied, another owner: {}. Rename the object in one of the workloads.",
+                    placed.conflicts.join("; ")
+                );
+                state::CONFLICT
+            } else if ready {
+                state::READY
+            } else {
+                state::APPLIED
+            }
+            .into();
+            placement.objects = placed.objects;
             // the location proof: where the Pods and volumes of this copy are
             placement.evidence = previous.and_then(|p| p.evidence.clone());
             refresh_evidence(ctx, rw, placement).await;
@@ -308,6 +323,12 @@ async fn refresh_evidence(ctx: &Context, rw: &ResidentWorkload, placement: &mut 
         Ok(ev) => placement.evidence = Some(ev),
         Err(e) => warn!(cluster, error = %e, "could not read the location evidence"),
     }
+}
+
+/// Whether a hold is worth an Event and a metric when it starts: a copy kept on a cluster
+/// that is allowed but unhealthy, or whose MemberCluster is gone.
+fn announce_hold(why: &plan::Hold) -> bool {
+    matches!(why, plan::Hold::NotEligible(_) | plan::Hold::ClusterRemoved)
 }
 
 /// The record of a copy the plan holds (nothing is written there). `None` when there is no copy.
@@ -615,9 +636,21 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
             }
             plan::Action::Hold { cluster, why } => {
                 queued |= why == plan::Hold::RelocationQueued;
-                if let Some(p) =
-                    held(&ctx, &rw, &decision, &cluster, record.get(&cluster), &why).await
-                {
+                let prev = record.get(&cluster);
+                if let Some(p) = held(&ctx, &rw, &decision, &cluster, prev, &why).await {
+                    if announce_hold(&why) && prev.is_some_and(|q| q.message != p.message) {
+                        // health is not policy: say once that the copy stays
+                        ctx.metrics.held(&cluster, why.reason());
+                        publish_about(
+                            &ctx,
+                            &rw,
+                            Some(&cluster),
+                            EventType::Warning,
+                            "CopyHeld",
+                            &p.message,
+                        )
+                        .await;
+                    }
                     placements.push(p);
                 }
             }
@@ -987,6 +1020,17 @@ async fn events(
                 EventType::Normal,
                 "Placed",
                 &note,
+            )
+            .await;
+        }
+        if p.state == state::CONFLICT && before.as_deref() != Some(state::CONFLICT) {
+            publish_about(
+                ctx,
+                rw,
+                Some(&p.cluster),
+                EventType::Warning,
+                "Conflict",
+                &p.message,
             )
             .await;
         }

@@ -68,6 +68,18 @@ pub struct ObjectDrift {
     pub fields: Vec<FieldDrift>,
 }
 
+/// What applying a workload's objects on a member found.
+#[derive(Debug, Default)]
+pub struct Placed {
+    /// The readiness of each object.
+    pub objects: Vec<ObjectStatus>,
+    /// The drift that was corrected.
+    pub corrected: Vec<ObjectDrift>,
+    /// Objects not applied because another workload (or nobody through the operator) owns
+    /// them: `kind name: why`.
+    pub conflicts: Vec<String>,
+}
+
 /// One member cluster, as seen by the workload controller.
 pub struct Member<'a> {
     /// MemberCluster name.
@@ -142,14 +154,20 @@ impl Member<'_> {
     /// an object that matches is not written, so a steady fleet sees no writes. Returns the
     /// readiness of each object and the drift that was corrected. `placed_before` names the
     /// objects recorded on this member: one of them missing was deleted out of band.
+    ///
+    /// An object that exists but belongs to another workload, or that the operator did not
+    /// place (unless `adopt`), is neither applied nor changed: it is returned as a conflict
+    /// (`kind name: why`) with a not-ready status.
     pub async fn place(
         &self,
         objects: &[DesiredObject],
         placed_before: &[(String, String)],
         ignore: &(dyn Fn(&str, &str) -> Vec<String> + Sync),
-    ) -> Result<(Vec<ObjectStatus>, Vec<ObjectDrift>), MemberError> {
+        adopt: bool,
+    ) -> Result<Placed, MemberError> {
         let mut out = Vec::with_capacity(objects.len());
         let mut corrected = Vec::new();
+        let mut conflicts = Vec::new();
         for obj in objects {
             let api = self.api(obj);
             let what = format!("{} {}", obj.kind, obj.name);
@@ -157,6 +175,28 @@ impl Member<'_> {
                 .get_opt(&obj.name)
                 .await
                 .map_err(self.err(format!("get {what}")))?;
+            let identity = obj
+                .object
+                .pointer("/metadata/labels")
+                .and_then(|l| serde_json::from_value(l.clone()).ok())
+                .and_then(|l| crate::fleet::watch::workload_of(&l));
+            if let (Some(l), Some(me)) = (&live, &identity)
+                && let Some(why) = crate::fleet::watch::ownership_conflict(
+                    l.labels(),
+                    me.namespace.as_deref().unwrap_or_default(),
+                    &me.name,
+                    adopt,
+                )
+            {
+                conflicts.push(format!("{what}: {why}"));
+                out.push(ObjectStatus {
+                    kind: obj.kind.clone(),
+                    name: obj.name.clone(),
+                    ready: false,
+                    message: format!("not applied: {why}"),
+                });
+                continue;
+            }
             let live_hash = live
                 .as_ref()
                 .and_then(|l| l.annotations().get(HASH_ANNOTATION).cloned());
@@ -216,7 +256,11 @@ impl Member<'_> {
                 message: r.message,
             });
         }
-        Ok((out, corrected))
+        Ok(Placed {
+            objects: out,
+            corrected,
+            conflicts,
+        })
     }
 
     /// Reads the objects and reports how they differ from `objects`, writing nothing (for
@@ -263,6 +307,7 @@ impl Member<'_> {
     pub async fn prune(
         &self,
         namespace: &str,
+        workload: &str,
         stale: &[(String, String)],
         volumes: VolumePolicy,
     ) -> Result<Vec<String>, MemberError> {
@@ -279,6 +324,17 @@ impl Member<'_> {
             };
             let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &ar);
             let what = format!("{kind} {name}");
+            let Some(live) = api
+                .get_opt(name)
+                .await
+                .map_err(self.err(format!("get {what}")))?
+            else {
+                continue;
+            };
+            if !self.is_ours(live.labels(), namespace, workload) {
+                tracing::warn!(cluster = self.name, object = %what, "not pruned: it does not carry this workload's labels");
+                continue;
+            }
             self.fenced(&what)?;
             let result = if kind == "PersistentVolumeClaim" && volumes == VolumePolicy::Retain {
                 let patch = json!({"metadata": {"labels": {labels::RETAINED: "true"}}});

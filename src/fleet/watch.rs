@@ -92,9 +92,57 @@ pub fn workload_of(
     Some(ObjectRef::new(name).within(namespace))
 }
 
+/// Why the workload `namespace/workload` may not write an object found on a member with these
+/// labels, or `None` when it may (pure). An object carrying another workload's labels is never
+/// taken over; one without any workload's labels (made by hand or by another tool) only when
+/// the workload asks for it (`adopt`).
+pub fn ownership_conflict(
+    live_labels: &BTreeMap<String, String>,
+    namespace: &str,
+    workload: &str,
+    adopt: bool,
+) -> Option<String> {
+    match workload_of(live_labels) {
+        Some(r) if r.name == workload && r.namespace.as_deref() == Some(namespace) => None,
+        Some(r) => Some(format!(
+            "it belongs to ResidentWorkload {}/{}",
+            r.namespace.unwrap_or_default(),
+            r.name
+        )),
+        None if adopt => None,
+        None => Some(
+            "it exists and was not placed by the operator (set spec.adoptExisting to take it over)"
+                .to_string(),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_of_another_workload_is_never_taken_over() {
+        let ours = BTreeMap::from([
+            (
+                labels::MANAGED_BY.to_string(),
+                labels::MANAGED_BY_VALUE.to_string(),
+            ),
+            (labels::WORKLOAD.to_string(), "a".to_string()),
+            (labels::WORKLOAD_NAMESPACE.to_string(), "ns".to_string()),
+        ]);
+        assert_eq!(ownership_conflict(&ours, "ns", "a", false), None);
+        let theirs = ownership_conflict(&ours, "ns", "b", true).unwrap();
+        assert!(theirs.contains("ResidentWorkload ns/a"), "{theirs}");
+        assert!(ownership_conflict(&ours, "other", "a", true).is_some());
+        let hand_made = BTreeMap::from([("app".to_string(), "x".to_string())]);
+        assert!(
+            ownership_conflict(&hand_made, "ns", "a", false)
+                .unwrap()
+                .contains("adoptExisting")
+        );
+        assert_eq!(ownership_conflict(&hand_made, "ns", "a", true), None);
+    }
 
     #[test]
     fn watch_retries_are_capped_at_five_seconds() {

@@ -266,3 +266,32 @@ pub async fn first_write(members: &[&Client], ns: &str) -> std::time::Instant {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Installs the PolicyReport CRD (`wgpolicyk8s.io/v1alpha2`) on the management cluster.
+pub async fn install_policy_report_crd(mgmt: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crd: CustomResourceDefinition = serde_yaml::from_str(
+        &std::fs::read_to_string(super::repo("tests/fixtures/policyreport-crd.yaml")).unwrap(),
+    )
+    .unwrap();
+    Api::<CustomResourceDefinition>::all(mgmt.clone())
+        .patch(
+            "policyreports.wgpolicyk8s.io",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+    super::crd_established(mgmt, "policyreports.wgpolicyk8s.io").await;
+}
+
+/// The PolicyReports of a namespace.
+pub fn policy_reports(mgmt: &Client, ns: &str) -> Api<kube::api::DynamicObject> {
+    use kube::core::{ApiResource, GroupVersionKind};
+    let gvk = GroupVersionKind::gvk("wgpolicyk8s.io", "v1alpha2", "PolicyReport");
+    Api::namespaced_with(
+        mgmt.clone(),
+        ns,
+        &ApiResource::from_gvk_with_plural(&gvk, "policyreports"),
+    )
+}

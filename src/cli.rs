@@ -176,11 +176,15 @@ async fn report(
         .list(&ListParams::default())
         .await?
         .items;
-    let workloads = Api::<api::ResidentWorkload>::all(client)
+    let workloads = Api::<api::ResidentWorkload>::all(client.clone())
         .list(&ListParams::default())
         .await?
         .items;
-    let report = crate::report::build(&clusters, &workloads);
+    let policies = Api::<api::ResidencyPolicy>::all(client)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let report = crate::report::build(&clusters, &workloads, &policies);
     match output {
         ReportFormat::Text => print!("{}", crate::report::text(&report)),
         ReportFormat::Markdown => print!("{}", crate::report::markdown(&report)),

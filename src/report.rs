@@ -1,7 +1,9 @@
 //! `residency-operator report`: per country, which clusters hold its data, which workloads, the
 //! evidence (attested node regions, the regions of the Pods' nodes and of the volumes) and the
 //! violations. Built from the management cluster's objects, whose status the operator keeps
-//! current (pure; the command only lists the objects).
+//! current (pure; the command only lists the objects): the workloads' placements, and the
+//! policies' violations for the copies no workload's record accounts for (objects labelled with
+//! a country by hand, or left by a deleted workload), which the operator finds on the members.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -10,7 +12,8 @@ use kube::ResourceExt;
 use serde::Serialize;
 
 use crate::api::conditions::{self, types};
-use crate::api::{CountryCode, MemberCluster, ResidentWorkload};
+use crate::api::residency_policy::Violation;
+use crate::api::{CountryCode, MemberCluster, ResidencyPolicy, ResidentWorkload};
 
 /// The whole report.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -56,8 +59,30 @@ pub struct Holding {
     pub volume_regions: Vec<String>,
 }
 
+/// Whether a policy violation is about a copy no workload's placement accounts for (the
+/// placements are reported per workload already): not a workload's copy, and not a volume a
+/// workload's `Retained` placement lists.
+fn unrecorded(v: &Violation, workloads: &[ResidentWorkload]) -> bool {
+    v.kind != "ResidentWorkload"
+        && !workloads.iter().any(|w| {
+            w.namespace() == v.namespace
+                && w.status.as_ref().is_some_and(|s| {
+                    s.placements.iter().any(|p| {
+                        p.cluster == v.cluster
+                            && p.objects
+                                .iter()
+                                .any(|o| o.kind == v.kind && o.name == v.name)
+                    })
+                })
+        })
+}
+
 /// Builds the report (pure).
-pub fn build(clusters: &[MemberCluster], workloads: &[ResidentWorkload]) -> Report {
+pub fn build(
+    clusters: &[MemberCluster],
+    workloads: &[ResidentWorkload],
+    policies: &[ResidencyPolicy],
+) -> Report {
     let cluster_by_name: BTreeMap<String, &MemberCluster> =
         clusters.iter().map(|c| (c.name_any(), c)).collect();
     let mut by_country: BTreeMap<String, (BTreeMap<String, Holding>, Vec<String>)> =
@@ -106,6 +131,43 @@ pub fn build(clusters: &[MemberCluster], workloads: &[ResidentWorkload]) -> Repo
                 }
             }
         }
+    }
+    // copies found on the members that no workload's record accounts for
+    let mut seen = std::collections::BTreeSet::new();
+    for v in policies
+        .iter()
+        .filter_map(|p| p.status.as_ref())
+        .flat_map(|s| &s.violations)
+        .filter(|v| unrecorded(v, workloads))
+    {
+        if !seen.insert((&v.country, &v.cluster, &v.kind, &v.namespace, &v.name)) {
+            continue;
+        }
+        let mc = cluster_by_name.get(&v.cluster);
+        let entry = by_country.entry(v.country.clone()).or_default();
+        let holding = entry.0.entry(v.cluster.clone()).or_insert_with(|| Holding {
+            cluster: v.cluster.clone(),
+            location: mc
+                .map(|m| format!("{}/{}", m.spec.location.country, m.spec.location.region))
+                .unwrap_or_else(|| "unknown (MemberCluster removed)".into()),
+            verified: mc
+                .and_then(|m| m.status.as_ref())
+                .is_some_and(|s| conditions::is_true(&s.conditions, types::LOCATION_VERIFIED)),
+            attested_regions: mc
+                .map(|m| m.spec.attestation.node_regions.clone())
+                .unwrap_or_default(),
+            workloads: Vec::new(),
+            node_regions: Vec::new(),
+            volume_regions: Vec::new(),
+        });
+        let at = match &v.namespace {
+            Some(ns) => format!("{ns}/{}", v.name),
+            None => v.name.clone(),
+        };
+        holding
+            .workloads
+            .push(format!("{} {at} (no workload's record)", v.kind));
+        entry.1.push(format!("{}: {}", v.cluster, v.message));
     }
     let mut report = Report::default();
     for (country, (holdings, violations)) in by_country {
@@ -271,7 +333,19 @@ mod tests {
             ..Default::default()
         };
         w.status = Some(status);
-        let r = build(&clusters, &[w]);
+        let orphan: ResidencyPolicy = serde_json::from_value(json!({
+            "apiVersion": "residency.io/v1alpha1", "kind": "ResidencyPolicy", "metadata": {"name": "p"},
+            "spec": {"countries": ["AU"], "allowedLocations": [{"country": "CH"}]},
+            "status": {"violations": [
+                {"cluster": "msk-1", "country": "AU", "kind": "PersistentVolumeClaim",
+                 "namespace": "threat-intel", "name": "left-behind",
+                 "message": "retained PersistentVolumeClaim threat-intel/left-behind on msk-1 (of ResidentWorkload threat-intel/old, which no longer exists) is labelled as holding AU data, which p does not allow"},
+                {"cluster": "msk-1", "country": "AU", "kind": "ResidentWorkload",
+                 "namespace": "threat-intel", "name": "store", "message": "recorded"}
+            ]}
+        }))
+        .unwrap();
+        let r = build(&clusters, &[w], &[orphan]);
         assert_eq!(
             r.countries
                 .iter()
@@ -292,13 +366,29 @@ mod tests {
         assert_eq!((zrh.location.as_str(), zrh.verified), ("CH/zurich", true));
         assert_eq!(zrh.node_regions, ["eu-central-2"]);
         assert_eq!(zrh.workloads, ["threat-intel/store (Ready)"]);
-        assert_eq!(au.violations.len(), 1);
+        assert_eq!(au.violations.len(), 2);
         assert!(
             au.violations[0].starts_with(
                 "msk-1: threat-intel/store (Retained) holds data where it is forbidden"
             )
         );
-        assert_eq!(r.violation_count, 2);
+        assert_eq!(
+            au.clusters[0].workloads,
+            [
+                "PersistentVolumeClaim threat-intel/left-behind (no workload's record)",
+                "threat-intel/store (Retained)"
+            ]
+        );
+        assert!(
+            au.violations[1].contains("left-behind")
+                && au.violations[1].contains("no longer exists"),
+            "{:?}",
+            au.violations
+        );
+        assert_eq!(
+            r.violation_count, 3,
+            "AU: 2, NZ: 1 (the orphan names AU only)"
+        );
         let t = text(&r);
         assert!(
             t.contains("AU (Australia)") && t.contains("VIOLATION msk-1"),

@@ -590,6 +590,23 @@ async fn a_hand_made_object_labelled_with_a_country_is_reported_on_the_policy() 
             .await
             .unwrap();
     }
+    // and one that wears the operator's labels for a workload that does not exist
+    let mut fake = deployment("fake-owner");
+    fake.metadata.labels.get_or_insert_default().extend([
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "residency-operator".to_string(),
+        ),
+        ("residency.io/workload".to_string(), "ghost".to_string()),
+        (
+            "residency.io/workload-namespace".to_string(),
+            ns.to_string(),
+        ),
+    ]);
+    Api::<Deployment>::namespaced(msk1.clone(), ns)
+        .create(&Default::default(), &fake)
+        .await
+        .unwrap();
     let policies: Api<ResidencyPolicy> = Api::all(env.mgmt.clone());
     let status = eventually("the policy reports the hand-made copy", T, || async {
         let p = policies
@@ -597,7 +614,7 @@ async fn a_hand_made_object_labelled_with_a_country_is_reported_on_the_policy() 
             .await
             .map_err(|e| e.to_string())?;
         let s = p.status.unwrap_or_default();
-        if s.violation_count >= 1 {
+        if s.violation_count >= 2 {
             Ok(s)
         } else {
             Err(format!("{:?}", s.violations))
@@ -605,11 +622,22 @@ async fn a_hand_made_object_labelled_with_a_country_is_reported_on_the_policy() 
     })
     .await;
     assert_eq!(
-        status.violation_count, 1,
-        "only the copy on msk-1 is a violation: {:?}",
+        status.violation_count, 2,
+        "only the copies on msk-1 are violations: {:?}",
         status.violations
     );
-    let v = &status.violations[0];
+    let fake = &status.violations[0];
+    assert_eq!(
+        (fake.cluster.as_str(), fake.name.as_str()),
+        ("msk-1", "fake-owner")
+    );
+    assert!(
+        fake.message
+            .contains("of ResidentWorkload rules-handmade/ghost, which no longer exists"),
+        "{}",
+        fake.message
+    );
+    let v = &status.violations[1];
     assert_eq!(
         (
             v.cluster.as_str(),
@@ -641,14 +669,12 @@ async fn a_hand_made_object_labelled_with_a_country_is_reported_on_the_policy() 
 
     // removing the label clears the violation (event-driven)
     let unlabel = json!({"metadata": {"labels": {"country.residency.io/CK": null}}});
-    Api::<Deployment>::namespaced(msk1.clone(), ns)
-        .patch(
-            "hand-made",
-            &PatchParams::default(),
-            &Patch::Merge(&unlabel),
-        )
-        .await
-        .unwrap();
+    for name in ["hand-made", "fake-owner"] {
+        Api::<Deployment>::namespaced(msk1.clone(), ns)
+            .patch(name, &PatchParams::default(), &Patch::Merge(&unlabel))
+            .await
+            .unwrap();
+    }
     eventually("the violation is gone", T, || async {
         let p = policies
             .get("cook-islands")

@@ -404,6 +404,49 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
     // cleanup: deleting the workloads removes them everywhere (volumes retained)
     delete_and_wait(&workloads, STORE, T).await;
     delete_and_wait(&workloads, ANALYSIS, T).await;
+    // the store's retained volumes on msk-1 outlive it: still violations, still in the report
+    let policies: Api<ResidencyPolicy> = Api::all(mgmt.clone());
+    let orphans = eventually(
+        "msk-1's volumes reported after the workload is gone",
+        T,
+        || async {
+            let p = policies
+                .get("apac-to-zurich")
+                .await
+                .map_err(|e| e.to_string())?;
+            let v = p.status.map(|s| s.violations).unwrap_or_default();
+            let names: Vec<(String, String)> = v
+                .iter()
+                .filter(|v| v.message.contains("which no longer exists"))
+                .map(|v| (v.cluster.clone(), v.name.clone()))
+                .collect();
+            if names.len() == 2 {
+                Ok(names)
+            } else {
+                Err(format!("{v:?}"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        orphans,
+        [
+            ("msk-1".to_string(), "sample-index".to_string()),
+            ("msk-1".to_string(), "samples-sample-store-0".to_string())
+        ]
+    );
+    let text = common::report();
+    assert!(
+        text.contains("PersistentVolumeClaim threat-intel/sample-index (no workload's record)")
+            && text.contains(
+                "VIOLATION msk-1: retained PersistentVolumeClaim threat-intel/sample-index"
+            ),
+        "{text}"
+    );
+    eprintln!(
+        "report after the workloads were deleted:\n{}",
+        text.lines().take(6).collect::<Vec<_>>().join("\n")
+    );
     for client in [&zrh1, &zrh2] {
         assert!(
             gone_from(client).await,
@@ -418,7 +461,6 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
             Some("true")
         );
     }
-    let policies: Api<ResidencyPolicy> = Api::all(mgmt.clone());
     for p in [
         "europe-to-zurich",
         "north-america-to-zurich",

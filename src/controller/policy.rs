@@ -62,7 +62,7 @@ pub fn compute(
         )
     };
     let mut violations = violations(rp, clusters, workloads);
-    violations.extend(labelled_violations(rp, clusters, labelled));
+    violations.extend(labelled_violations(rp, clusters, workloads, labelled));
     violations.sort_by(|a, b| {
         (&a.cluster, &a.namespace, &a.name, &a.kind).cmp(&(
             &b.cluster,
@@ -186,11 +186,27 @@ pub type Labelled = std::collections::BTreeMap<
     std::collections::BTreeMap<crate::fleet::labelled::Key, crate::fleet::labelled::Labelled>,
 >;
 
-/// Objects that nobody placed through the operator but that are labelled as holding data of a
-/// governed country, on clusters the policy does not allow (pure).
+/// Whether the record of the workload named by an object's labels (`namespace/name`) accounts
+/// for a copy on `cluster`: the workload exists and its status has a placement there (pure).
+/// Such objects are reported through that placement; any other labelled object is reported on
+/// its own.
+pub fn accounted_for(workloads: &[Arc<ResidentWorkload>], workload: &str, cluster: &str) -> bool {
+    workloads.iter().any(|w| {
+        format!("{}/{}", w.namespace().unwrap_or_default(), w.name_any()) == workload
+            && w.status
+                .as_ref()
+                .is_some_and(|s| s.placements.iter().any(|p| p.cluster == cluster))
+    })
+}
+
+/// Objects on the members labelled as holding data of a governed country, on clusters the
+/// policy does not allow, that no workload's record accounts for: made by hand, labelled with
+/// a workload that does not exist or has no copy there, or left behind by a deleted workload
+/// (its retained volumes). Country labels count whatever other labels the object has (pure).
 pub fn labelled_violations(
     rp: &ResidencyPolicy,
     clusters: &[Arc<MemberCluster>],
+    workloads: &[Arc<ResidentWorkload>],
     labelled: &Labelled,
 ) -> Vec<Violation> {
     let policy = facts::policy(rp);
@@ -205,8 +221,10 @@ pub fn labelled_violations(
             continue;
         }
         for ((kind, ns, obj), l) in objects {
-            // objects of a workload are reported through its placements
-            if l.workload.is_some() {
+            if l.workload
+                .as_deref()
+                .is_some_and(|w| accounted_for(workloads, w, cluster))
+            {
                 continue;
             }
             let Some(country) = l
@@ -221,6 +239,18 @@ pub fn labelled_violations(
             } else {
                 format!("{ns}/{obj}")
             };
+            let what = if l.retained { "retained " } else { "" };
+            let whose = match &l.workload {
+                None => String::new(),
+                Some(w)
+                    if workloads.iter().any(|x| {
+                        format!("{}/{}", x.namespace().unwrap_or_default(), x.name_any()) == *w
+                    }) =>
+                {
+                    format!(" (labelled as ResidentWorkload {w}'s, whose record has no copy there)")
+                }
+                Some(w) => format!(" (of ResidentWorkload {w}, which no longer exists)"),
+            };
             out.push(Violation {
                 cluster: cluster.clone(),
                 country: country.clone(),
@@ -228,7 +258,7 @@ pub fn labelled_violations(
                 namespace: (!ns.is_empty()).then(|| ns.clone()),
                 name: obj.clone(),
                 message: format!(
-                    "{kind} {at} on {cluster} is labelled as holding {country} data, which {name} does not allow"
+                    "{what}{kind} {at} on {cluster}{whose} is labelled as holding {country} data, which {name} does not allow"
                 ),
             });
         }
@@ -299,12 +329,67 @@ pub fn error_policy(rp: Arc<ResidencyPolicy>, err: &Error, ctx: Arc<Context>) ->
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::collections::BTreeMap;
 
     fn arc<T>(v: serde_json::Value) -> Arc<T>
     where
         T: serde::de::DeserializeOwned,
     {
         Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn labelled_objects_no_record_accounts_for_are_violations() {
+        use crate::fleet::labelled::Labelled as Entry;
+        let policy: ResidencyPolicy = serde_json::from_value(json!({
+            "apiVersion": "residency.io/v1alpha1", "kind": "ResidencyPolicy", "metadata": {"name": "apac"},
+            "spec": {"countries": ["JP"], "allowedLocations": [{"country": "CH"}]}
+        }))
+        .unwrap();
+        let clusters: Vec<Arc<MemberCluster>> = vec![arc(json!({
+            "apiVersion": "residency.io/v1alpha1", "kind": "MemberCluster", "metadata": {"name": "msk-1"},
+            "spec": {"location": {"country": "RU", "region": "moscow"},
+                     "attestation": {"nodeRegions": ["r"]}, "connection": {"local": {}}}}))];
+        let live: Arc<ResidentWorkload> = arc(json!({
+            "apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload",
+            "metadata": {"name": "live", "namespace": "t"},
+            "spec": {"role": "Storage", "countries": ["JP"],
+                     "manifests": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}]},
+            "status": {"placements": [{"cluster": "msk-1", "state": "Retained"}]}
+        }));
+        let entry = |workload: Option<&str>, retained| Entry {
+            countries: vec!["JP".into()],
+            workload: workload.map(str::to_string),
+            retained,
+        };
+        let key = |n: &str| {
+            (
+                "PersistentVolumeClaim".to_string(),
+                "t".to_string(),
+                n.to_string(),
+            )
+        };
+        let labelled: Labelled = BTreeMap::from([(
+            "msk-1".to_string(),
+            BTreeMap::from([
+                (key("recorded"), entry(Some("t/live"), true)),
+                (key("of-deleted"), entry(Some("t/gone"), true)),
+                (key("fake-label"), entry(Some("x/ghost"), false)),
+                (key("by-hand"), entry(None, false)),
+            ]),
+        )]);
+        let v = labelled_violations(&policy, &clusters, &[live], &labelled);
+        let names: Vec<&str> = v.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["by-hand", "fake-label", "of-deleted"], "{v:?}");
+        assert!(
+            v[2].message
+                .starts_with("retained PersistentVolumeClaim t/of-deleted")
+        );
+        assert!(
+            v[2].message.contains("t/gone, which no longer exists"),
+            "{}",
+            v[2].message
+        );
     }
 
     #[test]

@@ -40,7 +40,8 @@ pub fn cluster(mc: &MemberCluster, source: StatusSource) -> ClusterFacts {
         region: mc.spec.location.region.clone(),
         ready: flag(types::READY),
         verified: flag(types::LOCATION_VERIFIED),
-        schedulable: mc.spec.schedulable,
+        // a MemberCluster being deleted is drained like a cordoned one
+        schedulable: mc.spec.schedulable && mc.metadata.deletion_timestamp.is_none(),
     }
 }
 

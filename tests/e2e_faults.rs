@@ -814,3 +814,135 @@ async fn a_missing_secret_source_changes_nothing_until_it_exists() {
     );
     cleanup(&env, ns, &["tokelau"], &["tokelau-zurich"]).await;
 }
+
+#[tokio::test]
+async fn a_member_cluster_holding_data_is_not_forgotten_when_deleted() {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let _lock = CLUSTER_LOCK.write().await;
+    let env = setup().await;
+    // a namespace of its own each run (an earlier run's may still be terminating)
+    let ns = &common::unique("faults-member-delete");
+    let msk1 = env.members[2].1.clone();
+    policy(
+        &env.mgmt,
+        "norfolk-zurich",
+        &["NF"],
+        json!([{"country": "CH", "region": "zurich"}]),
+        "Enforce",
+    )
+    .await;
+    // data of Norfolk Island on msk-1, which the policy does not allow
+    namespace(&msk1, ns).await;
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "left", "labels": {"country.residency.io/NF": "true"}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "none",
+                 "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .unwrap();
+    Api::<PersistentVolumeClaim>::namespaced(msk1.clone(), ns)
+        .patch(
+            "left",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&pvc),
+        )
+        .await
+        .unwrap();
+    let policies: Api<residency_operator::api::ResidencyPolicy> = Api::all(env.mgmt.clone());
+    let reported = || async {
+        let p = policies
+            .get("norfolk-zurich")
+            .await
+            .map_err(|e| e.to_string())?;
+        let v = p.status.map(|s| s.violations).unwrap_or_default();
+        if v.iter().any(|v| v.cluster == "msk-1" && v.name == "left") {
+            Ok(())
+        } else {
+            Err(format!("{v:?}"))
+        }
+    };
+    eventually("the PVC on msk-1 is a violation", T, reported).await;
+
+    // deleting msk-1 waits, saying what is still there; the copy stays reported
+    let clusters: Api<MemberCluster> = Api::all(env.mgmt.clone());
+    clusters
+        .delete("msk-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    let blocked = eventually("msk-1 deletion blocked", T, || async {
+        let mc = clusters.get("msk-1").await.map_err(|e| e.to_string())?;
+        let c = mc.status.map(|s| s.conditions).unwrap_or_default();
+        c.into_iter()
+            .find(|c| c.type_ == "Ready" && c.reason == "DeletionBlocked")
+            .map(|c| c.message)
+            .ok_or_else(|| "not blocked yet".to_string())
+    })
+    .await;
+    assert!(
+        blocked.contains(&format!("PersistentVolumeClaim {ns}/left (NF)"))
+            && blocked.contains("residency.io/forget-data=true"),
+        "{blocked}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        clusters.get_opt("msk-1").await.unwrap().is_some(),
+        "still waiting"
+    );
+    eventually("still a violation", T, reported).await;
+
+    // a person says to forget it: recorded, and msk-1 goes
+    clusters
+        .patch(
+            "msk-1",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"residency.io/forget-data": "true"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    eventually("msk-1 deleted", T, || async {
+        match clusters.get_opt("msk-1").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|o| o.is_some()))),
+        }
+    })
+    .await;
+    let forgotten = Api::<Event>::namespaced(env.mgmt.clone(), "default")
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("DataForgotten"))
+        .filter_map(|e| e.message)
+        .find(|m| m.contains(&format!("{ns}/left")));
+    assert!(
+        forgotten.is_some(),
+        "a DataForgotten Event names what was forgotten"
+    );
+    eventually("forgotten, as the person said", T, || async {
+        match reported().await {
+            Ok(()) => Err("still reported".to_string()),
+            Err(_) => Ok(()),
+        }
+    })
+    .await;
+
+    // re-added, msk-1 is rediscovered from what it holds
+    let back = Instant::now();
+    common::apply_path(&env.mgmt, "examples/seed/10-clusters.yaml").await;
+    common::clusters_verified(&env.mgmt, &["zrh-1", "zrh-2", "msk-1"]).await;
+    eventually(
+        "the PVC on the re-added msk-1 is reported again",
+        T,
+        reported,
+    )
+    .await;
+    eprintln!("rediscovered {:?} after msk-1 was re-added", back.elapsed());
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(msk1.clone())
+        .delete(ns, &DeleteParams::default())
+        .await;
+    let _ = policies
+        .delete("norfolk-zurich", &DeleteParams::default())
+        .await;
+}

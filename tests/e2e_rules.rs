@@ -501,7 +501,8 @@ current-context: c
         "no kubeconfig content in status: {}",
         ready.message
     );
-    let _ = clusters.delete("exec-1", &DeleteParams::default()).await;
+    // it never connected, so its inventory is empty: the deletion goes through at once
+    delete_and_wait(&clusters, "exec-1", T).await;
     let _ = secrets
         .delete("exec-1-kubeconfig", &DeleteParams::default())
         .await;

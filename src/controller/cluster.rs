@@ -31,15 +31,163 @@ struct Refused {
     message: String,
 }
 
-/// Reconciles one member cluster.
+/// The annotation on a MemberCluster being deleted that lets the deletion forget the data its
+/// inventory still shows there (`"true"`); recorded in a Warning Event `DataForgotten`.
+pub const FORGET_ANNOTATION: &str = "residency.io/forget-data";
+
+/// Reconciles one member cluster (dispatching through the finalizer: a MemberCluster whose
+/// inventory still holds data of a country cannot silently disappear).
 pub async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.synced() {
+        return Ok(Action::requeue(std::time::Duration::from_millis(500)));
+    }
+    ctx.may_write()?;
+    let api: Api<MemberCluster> = Api::all(ctx.client.clone());
+    kube::runtime::finalizer::finalizer(&api, crate::api::FINALIZER, mc, |event| async {
+        match event {
+            kube::runtime::finalizer::Event::Apply(mc) => apply(mc, ctx.clone()).await,
+            kube::runtime::finalizer::Event::Cleanup(mc) => cleanup(mc, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
+}
+
+/// What the inventory shows on `cluster`: `kind namespace/name (countries)`, sorted (pure).
+pub fn inventory_lines(objects: &crate::controller::policy::LabelledObjects) -> Vec<String> {
+    objects
+        .iter()
+        .map(|((kind, ns, name), l)| {
+            let at = if ns.is_empty() {
+                name.clone()
+            } else {
+                format!("{ns}/{name}")
+            };
+            format!("{kind} {at} ({})", l.countries.join(", "))
+        })
+        .collect()
+}
+
+/// Deleting a MemberCluster: it goes once its inventory holds no object labelled with a
+/// country, or once a person annotated it [`FORGET_ANNOTATION`]`=true`. Until then it stays,
+/// `Ready=False, reason=DeletionBlocked` listing what is still there, and every copy there
+/// stays reported.
+async fn cleanup(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let name = mc.name_any();
+    let held = ctx
+        .labelled
+        .snapshot()
+        .remove(&name)
+        .map(|o| inventory_lines(&o))
+        .unwrap_or_default();
+    let forget = mc.annotations().get(FORGET_ANNOTATION).map(String::as_str) == Some("true");
+    if !held.is_empty() && !forget {
+        let shown: Vec<&str> = held.iter().take(5).map(String::as_str).collect();
+        let more = held.len().saturating_sub(shown.len());
+        let message = format!(
+            "Deletion waits: {name} still holds {} object(s) labelled with a country: {}{}. Remove them, or annotate the MemberCluster {FORGET_ANNOTATION}=true to forget them (recorded in an Event).",
+            held.len(),
+            shown.join("; "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+        let previous = mc.status.clone().unwrap_or_default();
+        let mut status = previous.clone();
+        status.conditions = conditions::merge(
+            &previous.conditions,
+            &[Desired::new(
+                types::READY,
+                Status::False,
+                "DeletionBlocked",
+                message.clone(),
+            )],
+            mc.metadata.generation,
+            Timestamp::now(),
+        );
+        if status != previous {
+            patch_status(&ctx, &name, &status).await?;
+        }
+        return Err(Error::CleanupBlocked(message));
+    }
+    if !held.is_empty() {
+        let shown: Vec<&str> = held.iter().take(10).map(String::as_str).collect();
+        let note = format!(
+            "{name} was deleted with {FORGET_ANNOTATION}=true while it still held {} object(s) labelled with a country, now no longer watched or reported: {}{}",
+            held.len(),
+            shown.join("; "),
+            if held.len() > shown.len() { " ..." } else { "" }
+        );
+        warn!(cluster = %name, objects = held.len(), "data forgotten with the member");
+        publish(
+            &ctx,
+            &mc,
+            kube::runtime::events::EventType::Warning,
+            "DataForgotten",
+            &note,
+        )
+        .await;
+    }
+    ctx.fleet.remove(&name);
+    ctx.labelled.remove_member(&name);
+    // the policies no longer see that member's objects
+    for p in ctx.policies.state() {
+        let _ = ctx
+            .policy_events
+            .send(kube::runtime::reflector::ObjectRef::from_obj(p.as_ref()))
+            .await;
+    }
+    Ok(Action::await_change())
+}
+
+async fn publish(
+    ctx: &Context,
+    mc: &MemberCluster,
+    type_: kube::runtime::events::EventType,
+    reason: &str,
+    note: &str,
+) {
+    use kube::Resource;
+    if !ctx.fence.may_write() {
+        return;
+    }
+    let event = kube::runtime::events::Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &mc.object_ref(&())).await {
+        warn!(error = %e, reason, "could not publish event");
+    }
+}
+
+async fn patch_status(ctx: &Context, name: &str, status: &MemberClusterStatus) -> Result<()> {
+    ctx.may_write()?;
+    let api: Api<MemberCluster> = Api::all(ctx.client.clone());
+    let patch =
+        json!({"apiVersion": "residency.io/v1alpha1", "kind": "MemberCluster", "status": status});
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await
+    .map_err(Error::mgmt(format!("patch status of MemberCluster {name}")))?;
+    Ok(())
+}
+
+/// Probes one member cluster and records what it found.
+async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
     let start = Instant::now();
     let name = mc.name_any();
-    if mc.metadata.deletion_timestamp.is_some() {
-        ctx.fleet.remove(&name);
-        ctx.labelled.remove_member(&name);
-        return Ok(Action::await_change());
-    }
     let previous = mc.status.clone().unwrap_or_default();
     let mut status = MemberClusterStatus {
         observed_generation: mc.metadata.generation,
@@ -154,16 +302,7 @@ pub async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Acti
     ctx.metrics.member_health(&name, ready, verified);
     if status != previous {
         info!(cluster = %name, ready, verified, "member status changed");
-        ctx.may_write()?;
-        let api: Api<MemberCluster> = Api::all(ctx.client.clone());
-        let patch = json!({"apiVersion": "residency.io/v1alpha1", "kind": "MemberCluster", "status": status});
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await
-        .map_err(Error::mgmt(format!("patch status of MemberCluster {name}")))?;
+        patch_status(&ctx, &name, &status).await?;
     }
     ctx.metrics.reconciled(CONTROLLER, start.elapsed());
     Ok(Action::requeue(ctx.settings.probe_interval))
@@ -174,6 +313,10 @@ pub fn error_policy(mc: Arc<MemberCluster>, err: &Error, ctx: Arc<Context>) -> A
     let key = format!("cluster/{}", mc.name_any());
     warn!(cluster = %mc.name_any(), category = err.category(), error = %err, "probe failed");
     ctx.metrics.failed(CONTROLLER, err.category());
+    if matches!(err, Error::CleanupBlocked(_)) {
+        // a blocked deletion is re-checked like a probe, not backed off for minutes
+        return Action::requeue(ctx.settings.probe_interval);
+    }
     Action::requeue(ctx.backoff.next(&key))
 }
 

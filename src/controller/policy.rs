@@ -180,11 +180,12 @@ pub fn violations(
     out
 }
 
-/// The labelled objects of every member (see [`crate::fleet::labelled`]).
-pub type Labelled = std::collections::BTreeMap<
-    String,
-    std::collections::BTreeMap<crate::fleet::labelled::Key, crate::fleet::labelled::Labelled>,
->;
+/// The labelled objects of one member (see [`crate::fleet::labelled`]).
+pub type LabelledObjects =
+    std::collections::BTreeMap<crate::fleet::labelled::Key, crate::fleet::labelled::Labelled>;
+
+/// The labelled objects of every member.
+pub type Labelled = std::collections::BTreeMap<String, LabelledObjects>;
 
 /// Whether the record of the workload named by an object's labels (`namespace/name`) accounts
 /// for a copy on `cluster`: the workload exists and its status has a placement there (pure).

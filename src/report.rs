@@ -1,9 +1,10 @@
 //! `residency-operator report`: per country, which clusters hold its data, which workloads, the
 //! evidence (attested node regions, the regions of the Pods' nodes and of the volumes) and the
 //! violations. Built from the management cluster's objects, whose status the operator keeps
-//! current (pure; the command only lists the objects): the workloads' placements, and the
-//! policies' violations for the copies no workload's record accounts for (objects labelled with
-//! a country by hand, or left by a deleted workload), which the operator finds on the members.
+//! current (pure; the command only lists the objects): the workloads' placements, and each
+//! member's inventory (MemberCluster status) for the copies no workload's record accounts for
+//! (objects labelled with a country by hand, or left by a deleted workload), judged against the
+//! policies.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -12,7 +13,6 @@ use kube::ResourceExt;
 use serde::Serialize;
 
 use crate::api::conditions::{self, types};
-use crate::api::residency_policy::Violation;
 use crate::api::{CountryCode, MemberCluster, ResidencyPolicy, ResidentWorkload};
 
 /// The whole report.
@@ -59,22 +59,23 @@ pub struct Holding {
     pub volume_regions: Vec<String>,
 }
 
-/// Whether a policy violation is about a copy no workload's placement accounts for (the
-/// placements are reported per workload already): not a workload's copy, and not a volume a
-/// workload's `Retained` placement lists.
-fn unrecorded(v: &Violation, workloads: &[ResidentWorkload]) -> bool {
-    v.kind != "ResidentWorkload"
-        && !workloads.iter().any(|w| {
-            w.namespace() == v.namespace
-                && w.status.as_ref().is_some_and(|s| {
-                    s.placements.iter().any(|p| {
-                        p.cluster == v.cluster
-                            && p.objects
-                                .iter()
-                                .any(|o| o.kind == v.kind && o.name == v.name)
-                    })
-                })
-        })
+/// A cluster's entry, before its workloads and evidence are added.
+fn holding(cluster: &str, mc: Option<&MemberCluster>) -> Holding {
+    Holding {
+        cluster: cluster.to_string(),
+        location: mc
+            .map(|m| format!("{}/{}", m.spec.location.country, m.spec.location.region))
+            .unwrap_or_else(|| "unknown".into()),
+        verified: mc
+            .and_then(|m| m.status.as_ref())
+            .is_some_and(|s| conditions::is_true(&s.conditions, types::LOCATION_VERIFIED)),
+        attested_regions: mc
+            .map(|m| m.spec.attestation.node_regions.clone())
+            .unwrap_or_default(),
+        workloads: Vec::new(),
+        node_regions: Vec::new(),
+        volume_regions: Vec::new(),
+    }
 }
 
 /// Builds the report (pure).
@@ -95,21 +96,10 @@ pub fn build(
             let verdict = status.clusters.iter().find(|c| c.name == p.cluster);
             for country in &w.spec.countries {
                 let entry = by_country.entry(country.to_string()).or_default();
-                let holding = entry.0.entry(p.cluster.clone()).or_insert_with(|| Holding {
-                    cluster: p.cluster.clone(),
-                    location: mc
-                        .map(|m| format!("{}/{}", m.spec.location.country, m.spec.location.region))
-                        .unwrap_or_else(|| "unknown".into()),
-                    verified: mc.and_then(|m| m.status.as_ref()).is_some_and(|s| {
-                        conditions::is_true(&s.conditions, types::LOCATION_VERIFIED)
-                    }),
-                    attested_regions: mc
-                        .map(|m| m.spec.attestation.node_regions.clone())
-                        .unwrap_or_default(),
-                    workloads: Vec::new(),
-                    node_regions: Vec::new(),
-                    volume_regions: Vec::new(),
-                });
+                let holding = entry
+                    .0
+                    .entry(p.cluster.clone())
+                    .or_insert_with(|| holding(&p.cluster, mc.copied()));
                 holding.workloads.push(format!("{id} ({})", p.state));
                 if let Some(ev) = &p.evidence {
                     holding.node_regions.extend(ev.node_regions.iter().cloned());
@@ -132,42 +122,53 @@ pub fn build(
             }
         }
     }
-    // copies found on the members that no workload's record accounts for
-    let mut seen = std::collections::BTreeSet::new();
-    for v in policies
-        .iter()
-        .filter_map(|p| p.status.as_ref())
-        .flat_map(|s| &s.violations)
-        .filter(|v| unrecorded(v, workloads))
-    {
-        if !seen.insert((&v.country, &v.cluster, &v.kind, &v.namespace, &v.name)) {
+    // copies the members hold that no workload's record accounts for (their inventory)
+    let policies: Vec<_> = policies.iter().map(crate::facts::policy).collect();
+    for mc in clusters {
+        let Some(inv) = mc.status.as_ref().and_then(|s| s.inventory.as_ref()) else {
             continue;
-        }
-        let mc = cluster_by_name.get(&v.cluster);
-        let entry = by_country.entry(v.country.clone()).or_default();
-        let holding = entry.0.entry(v.cluster.clone()).or_insert_with(|| Holding {
-            cluster: v.cluster.clone(),
-            location: mc
-                .map(|m| format!("{}/{}", m.spec.location.country, m.spec.location.region))
-                .unwrap_or_else(|| "unknown (MemberCluster removed)".into()),
-            verified: mc
-                .and_then(|m| m.status.as_ref())
-                .is_some_and(|s| conditions::is_true(&s.conditions, types::LOCATION_VERIFIED)),
-            attested_regions: mc
-                .map(|m| m.spec.attestation.node_regions.clone())
-                .unwrap_or_default(),
-            workloads: Vec::new(),
-            node_regions: Vec::new(),
-            volume_regions: Vec::new(),
-        });
-        let at = match &v.namespace {
-            Some(ns) => format!("{ns}/{}", v.name),
-            None => v.name.clone(),
         };
-        holding
-            .workloads
-            .push(format!("{} {at} (no workload's record)", v.kind));
-        entry.1.push(format!("{}: {}", v.cluster, v.message));
+        let cluster = mc.name_any();
+        let facts = crate::facts::cluster(mc, crate::facts::StatusSource::Conditions);
+        for o in &inv.unrecorded {
+            let at = match &o.namespace {
+                Some(ns) => format!("{ns}/{}", o.name),
+                None => o.name.clone(),
+            };
+            let whose = match &o.workload {
+                None => String::new(),
+                Some(w)
+                    if workloads.iter().any(|x| {
+                        format!("{}/{}", x.namespace().unwrap_or_default(), x.name_any()) == *w
+                    }) =>
+                {
+                    format!(" (labelled as ResidentWorkload {w}'s, whose record has no copy there)")
+                }
+                Some(w) => format!(" (of ResidentWorkload {w}, which no longer exists)"),
+            };
+            let retained = if o.retained { "retained " } else { "" };
+            for country in &o.countries {
+                let entry = by_country.entry(country.clone()).or_default();
+                entry
+                    .0
+                    .entry(cluster.clone())
+                    .or_insert_with(|| holding(&cluster, Some(mc)))
+                    .workloads
+                    .push(format!("{} {at} (no workload's record)", o.kind));
+                let forbidding: Vec<&str> = policies
+                    .iter()
+                    .filter(|p| p.countries.contains(country) && !p.allows(&facts))
+                    .map(|p| p.name.as_str())
+                    .collect();
+                if !forbidding.is_empty() {
+                    entry.1.push(format!(
+                        "{cluster}: {retained}{} {at} on {cluster}{whose} is labelled as holding {country} data, which {} does not allow",
+                        o.kind,
+                        forbidding.join(", ")
+                    ));
+                }
+            }
+        }
     }
     let mut report = Report::default();
     for (country, (holdings, violations)) in by_country {
@@ -333,16 +334,22 @@ mod tests {
             ..Default::default()
         };
         w.status = Some(status);
+        // msk-1's inventory holds a volume of a deleted workload, with AU and NZ data
+        let mut clusters = clusters;
+        clusters[1].status.as_mut().unwrap().inventory = Some(
+            serde_json::from_value(json!({
+                "objects": 3, "volumes": 1, "retained": 1, "countries": ["AU", "NZ"],
+                "unrecordedCount": 1,
+                "unrecorded": [{"kind": "PersistentVolumeClaim", "namespace": "threat-intel",
+                                "name": "left-behind", "countries": ["AU", "NZ"],
+                                "workload": "threat-intel/old", "retained": true}]
+            }))
+            .unwrap(),
+        );
+        // AU is governed (Zurich only), NZ by no policy here
         let orphan: ResidencyPolicy = serde_json::from_value(json!({
             "apiVersion": "residency.io/v1alpha1", "kind": "ResidencyPolicy", "metadata": {"name": "p"},
-            "spec": {"countries": ["AU"], "allowedLocations": [{"country": "CH"}]},
-            "status": {"violations": [
-                {"cluster": "msk-1", "country": "AU", "kind": "PersistentVolumeClaim",
-                 "namespace": "threat-intel", "name": "left-behind",
-                 "message": "retained PersistentVolumeClaim threat-intel/left-behind on msk-1 (of ResidentWorkload threat-intel/old, which no longer exists) is labelled as holding AU data, which p does not allow"},
-                {"cluster": "msk-1", "country": "AU", "kind": "ResidentWorkload",
-                 "namespace": "threat-intel", "name": "store", "message": "recorded"}
-            ]}
+            "spec": {"countries": ["AU"], "allowedLocations": [{"country": "CH"}]}
         }))
         .unwrap();
         let r = build(&clusters, &[w], &[orphan]);
@@ -379,15 +386,21 @@ mod tests {
                 "threat-intel/store (Retained)"
             ]
         );
+        assert_eq!(
+            au.violations[1],
+            "msk-1: retained PersistentVolumeClaim threat-intel/left-behind on msk-1 (of ResidentWorkload threat-intel/old, which no longer exists) is labelled as holding AU data, which p does not allow"
+        );
+        let nz = &r.countries[1];
         assert!(
-            au.violations[1].contains("left-behind")
-                && au.violations[1].contains("no longer exists"),
-            "{:?}",
-            au.violations
+            nz.clusters[0].workloads.contains(
+                &"PersistentVolumeClaim threat-intel/left-behind (no workload's record)"
+                    .to_string()
+            ),
+            "listed under every country it holds"
         );
         assert_eq!(
             r.violation_count, 3,
-            "AU: 2, NZ: 1 (the orphan names AU only)"
+            "AU: the store and the left-behind volume; NZ: the store (no policy judges the volume)"
         );
         let t = text(&r);
         assert!(

@@ -435,13 +435,20 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
             ("msk-1".to_string(), "samples-sample-store-0".to_string())
         ]
     );
-    let text = common::report();
-    assert!(
-        text.contains("PersistentVolumeClaim threat-intel/sample-index (no workload's record)")
+    // the report reads msk-1's inventory (MemberCluster status, refreshed every probe)
+    let text = eventually("the report lists the volumes left behind", T, || async {
+        let text = common::report();
+        let listed = text
+            .contains("PersistentVolumeClaim threat-intel/sample-index (no workload's record)")
             && text.contains(
-                "VIOLATION msk-1: retained PersistentVolumeClaim threat-intel/sample-index"
-            ),
-        "{text}"
+                "VIOLATION msk-1: retained PersistentVolumeClaim threat-intel/sample-index",
+            );
+        if listed { Ok(text) } else { Err(text) }
+    })
+    .await;
+    assert!(
+        text.contains("18 countries, 36 violation(s)."),
+        "every APAC country, both volumes: {text}"
     );
     eprintln!(
         "report after the workloads were deleted:\n{}",

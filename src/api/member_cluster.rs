@@ -142,4 +142,55 @@ pub struct MemberClusterStatus {
     /// Nodes outside the attested regions (at most 20 names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unverified_nodes: Vec<String>,
+    /// What the member holds, from the operator's watches of it: every object labelled with a
+    /// country (`country.residency.io/<CODE>=true`), whoever made it. Readable with access to
+    /// the management cluster only; `report` reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<Inventory>,
+}
+
+/// The objects a member holds that are labelled with a country.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Inventory {
+    /// Objects labelled with a country.
+    pub objects: i32,
+    /// Of them, PersistentVolumeClaims and PersistentVolumes.
+    pub volumes: i32,
+    /// Of them, volumes labelled `residency.io/retained=true`.
+    pub retained: i32,
+    /// The countries whose data the objects declare, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 250))]
+    pub countries: Vec<String>,
+    /// Objects no ResidentWorkload's record accounts for (made by hand, labelled for a workload
+    /// that does not exist or has no copy here, or left by a deleted workload), sorted, at most
+    /// 50; `unrecordedCount` has the total.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub unrecorded: Vec<InventoryObject>,
+    /// Number of objects no workload's record accounts for.
+    #[serde(default)]
+    pub unrecorded_count: i32,
+}
+
+/// One object of a member's inventory.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryObject {
+    /// Its kind, e.g. `PersistentVolumeClaim`.
+    pub kind: String,
+    /// Its namespace (absent when cluster-scoped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// The countries its labels declare, sorted.
+    pub countries: Vec<String>,
+    /// `namespace/name` of the ResidentWorkload its labels name, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// Whether it is a retained volume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retained: bool,
 }

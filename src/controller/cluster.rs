@@ -57,6 +57,56 @@ pub async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Acti
     })
 }
 
+/// At most this many unrecorded objects are listed in a MemberCluster's inventory.
+pub const MAX_UNRECORDED: usize = 50;
+
+/// The inventory summary of one member from its labelled objects and the workloads' records
+/// (pure).
+pub fn inventory(
+    cluster: &str,
+    objects: &crate::controller::policy::LabelledObjects,
+    workloads: &[Arc<crate::api::ResidentWorkload>],
+) -> crate::api::member_cluster::Inventory {
+    use crate::api::member_cluster::{Inventory, InventoryObject};
+    let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    let volume = |kind: &str| kind == "PersistentVolumeClaim" || kind == "PersistentVolume";
+    let mut countries: Vec<String> = objects
+        .values()
+        .flat_map(|l| l.countries.iter().cloned())
+        .collect();
+    countries.sort();
+    countries.dedup();
+    let unrecorded: Vec<InventoryObject> = objects
+        .iter()
+        .filter(|(_, l)| {
+            !l.workload
+                .as_deref()
+                .is_some_and(|w| crate::controller::policy::accounted_for(workloads, w, cluster))
+        })
+        .map(|((kind, ns, name), l)| InventoryObject {
+            kind: kind.clone(),
+            namespace: (!ns.is_empty()).then(|| ns.clone()),
+            name: name.clone(),
+            countries: l.countries.clone(),
+            workload: l.workload.clone(),
+            retained: l.retained,
+        })
+        .collect();
+    Inventory {
+        objects: count(objects.len()),
+        volumes: count(objects.keys().filter(|(k, _, _)| volume(k)).count()),
+        retained: count(
+            objects
+                .iter()
+                .filter(|((k, _, _), l)| volume(k) && l.retained)
+                .count(),
+        ),
+        countries,
+        unrecorded_count: count(unrecorded.len()),
+        unrecorded: unrecorded.into_iter().take(MAX_UNRECORDED).collect(),
+    }
+}
+
 /// What the inventory shows on `cluster`: `kind namespace/name (countries)`, sorted (pure).
 pub fn inventory_lines(objects: &crate::controller::policy::LabelledObjects) -> Vec<String> {
     objects
@@ -297,6 +347,11 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
         mc.metadata.generation,
         Timestamp::now(),
     );
+    // what the member holds, from its watches (kept while it is unreachable: the last view)
+    status.inventory = match ctx.labelled.snapshot().get(&name) {
+        Some(objects) => Some(inventory(&name, objects, &ctx.workloads.state())),
+        None => previous.inventory.clone(),
+    };
     let ready = conditions::is_true(&status.conditions, types::READY);
     let verified = conditions::is_true(&status.conditions, types::LOCATION_VERIFIED);
     ctx.metrics.member_health(&name, ready, verified);
@@ -475,7 +530,46 @@ async fn probe(client: &Client) -> Result<(String, Vec<NodeInfo>), kube::Error> 
 
 #[cfg(test)]
 mod tests {
-    use super::connection_reason;
+    use super::*;
+    use crate::fleet::labelled::Labelled;
+
+    #[test]
+    fn the_inventory_counts_objects_volumes_countries_and_what_no_record_accounts_for() {
+        let entry = |countries: &[&str], workload: Option<&str>, retained| Labelled {
+            countries: countries.iter().map(|c| c.to_string()).collect(),
+            workload: workload.map(str::to_string),
+            retained,
+        };
+        let key = |k: &str, n: &str| (k.to_string(), "t".to_string(), n.to_string());
+        let objects = std::collections::BTreeMap::from([
+            (
+                key("PersistentVolumeClaim", "data"),
+                entry(&["AU", "NZ"], Some("t/gone"), true),
+            ),
+            (key("ConfigMap", "hand"), entry(&["JP"], None, false)),
+            (
+                key("Deployment", "placed"),
+                entry(&["AU"], Some("t/live"), false),
+            ),
+        ]);
+        let live: Arc<crate::api::ResidentWorkload> = Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload",
+                "metadata": {"name": "live", "namespace": "t"},
+                "spec": {"role": "Processing", "countries": ["AU"],
+                         "manifests": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}]},
+                "status": {"placements": [{"cluster": "msk-1", "state": "Ready"}]}
+            }))
+            .unwrap(),
+        );
+        let inv = inventory("msk-1", &objects, &[live]);
+        assert_eq!((inv.objects, inv.volumes, inv.retained), (3, 1, 1));
+        assert_eq!(inv.countries, ["AU", "JP", "NZ"]);
+        assert_eq!(inv.unrecorded_count, 2);
+        let names: Vec<&str> = inv.unrecorded.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["hand", "data"]);
+        assert_eq!(inv.unrecorded[1].countries, ["AU", "NZ"]);
+    }
 
     #[test]
     fn reasons_are_camel_case() {

@@ -117,9 +117,16 @@ pub async fn run(
     });
 
     let (w1, w2, p2) = (workloads.clone(), workloads, policies.clone());
+    let (changes, c2) = (workload::ClusterChanges::default(), clusters.clone());
     let workload_loop = workloads_ctrl
         .watches_stream(policy_events, move |p| workload::map_policy(&w1, &p))
-        .watches_stream(cluster_events, move |c| workload::map_cluster(&w2, &p2, &c))
+        .watches_stream(cluster_events, move |c| {
+            if changes.relevant(&c2, &c) {
+                workload::map_cluster(&w2, &p2, &c)
+            } else {
+                Vec::new()
+            }
+        })
         .reconcile_on(member_triggers)
         .shutdown_on_signal()
         .run(workload::reconcile, workload::error_policy, ctx.clone())

@@ -1100,6 +1100,34 @@ pub fn map_policy(
         .collect()
 }
 
+/// Filters MemberCluster changes down to those a workload can care about: its spec (a new
+/// generation), what the placement engine sees of it (location, labels, readiness,
+/// attestation, cordon or deletion), or its removal. Its status also carries the member's
+/// inventory, which changes with every object placed there and says nothing about placement.
+#[derive(Default)]
+pub struct ClusterChanges {
+    seen: std::sync::Mutex<
+        std::collections::HashMap<String, (crate::placement::ClusterFacts, Option<i64>)>,
+    >,
+}
+
+impl ClusterChanges {
+    /// Whether this change of `mc` (already in `store`, or removed from it) matters.
+    pub fn relevant(&self, store: &Store<MemberCluster>, mc: &MemberCluster) -> bool {
+        let name = mc.name_any();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if store.get(&ObjectRef::new(&name)).is_none() {
+            seen.remove(&name);
+            return true;
+        }
+        let now = (
+            facts::cluster(mc, StatusSource::Conditions),
+            mc.metadata.generation,
+        );
+        seen.insert(name, now.clone()).as_ref() != Some(&now)
+    }
+}
+
 /// Workloads a member cluster change can affect: those with a copy or a target there, and
 /// those governed by a policy that allows the cluster (it may become a target).
 pub fn map_cluster(
@@ -1130,4 +1158,42 @@ pub fn map_cluster(
         })
         .map(|w| ObjectRef::from_obj(w.as_ref()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::{reflector, watcher};
+
+    fn member(ready: &str, inventory_objects: i32) -> MemberCluster {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "residency.io/v1alpha1", "kind": "MemberCluster",
+            "metadata": {"name": "msk-1", "generation": 1},
+            "spec": {"location": {"country": "RU", "region": "moscow"},
+                     "attestation": {"nodeRegions": ["r"]}, "connection": {"local": {}}},
+            "status": {"conditions": [{"type": "Ready", "status": ready, "reason": "R", "message": "",
+                                       "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                       "inventory": {"objects": inventory_objects, "volumes": 0, "retained": 0}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_changes_that_matter_to_placement_trigger_workloads() {
+        let (store, mut writer) = reflector::store::<MemberCluster>();
+        let changes = ClusterChanges::default();
+        let seen = |mc: &MemberCluster, w: &mut reflector::store::Writer<MemberCluster>| {
+            w.apply_watcher_event(&watcher::Event::Apply(mc.clone()));
+            changes.relevant(&store, mc)
+        };
+        assert!(seen(&member("True", 1), &mut writer), "first sight");
+        assert!(
+            !seen(&member("True", 7), &mut writer),
+            "only the inventory changed"
+        );
+        assert!(seen(&member("False", 7), &mut writer), "readiness flipped");
+        let gone = member("False", 7);
+        writer.apply_watcher_event(&watcher::Event::Delete(gone.clone()));
+        assert!(changes.relevant(&store, &gone), "removed");
+    }
 }

@@ -394,6 +394,11 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
             .any(|c| c.type_ == "Compliant" && c.status == "False" && c.reason == "Violations")
     );
 
+    // the report and the members themselves agree on where each country's data is
+    let pairs =
+        common::report_agrees_with_members(&fleet, &["zrh-1", "zrh-2", "msk-1"], "relocated").await;
+    eprintln!("report and members agree on {pairs} (country, cluster) pairs after the relocation");
+
     // 9. metrics are served
     let metrics = operator::http_get(op, "/metrics").await;
     assert!(
@@ -450,6 +455,13 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
         text.contains("18 countries, 36 violation(s)."),
         "every APAC country, both volumes: {text}"
     );
+    let pairs = common::report_agrees_with_members(
+        &fleet,
+        &["zrh-1", "zrh-2", "msk-1"],
+        "workloads deleted",
+    )
+    .await;
+    eprintln!("report and members agree on {pairs} pairs after the workloads were deleted");
     eprintln!(
         "report after the workloads were deleted:\n{}",
         text.lines().take(6).collect::<Vec<_>>().join("\n")

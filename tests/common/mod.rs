@@ -380,3 +380,83 @@ pub fn audit_writes_since(mark: &AuditMark) -> Vec<AuditWrite> {
         })
         .collect()
 }
+
+/// Every `(country, cluster)` whose data the members hold, listed straight from the members:
+/// every object of the placeable kinds, and every PersistentVolume, labelled
+/// `country.residency.io/<CODE>=true` (a failed list panics: it must not read as "none").
+pub async fn holdings_on_members(
+    fleet: &Fleet,
+    clusters: &[&str],
+) -> std::collections::BTreeSet<(String, String)> {
+    use kube::api::{DynamicObject, ListParams};
+    use kube::core::{ApiResource, PartialObjectMeta};
+    use residency_operator::api::resident_workload::ALLOWED_KINDS;
+    let mut resources: Vec<ApiResource> = ALLOWED_KINDS
+        .iter()
+        .filter_map(|(v, k)| residency_operator::desired::api_resource(v, k))
+        .collect();
+    resources.push(ApiResource::erase::<
+        k8s_openapi::api::core::v1::PersistentVolume,
+    >(&()));
+    let mut out = std::collections::BTreeSet::new();
+    for cluster in clusters {
+        let client = fleet.member(cluster).await;
+        for ar in &resources {
+            let api: kube::Api<PartialObjectMeta<DynamicObject>> =
+                kube::Api::all_with(client.clone(), ar);
+            let list = api
+                .list_metadata(&ListParams::default())
+                .await
+                .unwrap_or_else(|e| panic!("{cluster}: list {}: {e}", ar.plural));
+            for o in list.items {
+                for (k, v) in o.metadata.labels.unwrap_or_default() {
+                    if let Some(code) = k.strip_prefix("country.residency.io/")
+                        && v == "true"
+                    {
+                        out.insert((code.to_string(), cluster.to_string()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The `(country, cluster)` pairs `residency-operator report -o json` says hold data.
+pub fn holdings_in_report() -> std::collections::BTreeSet<(String, String)> {
+    let report: serde_json::Value =
+        serde_json::from_str(&report_with(&["-o", "json"])).expect("report -o json is JSON");
+    let mut out = std::collections::BTreeSet::new();
+    for c in report["countries"].as_array().into_iter().flatten() {
+        for h in c["clusters"].as_array().into_iter().flatten() {
+            out.insert((
+                c["country"].as_str().unwrap_or_default().to_string(),
+                h["cluster"].as_str().unwrap_or_default().to_string(),
+            ));
+        }
+    }
+    out
+}
+
+/// Waits until the report and a direct listing of the members agree on which clusters hold
+/// which countries' data; returns how many pairs they agree on.
+pub async fn report_agrees_with_members(fleet: &Fleet, clusters: &[&str], when: &str) -> usize {
+    eventually(
+        &format!("report agrees with the members ({when})"),
+        Duration::from_secs(120),
+        || async {
+            let members = holdings_on_members(fleet, clusters).await;
+            let report = holdings_in_report();
+            if members == report {
+                Ok(members.len())
+            } else {
+                Err(format!(
+                    "only on the members: {:?}; only in the report: {:?}",
+                    members.difference(&report).collect::<Vec<_>>(),
+                    report.difference(&members).collect::<Vec<_>>()
+                ))
+            }
+        },
+    )
+    .await
+}

@@ -135,17 +135,14 @@ pub fn build(
                 Some(ns) => format!("{ns}/{}", o.name),
                 None => o.name.clone(),
             };
-            let whose = match &o.workload {
-                None => String::new(),
-                Some(w)
-                    if workloads.iter().any(|x| {
-                        format!("{}/{}", x.namespace().unwrap_or_default(), x.name_any()) == *w
-                    }) =>
-                {
-                    format!(" (labelled as ResidentWorkload {w}'s, whose record has no copy there)")
-                }
-                Some(w) => format!(" (of ResidentWorkload {w}, which no longer exists)"),
-            };
+            let whose = crate::fleet::labelled::unrecorded_owner(
+                o.workload.as_deref(),
+                o.workload.as_deref().is_some_and(|w| {
+                    workloads.iter().any(|x| {
+                        format!("{}/{}", x.namespace().unwrap_or_default(), x.name_any()) == w
+                    })
+                }),
+            );
             let retained = if o.retained { "retained " } else { "" };
             for country in &o.countries {
                 let entry = by_country.entry(country.clone()).or_default();

@@ -241,17 +241,14 @@ pub fn labelled_violations(
                 format!("{ns}/{obj}")
             };
             let what = if l.retained { "retained " } else { "" };
-            let whose = match &l.workload {
-                None => String::new(),
-                Some(w)
-                    if workloads.iter().any(|x| {
-                        format!("{}/{}", x.namespace().unwrap_or_default(), x.name_any()) == *w
-                    }) =>
-                {
-                    format!(" (labelled as ResidentWorkload {w}'s, whose record has no copy there)")
-                }
-                Some(w) => format!(" (of ResidentWorkload {w}, which no longer exists)"),
-            };
+            let whose = crate::fleet::labelled::unrecorded_owner(
+                l.workload.as_deref(),
+                l.workload.as_deref().is_some_and(|w| {
+                    workloads.iter().any(|x| {
+                        format!("{}/{}", x.namespace().unwrap_or_default(), x.name_any()) == w
+                    })
+                }),
+            );
             out.push(Violation {
                 cluster: cluster.clone(),
                 country: country.clone(),

@@ -40,6 +40,20 @@ pub struct Index {
     members: RwLock<BTreeMap<String, BTreeMap<Key, Labelled>>>,
 }
 
+/// How a copy no workload's record accounts for is described after its name, from the
+/// workload its labels name (if any) and whether that workload exists (pure): ``,
+/// ` (of ResidentWorkload ns/w, which no longer exists)` or
+/// ` (labelled as ResidentWorkload ns/w's, whose record has no copy there)`.
+pub fn unrecorded_owner(workload: Option<&str>, exists: bool) -> String {
+    match workload {
+        None => String::new(),
+        Some(w) if exists => {
+            format!(" (labelled as ResidentWorkload {w}'s, whose record has no copy there)")
+        }
+        Some(w) => format!(" (of ResidentWorkload {w}, which no longer exists)"),
+    }
+}
+
 /// The countries an object's labels declare (pure).
 pub fn countries_of(object_labels: &BTreeMap<String, String>) -> Vec<String> {
     let mut c: Vec<String> = object_labels

@@ -37,6 +37,10 @@ pub struct CountryReport {
     pub clusters: Vec<Holding>,
     /// What is where it must not be.
     pub violations: Vec<String>,
+    /// When its data was where a policy forbids it (the policies' compliance history):
+    /// `cluster: kind namespace/name from <time> to <time>` (or `until now`), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<String>,
 }
 
 /// One cluster holding a country's data.
@@ -123,7 +127,7 @@ pub fn build(
         }
     }
     // copies the members hold that no workload's record accounts for (their inventory)
-    let policies: Vec<_> = policies.iter().map(crate::facts::policy).collect();
+    let policy_facts: Vec<_> = policies.iter().map(crate::facts::policy).collect();
     for mc in clusters {
         let Some(inv) = mc.status.as_ref().and_then(|s| s.inventory.as_ref()) else {
             continue;
@@ -152,7 +156,7 @@ pub fn build(
                     .or_insert_with(|| holding(&cluster, Some(mc)))
                     .workloads
                     .push(format!("{} {at} (no workload's record)", o.kind));
-                let forbidding: Vec<&str> = policies
+                let forbidding: Vec<&str> = policy_facts
                     .iter()
                     .filter(|p| p.countries.contains(country) && !p.allows(&facts))
                     .map(|p| p.name.as_str())
@@ -166,6 +170,30 @@ pub fn build(
                 }
             }
         }
+    }
+    // the policies' compliance history, per country
+    let mut history: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for i in policies
+        .iter()
+        .filter_map(|p| p.status.as_ref())
+        .flat_map(|s| &s.history)
+    {
+        let at = match &i.namespace {
+            Some(ns) => format!("{ns}/{}", i.name),
+            None => i.name.clone(),
+        };
+        let until = match &i.to {
+            Some(t) => format!("to {}", t.0),
+            None => "until now".to_string(),
+        };
+        history
+            .entry(i.country.clone())
+            .or_default()
+            .insert(format!(
+                "{}: {} {at} from {} {until}",
+                i.cluster, i.kind, i.from.0
+            ));
+        by_country.entry(i.country.clone()).or_default();
     }
     let mut report = Report::default();
     for (country, (holdings, violations)) in by_country {
@@ -185,6 +213,11 @@ pub fn build(
             .collect();
         report.violation_count += violations.len();
         report.countries.push(CountryReport {
+            history: history
+                .remove(&country)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
             country,
             name,
             clusters,
@@ -225,6 +258,9 @@ pub fn text(report: &Report) -> String {
         for v in &c.violations {
             let _ = writeln!(out, "  VIOLATION {v}");
         }
+        for h in &c.history {
+            let _ = writeln!(out, "  HISTORY {h}");
+        }
     }
     let _ = writeln!(
         out,
@@ -256,6 +292,12 @@ pub fn markdown(report: &Report) -> String {
         }
         for v in &c.violations {
             let _ = writeln!(out, "\n- **Violation:** {v}");
+        }
+        if !c.history.is_empty() {
+            out.push_str("\nWhere its data was where a policy forbids it:\n\n");
+            for h in &c.history {
+                let _ = writeln!(out, "- {h}");
+            }
         }
     }
     let _ = writeln!(out, "\n{} violation(s) in total.", report.violation_count);
@@ -346,7 +388,13 @@ mod tests {
         // AU is governed (Zurich only), NZ by no policy here
         let orphan: ResidencyPolicy = serde_json::from_value(json!({
             "apiVersion": "residency.io/v1alpha1", "kind": "ResidencyPolicy", "metadata": {"name": "p"},
-            "spec": {"countries": ["AU"], "allowedLocations": [{"country": "CH"}]}
+            "spec": {"countries": ["AU"], "allowedLocations": [{"country": "CH"}]},
+            "status": {"history": [
+                {"cluster": "msk-1", "country": "AU", "kind": "ConfigMap", "namespace": "t", "name": "old",
+                 "from": "2026-10-01T00:00:00Z", "to": "2026-10-02T00:00:00Z"},
+                {"cluster": "msk-1", "country": "FJ", "kind": "ConfigMap", "namespace": "t", "name": "gone",
+                 "from": "2026-09-01T00:00:00Z", "to": "2026-09-03T00:00:00Z"}
+            ]}
         }))
         .unwrap();
         let r = build(&clusters, &[w], &[orphan]);
@@ -355,7 +403,8 @@ mod tests {
                 .iter()
                 .map(|c| c.country.as_str())
                 .collect::<Vec<_>>(),
-            ["AU", "NZ"]
+            ["AU", "FJ", "NZ"],
+            "FJ: only a past violation"
         );
         let au = &r.countries[0];
         assert_eq!(au.name, "Australia");
@@ -387,7 +436,7 @@ mod tests {
             au.violations[1],
             "msk-1: retained PersistentVolumeClaim threat-intel/left-behind on msk-1 (of ResidentWorkload threat-intel/old, which no longer exists) is labelled as holding AU data, which p does not allow"
         );
-        let nz = &r.countries[1];
+        let nz = &r.countries[2];
         assert!(
             nz.clusters[0].workloads.contains(
                 &"PersistentVolumeClaim threat-intel/left-behind (no workload's record)"
@@ -399,7 +448,18 @@ mod tests {
             r.violation_count, 3,
             "AU: the store and the left-behind volume; NZ: the store (no policy judges the volume)"
         );
+        assert_eq!(
+            au.history,
+            ["msk-1: ConfigMap t/old from 2026-10-01T00:00:00Z to 2026-10-02T00:00:00Z"]
+        );
+        let fj = r
+            .countries
+            .iter()
+            .find(|c| c.country == "FJ")
+            .expect("a past violation keeps its country in the report");
+        assert!(fj.clusters.is_empty() && fj.history.len() == 1);
         let t = text(&r);
+        assert!(t.contains("  HISTORY msk-1: ConfigMap t/old from"), "{t}");
         assert!(
             t.contains("AU (Australia)") && t.contains("VIOLATION msk-1"),
             "{t}"

@@ -689,6 +689,27 @@ async fn a_hand_made_object_labelled_with_a_country_is_reported_on_the_policy() 
         }
     })
     .await;
+    // the compliance history keeps what was there, and when
+    let history = policies
+        .get("cook-islands")
+        .await
+        .unwrap()
+        .status
+        .unwrap_or_default()
+        .history;
+    let interval = history
+        .iter()
+        .find(|i| i.cluster == "msk-1" && i.name == "hand-made")
+        .unwrap_or_else(|| panic!("no interval for hand-made: {history:?}"));
+    let (from, to) = (interval.from.0, interval.to.as_ref().map(|t| t.0));
+    assert!(to.is_some_and(|to| to >= from), "closed: {interval:?}");
+    let text = common::report();
+    assert!(
+        text.contains(&format!(
+            "HISTORY msk-1: Deployment {ns}/hand-made from {from} to "
+        )),
+        "{text}"
+    );
     cleanup(&env, ns, &[], &["cook-islands"]).await;
 }
 

@@ -93,6 +93,35 @@ pub struct ResidencyPolicyStatus {
     /// Total number of violations.
     #[serde(default)]
     pub violation_count: i32,
+    /// When data of the policy's countries was where the policy forbids it: one interval per
+    /// object and country, open (`to` absent) while it lasts. Survives Events, so "was AU data
+    /// outside Zurich in the last 90 days?" can be answered later. At most 100 intervals: the
+    /// open ones first, then the most recently closed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub history: Vec<ViolationInterval>,
+}
+
+/// One interval in which a piece of data was where a policy forbids it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ViolationInterval {
+    /// The member cluster holding it.
+    pub cluster: String,
+    /// The country whose data it is.
+    pub country: String,
+    /// Kind of the object.
+    pub kind: String,
+    /// Namespace of the object, when namespaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name of the object.
+    pub name: String,
+    /// When the operator first saw it there.
+    pub from: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// When it was last seen gone; absent while it is still there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// One piece of data where a policy forbids it.

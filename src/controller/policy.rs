@@ -13,7 +13,7 @@ use tracing::warn;
 
 use super::{Context, Error, Result};
 use crate::api::conditions::{self, Desired, Status, types};
-use crate::api::residency_policy::{Enforcement, Violation};
+use crate::api::residency_policy::{Enforcement, Violation, ViolationInterval};
 use crate::api::{
     FIELD_MANAGER, MemberCluster, ResidencyPolicy, ResidencyPolicyStatus, ResidentWorkload,
 };
@@ -72,6 +72,7 @@ pub fn compute(
         ))
     });
     let count = violations.len();
+    let history = history(&previous.history, &violations, now);
     violations.truncate(MAX_VIOLATIONS);
     let compliant = match violations.first() {
         None => Desired::new(
@@ -103,7 +104,72 @@ pub fn compute(
         governed_workloads: i32::try_from(governed).unwrap_or(i32::MAX),
         violations,
         violation_count: i32::try_from(count).unwrap_or(i32::MAX),
+        history,
     }
+}
+
+/// At most this many intervals are kept in a policy's history.
+pub const MAX_HISTORY: usize = 100;
+
+/// The compliance history after this evaluation (pure): an interval opens for each violation
+/// not open yet and closes (`to = now`) for each open one no longer found; closed intervals are
+/// kept. Open intervals come first, then the most recently closed; at most [`MAX_HISTORY`].
+/// Nothing changes while the violations do not.
+pub fn history(
+    previous: &[ViolationInterval],
+    violations: &[Violation],
+    now: Timestamp,
+) -> Vec<ViolationInterval> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let same = |i: &ViolationInterval, v: &Violation| {
+        i.cluster == v.cluster
+            && i.country == v.country
+            && i.kind == v.kind
+            && i.namespace == v.namespace
+            && i.name == v.name
+    };
+    let mut open: Vec<ViolationInterval> = Vec::new();
+    let mut closed: Vec<ViolationInterval> = Vec::new();
+    for i in previous {
+        if i.to.is_some() {
+            closed.push(i.clone());
+        } else if violations.iter().any(|v| same(i, v)) {
+            open.push(i.clone());
+        } else {
+            closed.push(ViolationInterval {
+                to: Some(Time(now)),
+                ..i.clone()
+            });
+        }
+    }
+    for v in violations {
+        if !open.iter().any(|i| same(i, v)) {
+            open.push(ViolationInterval {
+                cluster: v.cluster.clone(),
+                country: v.country.clone(),
+                kind: v.kind.clone(),
+                namespace: v.namespace.clone(),
+                name: v.name.clone(),
+                from: Time(now),
+                to: None,
+            });
+        }
+    }
+    let key = |i: &ViolationInterval| {
+        (
+            i.cluster.clone(),
+            i.country.clone(),
+            i.namespace.clone(),
+            i.name.clone(),
+            i.kind.clone(),
+        )
+    };
+    open.sort_by_key(key);
+    // most recently closed first
+    closed.sort_by(|a, b| b.to.as_ref().map(|t| t.0).cmp(&a.to.as_ref().map(|t| t.0)));
+    open.extend(closed);
+    open.truncate(MAX_HISTORY);
+    open
 }
 
 /// At most this many violations are kept in status.
@@ -334,6 +400,41 @@ mod tests {
         T: serde::de::DeserializeOwned,
     {
         Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn the_history_opens_and_closes_intervals_and_is_stable_while_nothing_changes() {
+        let v = |name: &str| Violation {
+            cluster: "msk-1".into(),
+            country: "AU".into(),
+            kind: "PersistentVolumeClaim".into(),
+            namespace: Some("t".into()),
+            name: name.into(),
+            message: String::new(),
+        };
+        let t = |s: i64| Timestamp::from_second(s).unwrap();
+        let h1 = history(&[], &[v("a"), v("b")], t(100));
+        assert_eq!(h1.len(), 2);
+        assert!(h1.iter().all(|i| i.to.is_none() && i.from.0 == t(100)));
+        assert_eq!(history(&h1, &[v("a"), v("b")], t(200)), h1, "unchanged");
+        let h2 = history(&h1, &[v("a")], t(300));
+        assert_eq!(
+            (h2[0].name.as_str(), h2[0].to.is_none()),
+            ("a", true),
+            "open first"
+        );
+        assert_eq!(h2[1].name, "b");
+        assert_eq!(h2[1].to.as_ref().map(|x| x.0), Some(t(300)));
+        assert_eq!(h2[1].from.0, t(100), "the interval keeps its start");
+        let h3 = history(&h2, &[v("a"), v("b")], t(400));
+        assert_eq!(h3.len(), 3, "b again: a new interval, the closed one kept");
+        let many: Vec<Violation> = (0..150).map(|i| v(&format!("x{i:03}"))).collect();
+        let h4 = history(&h3, &many, t(500));
+        assert_eq!(h4.len(), MAX_HISTORY);
+        assert!(
+            h4.iter().all(|i| i.to.is_none()),
+            "open intervals win the cap"
+        );
     }
 
     #[test]

@@ -428,6 +428,13 @@ async fn a_leader_killed_mid_apply_and_mid_eviction_loses_and_duplicates_nothing
     )
     .await;
     eprintln!("relocation finished {:?} after the kill", killed.elapsed());
+    let pairs = common::report_agrees_with_members(
+        &fleet,
+        &["zrh-1", "zrh-2", "msk-1"],
+        "after the kill mid-apply",
+    )
+    .await;
+    eprintln!("report and members agree on {pairs} (country, cluster) pairs");
     let retained = claims(&msk1, ns, "fiji").await;
     assert_eq!(
         retained.keys().collect::<Vec<_>>(),
@@ -493,6 +500,12 @@ async fn a_leader_killed_mid_apply_and_mid_eviction_loses_and_duplicates_nothing
     })
     .await;
     eprintln!("eviction finished {:?} after the kill", killed.elapsed());
+    common::report_agrees_with_members(
+        &fleet,
+        &["zrh-1", "zrh-2", "msk-1"],
+        "after the kill mid-eviction",
+    )
+    .await;
     let back = claims(&msk1, ns, "fiji").await;
     assert_eq!(
         back.keys().collect::<Vec<_>>(),

@@ -10,15 +10,14 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
-use serde_json::json;
 use tracing::{info, warn};
 
 use super::{Context, Error, Result};
 use crate::api::conditions::{self, Desired, Status, types};
-use crate::api::{FIELD_MANAGER, MemberCluster, MemberClusterStatus};
+use crate::api::{MemberCluster, MemberClusterStatus};
 use crate::fleet::attest::{self, NodeInfo, REGION_LABEL};
 use crate::fleet::kubeconfig::config_from_kubeconfig;
 use crate::fleet::registry::Connection;
@@ -130,8 +129,7 @@ async fn cleanup(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
     let name = mc.name_any();
     let held = ctx
         .labelled
-        .snapshot()
-        .remove(&name)
+        .member(&name)
         .map(|o| inventory_lines(&o))
         .unwrap_or_default();
     let forget = mc.annotations().get(FORGET_ANNOTATION).map(String::as_str) == Some("true");
@@ -162,7 +160,12 @@ async fn cleanup(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
             Timestamp::now(),
         );
         if status != previous {
-            patch_status(&ctx, &name, &status).await?;
+            ctx.apply_status(
+                &Api::<MemberCluster>::all(ctx.client.clone()),
+                &name,
+                &status,
+            )
+            .await?;
         }
         return Err(Error::CleanupBlocked(message));
     }
@@ -175,9 +178,10 @@ async fn cleanup(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
             if held.len() > shown.len() { " ..." } else { "" }
         );
         warn!(cluster = %name, objects = held.len(), "data forgotten with the member");
-        publish(
-            &ctx,
-            &mc,
+        use kube::Resource;
+        ctx.publish_event(
+            &mc.object_ref(&()),
+            None,
             kube::runtime::events::EventType::Warning,
             "DataForgotten",
             &note,
@@ -194,44 +198,6 @@ async fn cleanup(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
             .await;
     }
     Ok(Action::await_change())
-}
-
-async fn publish(
-    ctx: &Context,
-    mc: &MemberCluster,
-    type_: kube::runtime::events::EventType,
-    reason: &str,
-    note: &str,
-) {
-    use kube::Resource;
-    if !ctx.fence.may_write() {
-        return;
-    }
-    let event = kube::runtime::events::Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: reason.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &mc.object_ref(&())).await {
-        warn!(error = %e, reason, "could not publish event");
-    }
-}
-
-async fn patch_status(ctx: &Context, name: &str, status: &MemberClusterStatus) -> Result<()> {
-    ctx.may_write()?;
-    let api: Api<MemberCluster> = Api::all(ctx.client.clone());
-    let patch =
-        json!({"apiVersion": "residency.io/v1alpha1", "kind": "MemberCluster", "status": status});
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await
-    .map_err(Error::mgmt(format!("patch status of MemberCluster {name}")))?;
-    Ok(())
 }
 
 /// Probes one member cluster and records what it found.
@@ -348,8 +314,8 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
         Timestamp::now(),
     );
     // what the member holds, from its watches (kept while it is unreachable: the last view)
-    status.inventory = match ctx.labelled.snapshot().get(&name) {
-        Some(objects) => Some(inventory(&name, objects, &ctx.workloads.state())),
+    status.inventory = match ctx.labelled.member(&name) {
+        Some(objects) => Some(inventory(&name, &objects, &ctx.workloads.state())),
         None => previous.inventory.clone(),
     };
     let ready = conditions::is_true(&status.conditions, types::READY);
@@ -357,7 +323,12 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.member_health(&name, ready, verified);
     if status != previous {
         info!(cluster = %name, ready, verified, "member status changed");
-        patch_status(&ctx, &name, &status).await?;
+        ctx.apply_status(
+            &Api::<MemberCluster>::all(ctx.client.clone()),
+            &name,
+            &status,
+        )
+        .await?;
     }
     ctx.metrics.reconciled(CONTROLLER, start.elapsed());
     Ok(Action::requeue(ctx.settings.probe_interval))

@@ -207,6 +207,59 @@ impl Context {
         }
     }
 
+    /// Writes `status` to the status subresource of `name` in `api` (server-side apply with
+    /// the operator's field manager), unless this replica may not write.
+    pub async fn apply_status<K>(
+        &self,
+        api: &kube::Api<K>,
+        name: &str,
+        status: &impl serde::Serialize,
+    ) -> Result<()>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        self.may_write()?;
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status
+        });
+        api.patch_status(
+            name,
+            &kube::api::PatchParams::apply(crate::api::FIELD_MANAGER).force(),
+            &kube::api::Patch::Apply(patch),
+        )
+        .await
+        .map_err(Error::mgmt(format!(
+            "patch status of {} {name}",
+            K::kind(&())
+        )))?;
+        Ok(())
+    }
+
+    /// Publishes an Event about `regarding` (related to `secondary` when given, e.g. the
+    /// MemberCluster it concerns), unless this replica may not write. A failure is logged.
+    pub async fn publish_event(
+        &self,
+        regarding: &k8s_openapi::api::core::v1::ObjectReference,
+        secondary: Option<k8s_openapi::api::core::v1::ObjectReference>,
+        type_: kube::runtime::events::EventType,
+        reason: &str,
+        note: &str,
+    ) {
+        if !self.fence.may_write() {
+            return;
+        }
+        let event = kube::runtime::events::Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: reason.into(),
+            secondary,
+        };
+        if let Err(e) = self.recorder.publish(&event, regarding).await {
+            tracing::warn!(error = %e, reason, "could not publish event");
+        }
+    }
+
     /// The event reporter of the operator.
     pub fn reporter() -> Reporter {
         Reporter {

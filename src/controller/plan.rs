@@ -89,8 +89,8 @@ pub enum Action {
         cluster: String,
         /// Objects the record lists there, to delete (never a PVC under `Retain`).
         delete: Vec<ObjectKey>,
-        /// Whether volumes are kept (labelled retained) rather than deleted.
-        retain_volumes: bool,
+        /// Whether volumes are kept (labelled retained) or deleted.
+        volumes: VolumePolicy,
     },
     /// Re-read the retained volumes recorded on a cluster (read only).
     CheckRetained {
@@ -185,7 +185,7 @@ fn eviction(cluster: &str, record: &Placement, volume_policy: VolumePolicy) -> A
     Action::Evict {
         cluster: cluster.to_string(),
         delete,
-        retain_volumes: retain,
+        volumes: volume_policy,
     }
 }
 
@@ -585,13 +585,13 @@ mod tests {
         ) {
             let w = world(&states, &allow, audit, pvc);
             for a in plan(&input(&w, purge, slot)) {
-                if let Action::Evict { cluster, delete, retain_volumes } = &a {
+                if let Action::Evict { cluster, delete, volumes } = &a {
                     let rec = w.record.iter().find(|p| &p.cluster == cluster).expect("recorded");
                     for (kind, name) in delete {
                         prop_assert!(rec.objects.iter().any(|o| &o.kind == kind && &o.name == name));
                         prop_assert!(purge || kind != PVC, "deletes PVC {name} under Retain");
                     }
-                    prop_assert_eq!(*retain_volumes, !purge);
+                    prop_assert_eq!(*volumes == VolumePolicy::Retain, !purge);
                     prop_assert!(rec.state != state::RETAINED);
                 }
             }
@@ -784,7 +784,7 @@ mod tests {
             Action::Evict {
                 cluster: "msk-1".into(),
                 delete: vec![("StatefulSet".into(), "db".into())],
-                retain_volumes: true
+                volumes: VolumePolicy::Retain
             }
         );
     }

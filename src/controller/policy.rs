@@ -6,17 +6,13 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use serde_json::json;
 use tracing::warn;
 
 use super::{Context, Error, Result};
 use crate::api::conditions::{self, Desired, Status, types};
 use crate::api::residency_policy::{Enforcement, Violation, ViolationInterval};
-use crate::api::{
-    FIELD_MANAGER, MemberCluster, ResidencyPolicy, ResidencyPolicyStatus, ResidentWorkload,
-};
+use crate::api::{MemberCluster, ResidencyPolicy, ResidencyPolicyStatus, ResidentWorkload};
 use crate::facts::{self, StatusSource};
 
 const CONTROLLER: &str = "policy";
@@ -364,19 +360,8 @@ pub async fn reconcile(rp: Arc<ResidencyPolicy>, ctx: Arc<Context>) -> Result<Ac
         Timestamp::now(),
     );
     if status != previous {
-        ctx.may_write()?;
-        let api: Api<ResidencyPolicy> = Api::all(ctx.client.clone());
-        let patch = json!({"apiVersion": "residency.io/v1alpha1", "kind": "ResidencyPolicy", "status": status});
-        api.patch_status(
-            &rp.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await
-        .map_err(Error::mgmt(format!(
-            "patch status of ResidencyPolicy {}",
-            rp.name_any()
-        )))?;
+        let api: kube::Api<ResidencyPolicy> = kube::Api::all(ctx.client.clone());
+        ctx.apply_status(&api, &rp.name_any(), &status).await?;
     }
     ctx.metrics.reconciled(CONTROLLER, start.elapsed());
     Ok(Action::requeue(Duration::from_secs(30)))

@@ -16,11 +16,10 @@ use std::time::Instant;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use tracing::{info, warn};
 
 use super::status::{self, state};
@@ -234,7 +233,13 @@ async fn place_on(
             .unwrap_or_default();
         let ignore = |kind: &str, name: &str| rw.spec.ignored_fields(kind, name);
         let placed = m
-            .place(&objects, &before, &ignore, rw.spec.adopt_existing)
+            .place(
+                &rw.name_any(),
+                &objects,
+                &before,
+                &ignore,
+                rw.spec.adopt_existing,
+            )
             .await?;
         if rw.spec.role == Role::Storage && previous.is_none_or(|p| p.state == state::RETAINED) {
             // placed here again: the volumes it left behind are in use again
@@ -405,7 +410,7 @@ async fn evict_from(
     rw: &ResidentWorkload,
     previous: &Placement,
     delete: &[plan::ObjectKey],
-    retain_volumes: bool,
+    volumes: VolumePolicy,
     failures: &mut Vec<MemberError>,
 ) -> Option<Placement> {
     let cluster = previous.cluster.as_str();
@@ -419,11 +424,6 @@ async fn evict_from(
         return Some(kept);
     };
     let ns = rw.namespace().unwrap_or_default();
-    let volumes = if retain_volumes {
-        VolumePolicy::Retain
-    } else {
-        VolumePolicy::Purge
-    };
     match m.evict(delete, &ns, &rw.name_any(), volumes).await {
         Ok(retained) if retained.is_empty() => None,
         Ok(retained) => Some(retained_placement(cluster, retained)),
@@ -519,7 +519,12 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
                 &format!("Nothing is applied: {message}"),
             )
             .await;
-            patch_status(&ctx, &rw, &status).await?;
+            ctx.apply_status(
+                &Api::<ResidentWorkload>::namespaced(ctx.client.clone(), &ns),
+                &name,
+                &status,
+            )
+            .await?;
         }
         return Ok(Action::await_change());
     }
@@ -547,7 +552,12 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
                     &message,
                 )
                 .await;
-                patch_status(&ctx, &rw, &status).await?;
+                ctx.apply_status(
+                    &Api::<ResidentWorkload>::namespaced(ctx.client.clone(), &ns),
+                    &name,
+                    &status,
+                )
+                .await?;
             }
             return Err(Error::SecretSource(message));
         }
@@ -618,11 +628,11 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
             plan::Action::Evict {
                 cluster,
                 delete,
-                retain_volumes,
+                volumes,
             } => {
                 if let Some(prev) = record.get(&cluster)
                     && let Some(p) =
-                        evict_from(&ctx, &rw, prev, &delete, retain_volumes, &mut failures).await
+                        evict_from(&ctx, &rw, prev, &delete, volumes, &mut failures).await
                 {
                     placements.push(p);
                 }
@@ -738,7 +748,12 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
     }
     if changed(&previous, &status) {
         events(&ctx, &rw, &previous, &status, &decision).await;
-        patch_status(&ctx, &rw, &status).await?;
+        ctx.apply_status(
+            &Api::<ResidentWorkload>::namespaced(ctx.client.clone(), &ns),
+            &name,
+            &status,
+        )
+        .await?;
         info!(workload = %key, targets = ?status.targets, "status updated");
     }
     let mut with_status = (*rw).clone();
@@ -799,13 +814,13 @@ async fn cleanup(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action>
             plan::Cleanup::Remove(plan::Action::Evict {
                 cluster,
                 delete,
-                retain_volumes,
+                volumes,
             }) => {
                 let Some(prev) = record.iter().find(|p| p.cluster == cluster) else {
                     continue;
                 };
                 if let Some(p) =
-                    evict_from(&ctx, &rw, prev, &delete, retain_volumes, &mut failures).await
+                    evict_from(&ctx, &rw, prev, &delete, volumes, &mut failures).await
                     && p.state != state::RETAINED
                 {
                     blocked.push(format!("{cluster}: {}", p.message));
@@ -922,28 +937,6 @@ fn changed(previous: &ResidentWorkloadStatus, next: &ResidentWorkloadStatus) -> 
     previous != next
 }
 
-async fn patch_status(
-    ctx: &Context,
-    rw: &ResidentWorkload,
-    status: &ResidentWorkloadStatus,
-) -> Result<()> {
-    ctx.may_write()?;
-    let api: Api<ResidentWorkload> =
-        Api::namespaced(ctx.client.clone(), &rw.namespace().unwrap_or_default());
-    let patch = json!({"apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload", "status": status});
-    api.patch_status(
-        &rw.name_any(),
-        &PatchParams::apply(crate::api::FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await
-    .map_err(Error::mgmt(format!(
-        "patch status of ResidentWorkload {}",
-        rw.name_any()
-    )))?;
-    Ok(())
-}
-
 async fn publish(ctx: &Context, rw: &ResidentWorkload, type_: EventType, reason: &str, note: &str) {
     publish_about(ctx, rw, None, type_, reason, note).await;
 }
@@ -961,19 +954,8 @@ async fn publish_about(
     let secondary = cluster
         .and_then(|c| ctx.clusters.get(&ObjectRef::new(c)))
         .map(|mc| mc.object_ref(&()));
-    let event = KubeEvent {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: reason.into(),
-        secondary,
-    };
-    if !ctx.fence.may_write() {
-        return;
-    }
-    if let Err(e) = ctx.recorder.publish(&event, &rw.object_ref(&())).await {
-        warn!(error = %e, reason, "could not publish event");
-    }
+    ctx.publish_event(&rw.object_ref(&()), secondary, type_, reason, note)
+        .await;
 }
 
 /// A Warning Event about a drifted object: `<kind> <name> on <cluster> <what>: <fields>`.
@@ -1023,27 +1005,22 @@ async fn events(
             )
             .await;
         }
-        if p.state == state::CONFLICT && before.as_deref() != Some(state::CONFLICT) {
-            publish_about(
-                ctx,
-                rw,
-                Some(&p.cluster),
-                EventType::Warning,
-                "Conflict",
-                &p.message,
-            )
-            .await;
-        }
-        if p.state == state::RETAINED && before.as_deref() != Some(state::RETAINED) {
-            publish_about(
-                ctx,
-                rw,
-                Some(&p.cluster),
-                EventType::Warning,
-                "VolumesRetained",
-                &p.message,
-            )
-            .await;
+        // a copy that became conflicting or retained: the placement's message says why
+        for (st, reason) in [
+            (state::CONFLICT, "Conflict"),
+            (state::RETAINED, "VolumesRetained"),
+        ] {
+            if p.state == st && before.as_deref() != Some(st) {
+                publish_about(
+                    ctx,
+                    rw,
+                    Some(&p.cluster),
+                    EventType::Warning,
+                    reason,
+                    &p.message,
+                )
+                .await;
+            }
         }
     }
     for p in &previous.placements {

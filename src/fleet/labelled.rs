@@ -112,6 +112,15 @@ impl Index {
         m.remove(cluster);
     }
 
+    /// The labelled objects of one member (`None` when it is not watched).
+    pub fn member(&self, cluster: &str) -> Option<BTreeMap<Key, Labelled>> {
+        self.members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cluster)
+            .cloned()
+    }
+
     /// Every labelled object, by member.
     pub fn snapshot(&self) -> BTreeMap<String, BTreeMap<Key, Labelled>> {
         self.members

@@ -120,6 +120,63 @@ impl Member<'_> {
         }
     }
 
+    /// Sends one write after checking the fence, and counts it.
+    async fn send<T>(
+        &self,
+        action: String,
+        verb: &str,
+        call: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, MemberError> {
+        self.fenced(&action)?;
+        let done = call.await.map_err(self.err(action))?;
+        self.metrics.wrote(self.name, verb);
+        Ok(done)
+    }
+
+    /// [`Self::send`] for an object that may be gone meanwhile: a 404 (or a 409 from a
+    /// precondition on an object replaced meanwhile) is no error; `false` then.
+    async fn send_unless_gone<T>(
+        &self,
+        action: String,
+        verb: &str,
+        call: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<bool, MemberError> {
+        match self.send(action, verb, call).await {
+            Ok(_) => Ok(true),
+            Err(MemberError {
+                source: Cause::Api(kube::Error::Api(s)),
+                ..
+            }) if s.code == 404 || s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The live object when it carries this workload's labels; `None` when it is gone or
+    /// someone else's (which is never changed).
+    async fn owned(
+        &self,
+        api: &Api<DynamicObject>,
+        what: &str,
+        name: &str,
+        namespace: &str,
+        workload: &str,
+    ) -> Result<Option<DynamicObject>, MemberError> {
+        let Some(live) = api
+            .get_opt(name)
+            .await
+            .map_err(self.err(format!("get {what}")))?
+        else {
+            return Ok(None);
+        };
+        if crate::fleet::watch::ownership_conflict(live.labels(), namespace, workload, false)
+            .is_some()
+        {
+            tracing::warn!(cluster = self.name, object = %what, "left alone: it does not carry this workload's labels");
+            return Ok(None);
+        }
+        Ok(Some(live))
+    }
+
     fn api(&self, obj: &DesiredObject) -> Api<DynamicObject> {
         // desired objects are built only from ALLOWED_KINDS, which all have a resource
         let ar = desired::api_resource(&obj.api_version, &obj.kind).unwrap_or_else(|| {
@@ -136,15 +193,16 @@ impl Member<'_> {
             .await
             .map_err(self.err(format!("get Namespace {namespace}")))?;
         if found.is_none() {
-            self.fenced("create Namespace")?;
-            api.patch(
-                namespace,
-                &params(),
-                &Patch::Apply(desired::namespace_object(namespace)),
+            self.send(
+                format!("create Namespace {namespace}"),
+                "apply",
+                api.patch(
+                    namespace,
+                    &params(),
+                    &Patch::Apply(desired::namespace_object(namespace)),
+                ),
             )
-            .await
-            .map_err(self.err(format!("create Namespace {namespace}")))?;
-            self.metrics.wrote(self.name, "apply");
+            .await?;
         }
         Ok(())
     }
@@ -160,6 +218,7 @@ impl Member<'_> {
     /// (`kind name: why`) with a not-ready status.
     pub async fn place(
         &self,
+        workload: &str,
         objects: &[DesiredObject],
         placed_before: &[(String, String)],
         ignore: &(dyn Fn(&str, &str) -> Vec<String> + Sync),
@@ -175,16 +234,11 @@ impl Member<'_> {
                 .get_opt(&obj.name)
                 .await
                 .map_err(self.err(format!("get {what}")))?;
-            let identity = obj
-                .object
-                .pointer("/metadata/labels")
-                .and_then(|l| serde_json::from_value(l.clone()).ok())
-                .and_then(|l| crate::fleet::watch::workload_of(&l));
-            if let (Some(l), Some(me)) = (&live, &identity)
+            if let Some(l) = &live
                 && let Some(why) = crate::fleet::watch::ownership_conflict(
                     l.labels(),
-                    me.namespace.as_deref().unwrap_or_default(),
-                    &me.name,
+                    &obj.namespace,
+                    workload,
                     adopt,
                 )
             {
@@ -225,19 +279,19 @@ impl Member<'_> {
                     if retained {
                         // a retained volume is back in use here: it is no longer a leftover
                         let unlabel = json!({"metadata": {"labels": {labels::RETAINED: null}}});
-                        self.fenced(&what)?;
-                        api.patch(&obj.name, &PatchParams::default(), &Patch::Merge(unlabel))
-                            .await
-                            .map_err(self.err(format!("unlabel retained {what}")))?;
-                        self.metrics.wrote(self.name, "label");
+                        self.send(
+                            format!("unlabel retained {what}"),
+                            "label",
+                            api.patch(&obj.name, &PatchParams::default(), &Patch::Merge(unlabel)),
+                        )
+                        .await?;
                     }
-                    self.fenced(&what)?;
-                    let applied = api
-                        .patch(&obj.name, &params(), &Patch::Apply(&obj.object))
-                        .await
-                        .map_err(self.err(format!("apply {what}")))?;
-                    self.metrics.wrote(self.name, "apply");
-                    applied
+                    self.send(
+                        format!("apply {what}"),
+                        "apply",
+                        api.patch(&obj.name, &params(), &Patch::Apply(&obj.object)),
+                    )
+                    .await?
                 }
             };
             if !drift.is_empty() {
@@ -313,44 +367,33 @@ impl Member<'_> {
     ) -> Result<Vec<String>, MemberError> {
         let mut retained = Vec::new();
         for (kind, name) in stale {
-            let Some((api_version, _)) = crate::api::resident_workload::ALLOWED_KINDS
-                .iter()
-                .find(|(_, k)| k == kind)
-            else {
+            let Some(api) = self.api_of(namespace, kind) else {
                 continue;
             };
-            let Some(ar) = desired::api_resource(api_version, kind) else {
-                continue;
-            };
-            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &ar);
             let what = format!("{kind} {name}");
-            let Some(live) = api
-                .get_opt(name)
-                .await
-                .map_err(self.err(format!("get {what}")))?
-            else {
-                continue;
-            };
-            if !self.is_ours(live.labels(), namespace, workload) {
-                tracing::warn!(cluster = self.name, object = %what, "not pruned: it does not carry this workload's labels");
+            if self
+                .owned(&api, &what, name, namespace, workload)
+                .await?
+                .is_none()
+            {
                 continue;
             }
-            self.fenced(&what)?;
-            let result = if kind == "PersistentVolumeClaim" && volumes == VolumePolicy::Retain {
+            if kind == PVC && volumes == VolumePolicy::Retain {
                 let patch = json!({"metadata": {"labels": {labels::RETAINED: "true"}}});
                 retained.push(name.clone());
-                api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
-                    .await
-                    .map(|_| "label")
+                self.send_unless_gone(
+                    format!("prune {what}"),
+                    "label",
+                    api.patch(name, &PatchParams::default(), &Patch::Merge(patch)),
+                )
+                .await?;
             } else {
-                api.delete(name, &DeleteParams::background())
-                    .await
-                    .map(|_| "delete")
-            };
-            match result {
-                Ok(verb) => self.metrics.wrote(self.name, verb),
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(self.err(format!("prune {what}"))(e)),
+                self.send_unless_gone(
+                    format!("prune {what}"),
+                    "delete",
+                    api.delete(name, &DeleteParams::background()),
+                )
+                .await?;
             }
         }
         Ok(retained)
@@ -401,40 +444,25 @@ impl Member<'_> {
                 };
                 let keep = json!({"spec": {"persistentVolumeClaimRetentionPolicy":
                     {"whenDeleted": "Retain", "whenScaled": "Retain"}}});
-                self.fenced("retain volumes of StatefulSet")?;
-                match api
-                    .patch(name, &PatchParams::default(), &Patch::Merge(keep))
-                    .await
-                {
-                    Ok(_) => self.metrics.wrote(self.name, "label"),
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => {
-                        return Err(self
-                            .err(format!("set claim retention of StatefulSet {name}"))(
-                            e
-                        ));
-                    }
-                }
+                self.send_unless_gone(
+                    format!("set claim retention of StatefulSet {name}"),
+                    "label",
+                    api.patch(name, &PatchParams::default(), &Patch::Merge(keep)),
+                )
+                .await?;
             }
             for name in &names {
                 // labelled, and no owner whose deletion would take the claim with it
                 let patch = json!({"metadata": {"labels": {labels::RETAINED: "true"}, "ownerReferences": null}});
-                self.fenced("label PersistentVolumeClaim retained")?;
-                match pvcs
-                    .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-                    .await
-                {
-                    Ok(_) => {
-                        self.metrics.wrote(self.name, "label");
-                        retained.push(name.clone());
-                    }
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => {
-                        return Err(self
-                            .err(format!("label PersistentVolumeClaim {name} retained"))(
-                            e
-                        ));
-                    }
+                let labelled = self
+                    .send_unless_gone(
+                        format!("label PersistentVolumeClaim {name} retained"),
+                        "label",
+                        pvcs.patch(name, &PatchParams::default(), &Patch::Merge(patch)),
+                    )
+                    .await?;
+                if labelled {
+                    retained.push(name.clone());
                 }
             }
         }
@@ -443,18 +471,10 @@ impl Member<'_> {
                 continue;
             };
             let what = format!("{kind} {name}");
-            let Some(live) = api
-                .get_opt(name)
-                .await
-                .map_err(self.err(format!("get {what}")))?
-            else {
+            let Some(live) = self.owned(&api, &what, name, namespace, workload).await? else {
                 continue;
             };
-            if !self.is_ours(live.labels(), namespace, workload) {
-                tracing::warn!(cluster = self.name, object = %what, "not deleted: it does not carry this workload's labels");
-                continue;
-            }
-            self.fenced(&what)?;
+            // the object seen, not one created meanwhile under the same name
             let dp = DeleteParams {
                 preconditions: live.uid().map(|uid| kube::api::Preconditions {
                     uid: Some(uid),
@@ -462,22 +482,17 @@ impl Member<'_> {
                 }),
                 ..DeleteParams::background()
             };
-            match api.delete(name, &dp).await {
-                Ok(_) => self.metrics.wrote(self.name, "delete"),
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-                Err(e) => return Err(self.err(format!("delete {what}"))(e)),
-            }
+            self.send_unless_gone(format!("delete {what}"), "delete", api.delete(name, &dp))
+                .await?;
         }
         if volumes == VolumePolicy::Purge {
             for name in &names {
-                self.fenced("delete PersistentVolumeClaim")?;
-                match pvcs.delete(name, &DeleteParams::background()).await {
-                    Ok(_) => self.metrics.wrote(self.name, "delete"),
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => {
-                        return Err(self.err(format!("delete PersistentVolumeClaim {name}"))(e));
-                    }
-                }
+                self.send_unless_gone(
+                    format!("delete PersistentVolumeClaim {name}"),
+                    "delete",
+                    pvcs.delete(name, &DeleteParams::background()),
+                )
+                .await?;
             }
         }
         Ok(retained)
@@ -489,17 +504,6 @@ impl Member<'_> {
             .find(|(_, k)| *k == kind)?;
         let ar = desired::api_resource(api_version, kind)?;
         Some(Api::namespaced_with(self.client.clone(), namespace, &ar))
-    }
-
-    /// Whether an object's labels say this workload placed it.
-    fn is_ours(
-        &self,
-        l: &std::collections::BTreeMap<String, String>,
-        namespace: &str,
-        workload: &str,
-    ) -> bool {
-        crate::fleet::watch::workload_of(l)
-            .is_some_and(|r| r.name == workload && r.namespace.as_deref() == Some(namespace))
     }
 
     /// Takes the workload's retained PVCs on this member back into use (it is placed here again,
@@ -514,20 +518,12 @@ impl Member<'_> {
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
         for name in &names {
             let unlabel = json!({"metadata": {"labels": {labels::RETAINED: null}}});
-            self.fenced("unlabel retained PersistentVolumeClaim")?;
-            match pvcs
-                .patch(name, &PatchParams::default(), &Patch::Merge(unlabel))
-                .await
-            {
-                Ok(_) => self.metrics.wrote(self.name, "label"),
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => {
-                    return Err(self
-                        .err(format!("unlabel retained PersistentVolumeClaim {name}"))(
-                        e
-                    ));
-                }
-            }
+            self.send_unless_gone(
+                format!("unlabel retained PersistentVolumeClaim {name}"),
+                "label",
+                pvcs.patch(name, &PatchParams::default(), &Patch::Merge(unlabel)),
+            )
+            .await?;
         }
         Ok(names)
     }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::operator::{self, OPERATOR_NS};
 use common::rules::{
-    T, apply_workload, claims, condition, first_write, namespace, placement, policy, processing,
-    ready_on, storage, wait_claims, wait_workload,
+    T, apply_workload, assert_retained, claims, condition, first_write, namespace, placement,
+    policy, processing, ready_on, storage, wait_claims, wait_workload,
 };
 use common::{Fleet, apply_path, audit_mark, audit_writes_since, eventually};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -342,6 +342,7 @@ async fn a_leader_stopped_past_its_lease_writes_nothing_when_it_resumes() {
     for (cluster, mark) in &marks {
         let Some(mark) = mark else { continue };
         let writes: Vec<_> = audit_writes_since(mark)
+            .await
             .into_iter()
             .filter(|w| w.user_agent.contains(&agent))
             .collect();
@@ -435,13 +436,7 @@ async fn a_leader_killed_mid_apply_and_mid_eviction_loses_and_duplicates_nothing
     )
     .await;
     eprintln!("report and members agree on {pairs} (country, cluster) pairs");
-    let retained = claims(&msk1, ns, "fiji").await;
-    assert_eq!(
-        retained.keys().collect::<Vec<_>>(),
-        on_msk.keys().collect::<Vec<_>>(),
-        "every msk-1 claim is still there"
-    );
-    assert!(retained.values().all(|r| *r), "{retained:?}");
+    assert_retained(&msk1, ns, "fiji", &on_msk).await;
     for m in [&zrh1, &zrh2] {
         let c = wait_claims(m, ns, "fiji", 2).await;
         assert!(c.values().all(|r| !r), "{c:?}");

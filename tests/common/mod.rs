@@ -340,16 +340,37 @@ pub struct AuditWrite {
     pub received: String,
 }
 
-/// Marks the end of `cluster`'s audit log now; `None` off the local fleet (no audit logs).
+/// Marks the end of `cluster`'s audit log now; `None` off the local fleet (no audit logs). On
+/// the local fleet the log must be there: a check that reads no log would pass for nothing.
 pub fn audit_mark(cluster: &str) -> Option<AuditMark> {
     let dir = std::env::var("RESIDENCY_FLEET_DIR").ok()?;
     let path = std::path::PathBuf::from(format!("{dir}/logs/{cluster}-audit.log"));
-    let offset = std::fs::metadata(&path).ok()?.len() as usize;
+    let offset = std::fs::metadata(&path)
+        .unwrap_or_else(|e| panic!("audit log {}: {e}", path.display()))
+        .len() as usize;
     Some(AuditMark { path, offset })
 }
 
-/// The writes recorded since `mark` (the audit log is flushed as requests complete).
-pub fn audit_writes_since(mark: &AuditMark) -> Vec<AuditWrite> {
+/// The writes recorded since `mark`. It first waits (up to 30 s) until the log shows any write
+/// at all since the mark - every API server renews its own Lease every 10 s - so that an empty
+/// answer means "nothing was written", not "the log is not being read".
+pub async fn audit_writes_since(mark: &AuditMark) -> Vec<AuditWrite> {
+    eventually(
+        &format!("a live audit log at {}", mark.path.display()),
+        Duration::from_secs(30),
+        || async {
+            let all = audit_writes_in(mark);
+            if all.is_empty() {
+                Err("no write recorded since the mark".to_string())
+            } else {
+                Ok(all)
+            }
+        },
+    )
+    .await
+}
+
+fn audit_writes_in(mark: &AuditMark) -> Vec<AuditWrite> {
     let bytes = std::fs::read(&mark.path).unwrap_or_default();
     let tail = String::from_utf8_lossy(bytes.get(mark.offset..).unwrap_or_default());
     tail.lines()

@@ -295,3 +295,19 @@ pub fn policy_reports(mgmt: &Client, ns: &str) -> Api<kube::api::DynamicObject> 
         &ApiResource::from_gvk_with_plural(&gvk, "policyreports"),
     )
 }
+
+/// Asserts that `member` still holds exactly the claims of `before`, each labelled retained.
+pub async fn assert_retained(
+    member: &Client,
+    ns: &str,
+    workload: &str,
+    before: &BTreeMap<String, bool>,
+) {
+    let now = claims(member, ns, workload).await;
+    assert_eq!(
+        now.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>(),
+        "every claim is still there"
+    );
+    assert!(now.values().all(|r| *r), "all labelled retained: {now:?}");
+}

@@ -1,5 +1,5 @@
 //! Prometheus metrics (prefix `residency_`, bounded label cardinality: controller, category,
-//! cluster; never object names).
+//! cluster, country, kind; never object names).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +63,26 @@ pub struct HoldLabels {
     pub reason: String,
 }
 
+/// Labels of inventory metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CopyLabels {
+    /// MemberCluster name.
+    pub cluster: String,
+    /// ISO 3166-1 alpha-2 code of the country whose data the copies hold.
+    pub country: String,
+}
+
+/// What a member's inventory holds of one country's data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CountryGauges {
+    /// Objects labelled with the country.
+    pub copies: i64,
+    /// Of them, those no workload's record accounts for.
+    pub unrecorded: i64,
+    /// Of them, those on a cluster a policy governing the country does not allow.
+    pub forbidden: i64,
+}
+
 /// Every metric of the operator.
 #[derive(Clone)]
 pub struct Metrics {
@@ -83,6 +103,14 @@ pub struct Metrics {
     /// Copies kept as they are on a cluster that is allowed but unhealthy (or gone), counted
     /// when a copy starts being held.
     pub held: Family<HoldLabels, Counter>,
+    /// Objects labelled with a country's data on each member (its inventory).
+    pub copies: Family<CopyLabels, Gauge>,
+    /// Of them, those no workload's record accounts for.
+    pub copies_unrecorded: Family<CopyLabels, Gauge>,
+    /// Of them, those on a cluster a policy governing the country does not allow.
+    pub copies_forbidden: Family<CopyLabels, Gauge>,
+    /// The countries each member's gauges are set for (so a country gone is removed).
+    countries: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>>,
     registry: Arc<Registry>,
 }
 
@@ -106,6 +134,24 @@ impl Metrics {
         let member_writes = Family::<WriteLabels, Counter>::default();
         let drift = Family::<DriftLabels, Counter>::default();
         let held = Family::<HoldLabels, Counter>::default();
+        let copies = Family::<CopyLabels, Gauge>::default();
+        let copies_unrecorded = Family::<CopyLabels, Gauge>::default();
+        let copies_forbidden = Family::<CopyLabels, Gauge>::default();
+        registry.register(
+            "copies",
+            "Objects labelled as holding a country's data on a member cluster (its inventory)",
+            copies.clone(),
+        );
+        registry.register(
+            "copies_unrecorded",
+            "Objects labelled with a country on a member that no workload's record accounts for",
+            copies_unrecorded.clone(),
+        );
+        registry.register(
+            "copies_forbidden",
+            "Objects labelled with a country on a member a policy governing that country does not allow",
+            copies_forbidden.clone(),
+        );
         registry.register(
             "copies_held",
             "Copies kept unchanged on a cluster that is allowed but not eligible, unreachable or removed (counted when the hold starts)",
@@ -155,6 +201,10 @@ impl Metrics {
             member_writes,
             drift,
             held,
+            copies,
+            copies_unrecorded,
+            copies_forbidden,
+            countries: Arc::default(),
             registry: Arc::new(registry),
         }
     }
@@ -209,6 +259,40 @@ impl Metrics {
             .inc();
     }
 
+    /// Sets a member's inventory gauges, one set per country it holds (an empty `held` removes
+    /// them all, e.g. when the member is forgotten).
+    pub fn inventory(&self, cluster: &str, held: &[(String, CountryGauges)]) {
+        let mut known = self.countries.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = known.remove(cluster).unwrap_or_default();
+        for country in previous
+            .iter()
+            .filter(|c| !held.iter().any(|(h, _)| h == *c))
+        {
+            let l = CopyLabels {
+                cluster: cluster.to_string(),
+                country: country.clone(),
+            };
+            self.copies.remove(&l);
+            self.copies_unrecorded.remove(&l);
+            self.copies_forbidden.remove(&l);
+        }
+        for (country, g) in held {
+            let l = CopyLabels {
+                cluster: cluster.to_string(),
+                country: country.clone(),
+            };
+            self.copies.get_or_create(&l).set(g.copies);
+            self.copies_unrecorded.get_or_create(&l).set(g.unrecorded);
+            self.copies_forbidden.get_or_create(&l).set(g.forbidden);
+        }
+        if !held.is_empty() {
+            known.insert(
+                cluster.to_string(),
+                held.iter().map(|(c, _)| c.clone()).collect(),
+            );
+        }
+    }
+
     /// Sets a member's health gauges.
     pub fn member_health(&self, cluster: &str, ready: bool, verified: bool) {
         let l = ClusterLabels {
@@ -251,5 +335,32 @@ mod tests {
         assert!(text.contains("residency_member_writes_total{cluster=\"zrh-1\",verb=\"apply\"} 1"));
         assert!(text.contains("residency_member_location_verified{cluster=\"zrh-1\"} 0"));
         assert!(text.contains("residency_reconcile_duration_seconds_bucket"));
+    }
+
+    #[test]
+    fn inventory_gauges_follow_the_countries_held() {
+        let m = Metrics::new();
+        let g = |copies, unrecorded, forbidden| CountryGauges {
+            copies,
+            unrecorded,
+            forbidden,
+        };
+        m.inventory(
+            "msk-1",
+            &[("AU".into(), g(3, 1, 3)), ("JP".into(), g(1, 1, 0))],
+        );
+        let text = m.encode();
+        assert!(
+            text.contains("residency_copies{cluster=\"msk-1\",country=\"AU\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("residency_copies_forbidden{cluster=\"msk-1\",country=\"AU\"} 3"));
+        assert!(text.contains("residency_copies_unrecorded{cluster=\"msk-1\",country=\"JP\"} 1"));
+        m.inventory("msk-1", &[("JP".into(), g(2, 0, 0))]);
+        let text = m.encode();
+        assert!(!text.contains("country=\"AU\""), "{text}");
+        assert!(text.contains("residency_copies{cluster=\"msk-1\",country=\"JP\"} 2"));
+        m.inventory("msk-1", &[]);
+        assert!(!m.encode().contains("cluster=\"msk-1\""));
     }
 }

@@ -1,13 +1,18 @@
 //! PolicyReports (`wgpolicyk8s.io/v1alpha2`, the Kubernetes Policy working group's format) so
 //! tools that read them (dashboards, policy UIs) see residency results: one report per
-//! namespace with ResidentWorkloads, one result per workload: `pass` when compliant, `fail`
-//! when its data is where a policy forbids it or it cannot be placed, `warn` while it drifts or
-//! is being placed. Written only where that CRD is installed, and only when it changes.
+//! namespace with ResidentWorkloads or with copies a policy forbids, one result per workload
+//! (`pass` when compliant, `fail` when its data is where a policy forbids it or it cannot be
+//! placed, `warn` while it drifts or is being placed) and one `fail` per object the members'
+//! inventory shows where a policy forbids it (a hand-labelled object, a copy no record accounts
+//! for, a retained volume). Written only where that CRD is installed, and only when it changes.
+
+use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
 use crate::api::ResidentWorkload;
 use crate::api::conditions::{self, types};
+use crate::api::residency_policy::Violation;
 use kube::ResourceExt;
 
 /// Name of the report in each namespace.
@@ -35,8 +40,20 @@ pub fn result(w: &ResidentWorkload) -> (&'static str, String) {
     }
 }
 
-/// The PolicyReport of `namespace` for its workloads (pure, deterministic).
-pub fn build(namespace: &str, workloads: &[&ResidentWorkload]) -> Value {
+/// `apiVersion` of a member object's kind (the placeable kinds and PVs).
+fn api_version(kind: &str) -> &'static str {
+    crate::api::resident_workload::ALLOWED_KINDS
+        .iter()
+        .find(|(_, k)| *k == kind)
+        .map(|(v, _)| *v)
+        .unwrap_or("v1")
+}
+
+/// The PolicyReport of `namespace` for its workloads and the forbidden copies of member
+/// objects in it (`violations`: the policies' findings from the inventory; those naming a
+/// workload are its own result, the others one result per object and cluster, their countries
+/// merged) (pure, deterministic).
+pub fn build(namespace: &str, workloads: &[&ResidentWorkload], violations: &[Violation]) -> Value {
     let mut sorted: Vec<&&ResidentWorkload> = workloads.iter().collect();
     sorted.sort_by_key(|w| w.name_any());
     let mut summary = json!({"pass": 0, "fail": 0, "warn": 0, "error": 0, "skip": 0});
@@ -64,6 +81,43 @@ pub fn build(namespace: &str, workloads: &[&ResidentWorkload]) -> Value {
             })
         })
         .collect();
+    // (country, message) per (cluster, kind, name)
+    type Found<'a> = Vec<(&'a str, &'a str)>;
+    let mut copies: BTreeMap<(&str, &str, &str), Found> = BTreeMap::new();
+    for v in violations
+        .iter()
+        .filter(|v| v.kind != "ResidentWorkload" && v.namespace.as_deref() == Some(namespace))
+    {
+        copies
+            .entry((v.cluster.as_str(), v.kind.as_str(), v.name.as_str()))
+            .or_default()
+            .push((v.country.as_str(), v.message.as_str()));
+    }
+    let mut results = results;
+    for ((cluster, kind, name), mut found) in copies {
+        found.sort_unstable();
+        let message = found.first().map(|f| f.1).unwrap_or_default();
+        let mut countries: Vec<&str> = found.iter().map(|f| f.0).collect();
+        countries.dedup();
+        summary["fail"] = json!(summary["fail"].as_i64().unwrap_or(0) + 1);
+        results.push(json!({
+            "source": "residency-operator",
+            "policy": "data-residency",
+            "rule": "countries-placed-only-where-allowed",
+            "category": "Data residency",
+            "severity": "high",
+            "result": "fail",
+            "message": message,
+            "scored": true,
+            "properties": {"cluster": cluster, "countries": countries.join(",")},
+            "resources": [{
+                "apiVersion": api_version(kind),
+                "kind": kind,
+                "namespace": namespace,
+                "name": name,
+            }],
+        }));
+    }
     json!({
         "apiVersion": "wgpolicyk8s.io/v1alpha2",
         "kind": "PolicyReport",
@@ -103,7 +157,7 @@ mod tests {
             workload("a-bad", "False", "False"),
             workload("c-drift", "True", "True"),
         );
-        let r = build("ns", &[&a, &b, &c]);
+        let r = build("ns", &[&a, &b, &c], &[]);
         assert_eq!(
             r["summary"],
             json!({"pass": 1, "fail": 1, "warn": 1, "error": 0, "skip": 0})
@@ -113,6 +167,42 @@ mod tests {
         assert_eq!(results[0]["result"], "fail");
         assert_eq!(results[0]["message"], "a-bad compliant=False");
         assert_eq!(results[2]["result"], "warn");
-        assert_eq!(build("ns", &[&c, &a, &b]), r, "deterministic");
+        assert_eq!(build("ns", &[&c, &a, &b], &[]), r, "deterministic");
+    }
+
+    #[test]
+    fn forbidden_copies_of_the_inventory_are_failed_results_one_per_object() {
+        let v = |cluster: &str, country: &str, kind: &str, ns: &str, name: &str| Violation {
+            cluster: cluster.into(),
+            country: country.into(),
+            kind: kind.into(),
+            namespace: Some(ns.into()),
+            name: name.into(),
+            message: format!("{kind} {name} holds {country} data on {cluster}"),
+        };
+        let ok = workload("ok", "True", "False");
+        let found = [
+            v("msk-1", "JP", "ConfigMap", "ns", "hand"),
+            v("msk-1", "AU", "ConfigMap", "ns", "hand"),
+            v("msk-1", "AU", "PersistentVolumeClaim", "ns", "data-0"),
+            v("msk-1", "AU", "ResidentWorkload", "ns", "ok"), // the workload's own result
+            v("msk-1", "AU", "ConfigMap", "other", "elsewhere"),
+        ];
+        let r = build("ns", &[&ok], &found);
+        assert_eq!(
+            r["summary"],
+            json!({"pass": 1, "fail": 2, "warn": 0, "error": 0, "skip": 0})
+        );
+        let results = r["results"].as_array().unwrap();
+        assert_eq!(results.len(), 3);
+        let hand = &results[1];
+        assert_eq!(hand["resources"][0]["kind"], "ConfigMap");
+        assert_eq!(hand["resources"][0]["apiVersion"], "v1");
+        assert_eq!(hand["properties"]["countries"], "AU,JP");
+        assert_eq!(hand["properties"]["cluster"], "msk-1");
+        assert_eq!(results[2]["resources"][0]["name"], "data-0");
+        let mut reversed = found.clone();
+        reversed.reverse();
+        assert_eq!(build("ns", &[&ok], &reversed), r, "deterministic");
     }
 }

@@ -3,8 +3,9 @@
 //! violations. Built from the management cluster's objects, whose status the operator keeps
 //! current (pure; the command only lists the objects): the workloads' placements, and each
 //! member's inventory (MemberCluster status) for the copies no workload's record accounts for
-//! (objects labelled with a country by hand, or left by a deleted workload), judged against the
-//! policies.
+//! (objects labelled with a country by hand, or left by a deleted workload; past the 50 listed,
+//! its per-country counts), judged against the policies; the policies' compliance history and
+//! the copies forgotten with a removed member (unverifiable).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -41,6 +42,10 @@ pub struct CountryReport {
     /// `cluster: kind namespace/name from <time> to <time>` (or `until now`), sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<String>,
+    /// Copies on member clusters removed while holding them (the policies' `status.forgotten`):
+    /// `cluster: <n> object(s) since <time>: <what>`, unverifiable, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forgotten: Vec<String>,
 }
 
 /// One cluster holding a country's data.
@@ -171,6 +176,68 @@ pub fn build(
             }
         }
     }
+    // past the objects listed: the per-country counts say how many more no record accounts for
+    let mut unlisted: BTreeMap<String, usize> = BTreeMap::new();
+    for mc in clusters {
+        let Some(inv) = mc.status.as_ref().and_then(|s| s.inventory.as_ref()) else {
+            continue;
+        };
+        let cluster = mc.name_any();
+        let facts = crate::facts::cluster(mc, crate::facts::StatusSource::Conditions);
+        for c in &inv.by_country {
+            let listed = inv
+                .unrecorded
+                .iter()
+                .filter(|o| o.countries.contains(&c.country))
+                .count();
+            let more = usize::try_from(c.unrecorded)
+                .unwrap_or(0)
+                .saturating_sub(listed);
+            if more == 0 {
+                continue;
+            }
+            let entry = by_country.entry(c.country.clone()).or_default();
+            entry
+                .0
+                .entry(cluster.clone())
+                .or_insert_with(|| holding(&cluster, Some(mc)))
+                .workloads
+                .push(format!(
+                    "{more} more object(s) no workload's record accounts for (not listed; MemberCluster {cluster} status has the counts)"
+                ));
+            let forbidding: Vec<&str> = policy_facts
+                .iter()
+                .filter(|p| p.countries.contains(&c.country) && !p.allows(&facts))
+                .map(|p| p.name.as_str())
+                .collect();
+            if !forbidding.is_empty() {
+                entry.1.push(format!(
+                    "{cluster}: {more} more object(s) not listed here are labelled as holding {} data, which {} does not allow",
+                    c.country,
+                    forbidding.join(", ")
+                ));
+                *unlisted.entry(c.country.clone()).or_default() += more - 1;
+            }
+        }
+    }
+    // copies on clusters removed while holding them: unverifiable
+    let mut forgotten: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for f in policies
+        .iter()
+        .filter_map(|p| p.status.as_ref())
+        .flat_map(|s| &s.forgotten)
+    {
+        for country in &f.countries {
+            forgotten
+                .entry(country.clone())
+                .or_default()
+                .insert(format!(
+                    "{}: {} object(s) since {}: {}",
+                    f.cluster, f.objects, f.since.0, f.message
+                ));
+            by_country.entry(country.clone()).or_default();
+        }
+    }
     // the policies' compliance history, per country
     let mut history: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
     for i in policies
@@ -211,8 +278,14 @@ pub fn build(
                 h
             })
             .collect();
-        report.violation_count += violations.len();
+        report.violation_count +=
+            violations.len() + unlisted.get(&country).copied().unwrap_or_default();
         report.countries.push(CountryReport {
+            forgotten: forgotten
+                .remove(&country)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
             history: history
                 .remove(&country)
                 .unwrap_or_default()
@@ -261,6 +334,9 @@ pub fn text(report: &Report) -> String {
         for h in &c.history {
             let _ = writeln!(out, "  HISTORY {h}");
         }
+        for f in &c.forgotten {
+            let _ = writeln!(out, "  FORGOTTEN {f}");
+        }
     }
     let _ = writeln!(
         out,
@@ -298,6 +374,9 @@ pub fn markdown(report: &Report) -> String {
             for h in &c.history {
                 let _ = writeln!(out, "- {h}");
             }
+        }
+        for f in &c.forgotten {
+            let _ = writeln!(out, "\n- **Unverifiable** (cluster removed): {f}");
         }
     }
     let _ = writeln!(out, "\n{} violation(s) in total.", report.violation_count);
@@ -469,5 +548,42 @@ mod tests {
                 "| zrh-1 | CH/zurich | yes | eu-central-2 | eu-central-2 | eu-central-2 |"
             )
         );
+    }
+
+    #[test]
+    fn copies_past_the_listed_ones_and_forgotten_copies_are_reported() {
+        let mut msk = cluster("msk-1", "RU", "moscow", "ru-central-1");
+        msk.status.as_mut().unwrap().inventory = Some(
+            serde_json::from_value(json!({
+                "objects": 60, "volumes": 0, "retained": 0, "countries": ["AU"],
+                "unrecordedCount": 60,
+                "unrecorded": [{"kind": "ConfigMap", "namespace": "t", "name": "hand-00",
+                                "countries": ["AU"]}],
+                "byCountry": [{"country": "AU", "objects": 60, "unrecorded": 60}]
+            }))
+            .unwrap(),
+        );
+        let p: ResidencyPolicy = serde_json::from_value(json!({
+            "apiVersion": "residency.io/v1alpha1", "kind": "ResidencyPolicy", "metadata": {"name": "p"},
+            "spec": {"countries": ["AU"], "allowedLocations": [{"country": "CH"}]},
+            "status": {"forgotten": [{"cluster": "msk-2", "countries": ["AU"], "objects": 2,
+                "since": "2026-11-01T00:00:00Z", "message": "msk-2 was removed"}]}
+        }))
+        .unwrap();
+        let r = build(&[msk], &[], &[p]);
+        let au = &r.countries[0];
+        assert_eq!(au.violations.len(), 2, "{:?}", au.violations);
+        assert!(
+            au.violations[1].starts_with("msk-1: 59 more object(s) not listed here"),
+            "{:?}",
+            au.violations
+        );
+        assert_eq!(r.violation_count, 60, "every copy counts, listed or not");
+        assert_eq!(
+            au.forgotten,
+            ["msk-2: 2 object(s) since 2026-11-01T00:00:00Z: msk-2 was removed"]
+        );
+        assert!(text(&r).contains("  FORGOTTEN msk-2: 2 object(s)"));
+        assert!(markdown(&r).contains("**Unverifiable** (cluster removed): msk-2"));
     }
 }

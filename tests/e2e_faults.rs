@@ -921,6 +921,45 @@ async fn a_member_cluster_holding_data_is_not_forgotten_when_deleted() {
         }
     })
     .await;
+    // ... but not silently: the policy keeps the copies as unverifiable, and so does the report
+    let kept = policies
+        .get("norfolk-zurich")
+        .await
+        .unwrap()
+        .status
+        .unwrap_or_default();
+    let entry = kept
+        .forgotten
+        .iter()
+        .find(|f| f.cluster == "msk-1")
+        .unwrap_or_else(|| panic!("status.forgotten names msk-1: {:?}", kept.forgotten));
+    assert_eq!(
+        (entry.objects, entry.countries.as_slice()),
+        (1, &["NF".to_string()][..])
+    );
+    assert!(
+        entry.message.contains(&format!("{ns}/left")),
+        "{}",
+        entry.message
+    );
+    let compliant = kept
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Compliant")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        compliant.contains("Unverifiable: 1 object(s) on msk-1"),
+        "{compliant}"
+    );
+    let report = common::report();
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("  FORGOTTEN msk-1: 1 object(s) since")
+                && l.contains(&format!("{ns}/left"))),
+        "{report}"
+    );
 
     // re-added, msk-1 is rediscovered from what it holds
     let back = Instant::now();
@@ -933,6 +972,23 @@ async fn a_member_cluster_holding_data_is_not_forgotten_when_deleted() {
     )
     .await;
     eprintln!("rediscovered {:?} after msk-1 was re-added", back.elapsed());
+    eventually(
+        "the forgotten entry goes once msk-1 is watched again",
+        T,
+        || async {
+            let p = policies
+                .get("norfolk-zurich")
+                .await
+                .map_err(|e| e.to_string())?;
+            let f = p.status.map(|s| s.forgotten).unwrap_or_default();
+            if f.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{f:?}"))
+            }
+        },
+    )
+    .await;
     let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(msk1.clone())
         .delete(ns, &DeleteParams::default())
         .await;

@@ -862,6 +862,75 @@ async fn policy_reports_are_written_where_their_crd_is_installed() {
         .find(|r| r["resources"][0]["name"] == "comoros")
         .unwrap();
     assert_eq!(comoros["result"], "pass");
+
+    // a ConfigMap made by hand on msk-1, labelled as holding KM data: a failed result of its own,
+    // from the members' inventory; gone once the ConfigMap is
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let msk1 = env
+        .members
+        .iter()
+        .find(|(n, _)| *n == "msk-1")
+        .unwrap()
+        .1
+        .clone();
+    namespace(&msk1, ns).await;
+    let cms: Api<ConfigMap> = Api::namespaced(msk1, ns);
+    let hand: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "hand-km",
+        "labels": {"country.residency.io/KM": "true"}}}))
+    .unwrap();
+    cms.patch(
+        "hand-km",
+        &PatchParams::apply("rules-test").force(),
+        &Patch::Apply(&hand),
+    )
+    .await
+    .unwrap();
+    let hand_result = |r: &serde_json::Value| {
+        r["results"].as_array().and_then(|a| {
+            a.iter()
+                .find(|x| {
+                    x["resources"][0]["kind"] == "ConfigMap"
+                        && x["resources"][0]["name"] == "hand-km"
+                })
+                .cloned()
+        })
+    };
+    let failed = eventually(
+        "the hand-made copy fails in the PolicyReport",
+        T,
+        || async {
+            let r = reports
+                .get_opt("residency-operator")
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("no report")?;
+            hand_result(&r.data).ok_or_else(|| format!("{}", r.data["summary"]))
+        },
+    )
+    .await;
+    assert_eq!(failed["result"], "fail");
+    assert_eq!(failed["properties"]["cluster"], "msk-1");
+    assert_eq!(failed["properties"]["countries"], "KM");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("comoros does not allow"),
+        "{failed}"
+    );
+    cms.delete("hand-km", &Default::default()).await.unwrap();
+    eventually("the hand-made copy's result goes with it", T, || async {
+        let r = reports
+            .get_opt("residency-operator")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no report")?;
+        match hand_result(&r.data) {
+            None => Ok(()),
+            Some(x) => Err(format!("{x}")),
+        }
+    })
+    .await;
     cleanup(&env, ns, &["comoros", "chad"], &["comoros"]).await;
     eventually("the report drops deleted workloads", T, || async {
         let r = reports

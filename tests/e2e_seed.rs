@@ -405,6 +405,31 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
         metrics.contains("residency_member_writes_total"),
         "{metrics}"
     );
+    // ... and the compliance gauges come from the inventory: AU data on msk-1 (the retained
+    // volumes) is forbidden, on zrh-1 it is not
+    let gauge = |text: &str, name: &str, cluster: &str| -> Option<i64> {
+        let key = format!("{name}{{cluster=\"{cluster}\",country=\"AU\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let metrics = eventually("the inventory gauges", T, || async {
+        let m = operator::http_get(op, "/metrics").await;
+        match gauge(&m, "residency_copies_forbidden", "msk-1") {
+            Some(n) if n > 0 => Ok(m),
+            other => Err(format!("msk-1 AU forbidden: {other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        gauge(&metrics, "residency_copies_forbidden", "zrh-1"),
+        Some(0),
+        "{metrics}"
+    );
+    assert!(
+        gauge(&metrics, "residency_copies", "zrh-1").is_some_and(|n| n > 0),
+        "{metrics}"
+    );
 
     // cleanup: deleting the workloads removes them everywhere (volumes retained)
     delete_and_wait(&workloads, STORE, T).await;

@@ -172,6 +172,23 @@ pub struct Inventory {
     /// Number of objects no workload's record accounts for.
     #[serde(default)]
     pub unrecorded_count: i32,
+    /// Per country its labels declare: how many objects hold its data and how many of them no
+    /// workload's record accounts for (complete, past the 50 listed in `unrecorded`), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 250))]
+    pub by_country: Vec<CountryCopies>,
+}
+
+/// The copies of one country's data on a member.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CountryCopies {
+    /// ISO 3166-1 alpha-2 code.
+    pub country: String,
+    /// Objects labelled with it.
+    pub objects: i32,
+    /// Of them, objects no workload's record accounts for.
+    pub unrecorded: i32,
 }
 
 /// One object of a member's inventory.

@@ -100,6 +100,29 @@ pub struct ResidencyPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     pub history: Vec<ViolationInterval>,
+    /// Copies of the policy's countries that were on a member cluster when it was deleted with
+    /// `residency.io/forget-data=true`: no longer watched, so unverifiable, and kept here until a
+    /// MemberCluster of that name is connected again and its inventory shows what is there. At
+    /// most 50 entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub forgotten: Vec<ForgottenCopies>,
+}
+
+/// Copies on a member cluster removed while it still held them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ForgottenCopies {
+    /// The removed member cluster.
+    pub cluster: String,
+    /// The policy's countries whose data was there, sorted.
+    pub countries: Vec<String>,
+    /// Number of objects labelled with those countries that were there.
+    pub objects: i32,
+    /// When the deletion forgot them.
+    pub since: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// What was there, in a sentence (the first objects by name).
+    pub message: String,
 }
 
 /// One interval in which a piece of data was where a policy forbids it.

@@ -6,7 +6,7 @@
 //! changes. Credentials are never logged.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::jiff::Timestamp;
@@ -66,7 +66,7 @@ pub fn inventory(
     objects: &crate::controller::policy::LabelledObjects,
     workloads: &[Arc<crate::api::ResidentWorkload>],
 ) -> crate::api::member_cluster::Inventory {
-    use crate::api::member_cluster::{Inventory, InventoryObject};
+    use crate::api::member_cluster::{CountryCopies, Inventory, InventoryObject};
     let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
     let volume = |kind: &str| kind == "PersistentVolumeClaim" || kind == "PersistentVolume";
     let mut countries: Vec<String> = objects
@@ -75,13 +75,22 @@ pub fn inventory(
         .collect();
     countries.sort();
     countries.dedup();
+    let recorded = |l: &crate::fleet::labelled::Labelled| {
+        l.workload
+            .as_deref()
+            .is_some_and(|w| crate::controller::policy::accounted_for(workloads, w, cluster))
+    };
+    let mut by_country: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for l in objects.values() {
+        for c in &l.countries {
+            let e = by_country.entry(c.as_str()).or_default();
+            e.0 += 1;
+            e.1 += usize::from(!recorded(l));
+        }
+    }
     let unrecorded: Vec<InventoryObject> = objects
         .iter()
-        .filter(|(_, l)| {
-            !l.workload
-                .as_deref()
-                .is_some_and(|w| crate::controller::policy::accounted_for(workloads, w, cluster))
-        })
+        .filter(|(_, l)| !recorded(l))
         .map(|((kind, ns, name), l)| InventoryObject {
             kind: kind.clone(),
             namespace: (!ns.is_empty()).then(|| ns.clone()),
@@ -103,7 +112,41 @@ pub fn inventory(
         countries,
         unrecorded_count: count(unrecorded.len()),
         unrecorded: unrecorded.into_iter().take(MAX_UNRECORDED).collect(),
+        by_country: by_country
+            .into_iter()
+            .map(|(country, (n, u))| CountryCopies {
+                country: country.to_string(),
+                objects: count(n),
+                unrecorded: count(u),
+            })
+            .collect(),
     }
+}
+
+/// The compliance gauges of one member from its inventory: per country, its copies, those no
+/// record accounts for, and (all of them) when a policy governing the country does not allow
+/// the cluster (pure).
+pub fn compliance_gauges(
+    inv: &crate::api::member_cluster::Inventory,
+    cluster: &crate::placement::ClusterFacts,
+    policies: &[crate::placement::PolicyFacts],
+) -> Vec<(String, crate::metrics::CountryGauges)> {
+    inv.by_country
+        .iter()
+        .map(|c| {
+            let forbidden = policies
+                .iter()
+                .any(|p| p.countries.contains(&c.country) && !p.allows(cluster));
+            (
+                c.country.clone(),
+                crate::metrics::CountryGauges {
+                    copies: i64::from(c.objects),
+                    unrecorded: i64::from(c.unrecorded),
+                    forbidden: if forbidden { i64::from(c.objects) } else { 0 },
+                },
+            )
+        })
+        .collect()
 }
 
 /// What the inventory shows on `cluster`: `kind namespace/name (countries)`, sorted (pure).
@@ -127,11 +170,8 @@ pub fn inventory_lines(objects: &crate::controller::policy::LabelledObjects) -> 
 /// stays reported.
 async fn cleanup(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
     let name = mc.name_any();
-    let held = ctx
-        .labelled
-        .member(&name)
-        .map(|o| inventory_lines(&o))
-        .unwrap_or_default();
+    let objects = ctx.labelled.member(&name).unwrap_or_default();
+    let held = inventory_lines(&objects);
     let forget = mc.annotations().get(FORGET_ANNOTATION).map(String::as_str) == Some("true");
     if !held.is_empty() && !forget {
         let shown: Vec<&str> = held.iter().take(5).map(String::as_str).collect();
@@ -170,6 +210,7 @@ async fn cleanup(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
         return Err(Error::CleanupBlocked(message));
     }
     if !held.is_empty() {
+        await_forgotten_recorded(&ctx, &name, &objects).await?;
         let shown: Vec<&str> = held.iter().take(10).map(String::as_str).collect();
         let note = format!(
             "{name} was deleted with {FORGET_ANNOTATION}=true while it still held {} object(s) labelled with a country, now no longer watched or reported: {}{}",
@@ -190,6 +231,7 @@ async fn cleanup(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
     }
     ctx.fleet.remove(&name);
     ctx.labelled.remove_member(&name);
+    ctx.metrics.inventory(&name, &[]);
     // the policies no longer see that member's objects
     for p in ctx.policies.state() {
         let _ = ctx
@@ -198,6 +240,63 @@ async fn cleanup(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
             .await;
     }
     Ok(Action::await_change())
+}
+
+/// Policies governing a country of `objects` whose status does not record yet that the copies
+/// on `cluster` are forgotten (pure).
+pub fn policies_to_record(
+    policies: &[Arc<crate::api::ResidencyPolicy>],
+    cluster: &str,
+    objects: &crate::controller::policy::LabelledObjects,
+) -> Vec<Arc<crate::api::ResidencyPolicy>> {
+    policies
+        .iter()
+        .filter(|p| {
+            p.spec.countries.iter().any(|c| {
+                objects
+                    .values()
+                    .any(|l| l.countries.iter().any(|h| h == c.as_str()))
+            })
+        })
+        .filter(|p| {
+            !p.status
+                .as_ref()
+                .is_some_and(|s| s.forgotten.iter().any(|f| f.cluster == cluster))
+        })
+        .cloned()
+        .collect()
+}
+
+/// Before a MemberCluster is forgotten, every policy governing data it holds records the
+/// forgotten copies in its status (so they stay reported once the MemberCluster is gone): asks
+/// those policies to re-evaluate and waits a few seconds for their status; blocks the deletion
+/// (retried like a probe) while one has not.
+async fn await_forgotten_recorded(
+    ctx: &Context,
+    cluster: &str,
+    objects: &crate::controller::policy::LabelledObjects,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pending = policies_to_record(&ctx.policies.state(), cluster, objects);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let names: Vec<String> = pending.iter().map(|p| p.name_any()).collect();
+            return Err(Error::CleanupBlocked(format!(
+                "Deletion waits until the policies {} record the copies on {cluster} as forgotten.",
+                names.join(", ")
+            )));
+        }
+        for p in &pending {
+            let _ = ctx
+                .policy_events
+                .send(kube::runtime::reflector::ObjectRef::from_obj(p.as_ref()))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Probes one member cluster and records what it found.
@@ -318,6 +417,17 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
         Some(objects) => Some(inventory(&name, &objects, &ctx.workloads.state())),
         None => previous.inventory.clone(),
     };
+    if let Some(inv) = &status.inventory {
+        let facts = crate::facts::cluster(&mc, crate::facts::StatusSource::Conditions);
+        let policies: Vec<_> = ctx
+            .policies
+            .state()
+            .iter()
+            .map(|p| crate::facts::policy(p))
+            .collect();
+        ctx.metrics
+            .inventory(&name, &compliance_gauges(inv, &facts, &policies));
+    }
     let ready = conditions::is_true(&status.conditions, types::READY);
     let verified = conditions::is_true(&status.conditions, types::LOCATION_VERIFIED);
     ctx.metrics.member_health(&name, ready, verified);
@@ -540,6 +650,12 @@ mod tests {
         let names: Vec<&str> = inv.unrecorded.iter().map(|o| o.name.as_str()).collect();
         assert_eq!(names, ["hand", "data"]);
         assert_eq!(inv.unrecorded[1].countries, ["AU", "NZ"]);
+        let by: Vec<(&str, i32, i32)> = inv
+            .by_country
+            .iter()
+            .map(|c| (c.country.as_str(), c.objects, c.unrecorded))
+            .collect();
+        assert_eq!(by, [("AU", 2, 1), ("JP", 1, 1), ("NZ", 1, 1)]);
     }
 
     #[test]

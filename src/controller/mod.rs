@@ -3,7 +3,9 @@
 //! - `cluster`: connects to each MemberCluster, probes it and attests its location (status).
 //! - `workload`: places each ResidentWorkload on its target clusters and relocates it, make
 //!   before break, when they change.
-//! - `policy`: reports what each ResidencyPolicy matches.
+//! - `policy`: reports what each ResidencyPolicy matches, what violates it (from the members'
+//!   inventory) and what was forgotten with a removed member.
+//! - `reports`: publishes the namespaces' PolicyReports from the same findings.
 //!
 //! The workload controller is event-driven: changes to policies and member clusters trigger
 //! exactly the workloads they can affect (watch mappers over the reflector caches below).
@@ -11,6 +13,7 @@
 pub mod cluster;
 pub mod plan;
 pub mod policy;
+pub mod reports;
 pub mod runner;
 pub mod status;
 pub mod workload;

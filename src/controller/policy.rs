@@ -11,7 +11,7 @@ use tracing::warn;
 
 use super::{Context, Error, Result};
 use crate::api::conditions::{self, Desired, Status, types};
-use crate::api::residency_policy::{Enforcement, Violation, ViolationInterval};
+use crate::api::residency_policy::{Enforcement, ForgottenCopies, Violation, ViolationInterval};
 use crate::api::{MemberCluster, ResidencyPolicy, ResidencyPolicyStatus, ResidentWorkload};
 use crate::facts::{self, StatusSource};
 
@@ -57,31 +57,35 @@ pub fn compute(
             matched.join(", ")
         )
     };
-    let mut violations = violations(rp, clusters, workloads);
-    violations.extend(labelled_violations(rp, clusters, workloads, labelled));
-    violations.sort_by(|a, b| {
-        (&a.cluster, &a.namespace, &a.name, &a.kind).cmp(&(
-            &b.cluster,
-            &b.namespace,
-            &b.name,
-            &b.kind,
-        ))
-    });
+    let mut violations = findings(rp, clusters, workloads, labelled);
     let count = violations.len();
     let history = history(&previous.history, &violations, now);
+    let forgotten = forgotten(rp, clusters, labelled, &previous.forgotten, now);
     violations.truncate(MAX_VIOLATIONS);
+    let unverifiable = if forgotten.is_empty() {
+        String::new()
+    } else {
+        let on: Vec<String> = forgotten
+            .iter()
+            .map(|f| format!("{} object(s) on {}", f.objects, f.cluster))
+            .collect();
+        format!(
+            " Unverifiable: {}, removed while holding its countries' data (status.forgotten).",
+            on.join(", ")
+        )
+    };
     let compliant = match violations.first() {
         None => Desired::new(
             types::COMPLIANT,
             Status::True,
             "NoViolations",
-            "No data of its countries is on a cluster it does not allow.",
+            format!("No data of its countries is on a cluster it does not allow.{unverifiable}"),
         ),
         Some(v) => Desired::new(
             types::COMPLIANT,
             Status::False,
             "Violations",
-            format!("{count} violation(s), e.g. {}", v.message),
+            format!("{count} violation(s), e.g. {}{unverifiable}", v.message),
         ),
     };
     let generation = rp.metadata.generation;
@@ -101,7 +105,105 @@ pub fn compute(
         violations,
         violation_count: i32::try_from(count).unwrap_or(i32::MAX),
         history,
+        forgotten,
     }
+}
+
+/// At most this many forgotten-copies entries are kept in a policy's status.
+pub const MAX_FORGOTTEN: usize = 50;
+
+/// The copies of the policy's countries on member clusters removed while holding them (pure).
+/// A MemberCluster being deleted with the forget annotation adds (or refreshes) an entry from
+/// its last inventory; an entry stays after the MemberCluster is gone, and goes once a
+/// MemberCluster of that name is watched again (its inventory shows what is there: the copies
+/// are rediscovered). The newest [`MAX_FORGOTTEN`] entries are kept.
+pub fn forgotten(
+    rp: &ResidencyPolicy,
+    clusters: &[Arc<MemberCluster>],
+    labelled: &Labelled,
+    previous: &[ForgottenCopies],
+    now: Timestamp,
+) -> Vec<ForgottenCopies> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let governed = |c: &String| rp.spec.countries.iter().any(|p| p.as_str() == c);
+    let mut out: Vec<ForgottenCopies> = previous
+        .iter()
+        .filter(|f| {
+            let watched_again = clusters.iter().any(|c| {
+                c.name_any() == f.cluster
+                    && c.metadata.deletion_timestamp.is_none()
+                    && labelled.contains_key(&f.cluster)
+            });
+            !watched_again
+        })
+        .cloned()
+        .collect();
+    for mc in clusters {
+        let forgetting = mc.metadata.deletion_timestamp.is_some()
+            && mc
+                .annotations()
+                .get(super::cluster::FORGET_ANNOTATION)
+                .map(String::as_str)
+                == Some("true");
+        let name = mc.name_any();
+        let Some(objects) = labelled.get(&name).filter(|_| forgetting) else {
+            continue;
+        };
+        let held: Vec<_> = objects
+            .iter()
+            .filter(|(_, l)| l.countries.iter().any(governed))
+            .collect();
+        if held.is_empty() {
+            continue;
+        }
+        let mut countries: Vec<String> = held
+            .iter()
+            .flat_map(|(_, l)| l.countries.iter().filter(|c| governed(c)).cloned())
+            .collect();
+        countries.sort();
+        countries.dedup();
+        let shown: Vec<String> = held
+            .iter()
+            .take(3)
+            .map(|((kind, ns, n), _)| {
+                if ns.is_empty() {
+                    format!("{kind} {n}")
+                } else {
+                    format!("{kind} {ns}/{n}")
+                }
+            })
+            .collect();
+        let more = held.len().saturating_sub(shown.len());
+        let message = format!(
+            "{name} was removed with {} while holding {} object(s) of {} data ({}{}); they are no longer watched and cannot be verified",
+            super::cluster::FORGET_ANNOTATION,
+            held.len(),
+            countries.join(", "),
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+        let since = out
+            .iter()
+            .find(|f| f.cluster == name)
+            .map(|f| f.since.clone())
+            .unwrap_or(Time(now));
+        out.retain(|f| f.cluster != name);
+        out.push(ForgottenCopies {
+            cluster: name,
+            countries,
+            objects: i32::try_from(held.len()).unwrap_or(i32::MAX),
+            since,
+            message,
+        });
+    }
+    // newest first, then by cluster
+    out.sort_by(|a, b| b.since.0.cmp(&a.since.0).then(a.cluster.cmp(&b.cluster)));
+    out.truncate(MAX_FORGOTTEN);
+    out
 }
 
 /// At most this many intervals are kept in a policy's history.
@@ -326,6 +428,41 @@ pub fn labelled_violations(
     out
 }
 
+/// Every policy's findings: the copies its countries' data has where it forbids them, from the
+/// workloads' records and the members' inventory (pure).
+pub fn all_violations(
+    policies: &[Arc<ResidencyPolicy>],
+    clusters: &[Arc<MemberCluster>],
+    workloads: &[Arc<ResidentWorkload>],
+    labelled: &Labelled,
+) -> Vec<Violation> {
+    policies
+        .iter()
+        .flat_map(|rp| findings(rp, clusters, workloads, labelled))
+        .collect()
+}
+
+/// One policy's findings: [`violations`] from the records and [`labelled_violations`] from the
+/// inventory, sorted by cluster, namespace, name and kind (pure).
+pub fn findings(
+    rp: &ResidencyPolicy,
+    clusters: &[Arc<MemberCluster>],
+    workloads: &[Arc<ResidentWorkload>],
+    labelled: &Labelled,
+) -> Vec<Violation> {
+    let mut v = violations(rp, clusters, workloads);
+    v.extend(labelled_violations(rp, clusters, workloads, labelled));
+    v.sort_by(|a, b| {
+        (&a.cluster, &a.namespace, &a.name, &a.kind).cmp(&(
+            &b.cluster,
+            &b.namespace,
+            &b.name,
+            &b.kind,
+        ))
+    });
+    v
+}
+
 /// Policies a workload change can affect: those governing one of its countries.
 pub fn map_workload(
     policies: &kube::runtime::reflector::Store<ResidencyPolicy>,
@@ -363,6 +500,8 @@ pub async fn reconcile(rp: Arc<ResidencyPolicy>, ctx: Arc<Context>) -> Result<Ac
         let api: kube::Api<ResidencyPolicy> = kube::Api::all(ctx.client.clone());
         ctx.apply_status(&api, &rp.name_any(), &status).await?;
     }
+    // the PolicyReports show the same findings (written only where they changed)
+    super::reports::publish_all(&ctx).await;
     ctx.metrics.reconciled(CONTROLLER, start.elapsed());
     Ok(Action::requeue(Duration::from_secs(30)))
 }
@@ -419,6 +558,104 @@ mod tests {
         assert!(
             h4.iter().all(|i| i.to.is_none()),
             "open intervals win the cap"
+        );
+    }
+
+    #[test]
+    fn copies_on_a_member_removed_with_forget_stay_recorded_until_it_is_watched_again() {
+        use crate::fleet::labelled::Labelled as Entry;
+        let policy: ResidencyPolicy = serde_json::from_value(json!({
+            "apiVersion": "residency.io/v1alpha1", "kind": "ResidencyPolicy",
+            "metadata": {"name": "apac"},
+            "spec": {"countries": ["AU", "NZ"], "allowedLocations": [{"country": "CH"}]}
+        }))
+        .unwrap();
+        let member = |deleting: bool, forget: bool| -> Arc<MemberCluster> {
+            let mut meta = json!({"name": "msk-1"});
+            if deleting {
+                meta["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+            }
+            if forget {
+                meta["annotations"] = json!({"residency.io/forget-data": "true"});
+            }
+            arc(
+                json!({"apiVersion": "residency.io/v1alpha1", "kind": "MemberCluster",
+                "metadata": meta,
+                "spec": {"location": {"country": "RU", "region": "moscow"}, "attestation": {"nodeRegions": ["ru-central-1"]}, "connection": {"local": {}}}}),
+            )
+        };
+        let entry = |c: &[&str]| Entry {
+            countries: c.iter().map(|x| x.to_string()).collect(),
+            workload: None,
+            retained: true,
+        };
+        let key = |n: &str| {
+            (
+                "PersistentVolumeClaim".to_string(),
+                "t".to_string(),
+                n.to_string(),
+            )
+        };
+        let held: Labelled = BTreeMap::from([(
+            "msk-1".to_string(),
+            BTreeMap::from([
+                (key("data-0"), entry(&["AU"])),
+                (key("data-1"), entry(&["NZ", "JP"])),
+                (key("other"), entry(&["JP"])),
+            ]),
+        )]);
+        let t = |s: i64| Timestamp::from_second(s).unwrap();
+        // being deleted without the annotation, or not being deleted: nothing is forgotten
+        for c in [member(true, false), member(false, true)] {
+            assert!(forgotten(&policy, &[c], &held, &[], t(1)).is_empty());
+        }
+        let f1 = forgotten(&policy, &[member(true, true)], &held, &[], t(10));
+        assert_eq!(f1.len(), 1);
+        assert_eq!((f1[0].cluster.as_str(), f1[0].objects), ("msk-1", 2));
+        assert_eq!(f1[0].countries, ["AU", "NZ"], "only the policy's countries");
+        assert!(
+            f1[0].message.contains("PersistentVolumeClaim t/data-0"),
+            "{}",
+            f1[0].message
+        );
+        // still being deleted later: the same entry, its start kept
+        let again = forgotten(&policy, &[member(true, true)], &held, &f1, t(20));
+        assert_eq!(again, f1);
+        // the MemberCluster gone: kept
+        let gone = forgotten(&policy, &[], &Labelled::new(), &f1, t(30));
+        assert_eq!(gone, f1);
+        // re-added but not watched yet: kept; watched again: dropped (rediscovered)
+        let readded = [member(false, false)];
+        assert_eq!(
+            forgotten(&policy, &readded, &Labelled::new(), &f1, t(40)),
+            f1
+        );
+        let watched: Labelled = BTreeMap::from([("msk-1".to_string(), BTreeMap::new())]);
+        assert!(forgotten(&policy, &readded, &watched, &f1, t(50)).is_empty());
+        // a policy governing none of the held countries records nothing
+        let mut other = policy.clone();
+        other.spec.countries = vec![crate::api::CountryCode::parse("FR").unwrap()];
+        assert!(forgotten(&other, &[member(true, true)], &held, &[], t(60)).is_empty());
+        // the deleting member blocks until the governing policy records it
+        let p = Arc::new(policy.clone());
+        let objects = &held["msk-1"];
+        assert_eq!(
+            super::super::cluster::policies_to_record(
+                &[p.clone(), Arc::new(other)],
+                "msk-1",
+                objects
+            )
+            .len(),
+            1
+        );
+        let mut recorded = policy.clone();
+        recorded.status = Some(ResidencyPolicyStatus {
+            forgotten: f1,
+            ..Default::default()
+        });
+        assert!(
+            super::super::cluster::policies_to_record(&[Arc::new(recorded)], "msk-1", objects)
+                .is_empty()
         );
     }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event, finalizer};
@@ -758,7 +758,7 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
     }
     let mut with_status = (*rw).clone();
     with_status.status = Some(status.clone());
-    publish_policy_report(&ctx, &ns, Some(&with_status), None).await;
+    super::reports::publish(&ctx, &ns, Some(&with_status), None).await;
     if let Some(e) = failures.into_iter().next() {
         return Err(e.into());
     }
@@ -869,7 +869,7 @@ async fn cleanup(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action>
         "Removed the workload from every member cluster.",
     )
     .await;
-    publish_policy_report(
+    super::reports::publish(
         &ctx,
         &rw.namespace().unwrap_or_default(),
         None,
@@ -877,60 +877,6 @@ async fn cleanup(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action>
     )
     .await;
     Ok(Action::await_change())
-}
-
-/// Writes the namespace's PolicyReport when its content changed. `current` replaces the cached
-/// copy of one workload (its new status may not be in the cache yet); `gone` is left out.
-async fn publish_policy_report(
-    ctx: &Context,
-    namespace: &str,
-    current: Option<&ResidentWorkload>,
-    gone: Option<&str>,
-) {
-    use kube::api::DynamicObject;
-    use kube::core::{ApiResource, GroupVersionKind};
-    let cached = ctx.workloads.state();
-    let mut list: Vec<&ResidentWorkload> = cached
-        .iter()
-        .map(|w| w.as_ref())
-        .filter(|w| w.namespace().as_deref() == Some(namespace))
-        .filter(|w| Some(w.name_any().as_str()) != gone)
-        .filter(|w| current.is_none_or(|c| c.name_any() != w.name_any()))
-        .collect();
-    if let Some(c) = current {
-        list.push(c);
-    }
-    let report = crate::policy_report::build(namespace, &list);
-    let hash = crate::desired::content_hash(&report);
-    {
-        let reports = ctx.reports.lock().unwrap_or_else(|e| e.into_inner());
-        if reports.get(namespace) == Some(&hash) {
-            return;
-        }
-    }
-    let gvk = GroupVersionKind::gvk("wgpolicyk8s.io", "v1alpha2", "PolicyReport");
-    let ar = ApiResource::from_gvk_with_plural(&gvk, "policyreports");
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, &ar);
-    let params = PatchParams::apply(crate::api::FIELD_MANAGER).force();
-    if !ctx.fence.may_write() {
-        return;
-    }
-    let written = match api
-        .patch(crate::policy_report::NAME, &params, &Patch::Apply(&report))
-        .await
-    {
-        Ok(_) => true,
-        // the PolicyReport CRD is not installed: nothing to write to
-        Err(kube::Error::Api(s)) if s.code == 404 => true,
-        Err(e) => {
-            warn!(namespace, error = %e, "could not write the PolicyReport");
-            false
-        }
-    };
-    if written {
-        let mut reports = ctx.reports.lock().unwrap_or_else(|e| e.into_inner());
-        reports.insert(namespace.to_string(), hash);
-    }
 }
 
 fn changed(previous: &ResidentWorkloadStatus, next: &ResidentWorkloadStatus) -> bool {

@@ -106,6 +106,13 @@ impl Index {
         gone
     }
 
+    /// Notes that one of a member's watches listed it: the member is watched from now on, even
+    /// while it holds nothing labelled.
+    fn listed(&self, cluster: &str) {
+        let mut m = self.members.write().unwrap_or_else(|e| e.into_inner());
+        m.entry(cluster.to_string()).or_default();
+    }
+
     /// Forgets a member.
     pub fn remove_member(&self, cluster: &str) {
         let mut m = self.members.write().unwrap_or_else(|e| e.into_inner());
@@ -202,7 +209,11 @@ pub fn start(
                             );
                             index.update(&cluster, key, None)
                         }
-                        Ok(watcher::Event::InitDone) | Err(_) => BTreeSet::new(),
+                        Ok(watcher::Event::InitDone) => {
+                            index.listed(&cluster);
+                            BTreeSet::new()
+                        }
+                        Err(_) => BTreeSet::new(),
                     };
                     if changed.is_empty() {
                         continue;

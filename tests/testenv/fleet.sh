@@ -397,6 +397,8 @@ EOF
 }
 
 cmd_down() {
+  # a container runtime started under the fleet's directory goes first (containers, mounts)
+  if [[ -d "$STATE/runtime" ]]; then RESIDENCY_RUNTIME_DIR="$STATE/runtime" "$HERE/runtime.sh" down || true; fi
   [[ -d "$STATE/pids" ]] || { log "no fleet state in $STATE; nothing to stop"; rm -rf "$STATE"; return 0; }
   local f id pid pids=()
   for f in "$STATE"/pids/*.pid; do

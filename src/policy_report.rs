@@ -81,9 +81,8 @@ pub fn build(namespace: &str, workloads: &[&ResidentWorkload], violations: &[Vio
             })
         })
         .collect();
-    // (country, message) per (cluster, kind, name)
-    type Found<'a> = Vec<(&'a str, &'a str)>;
-    let mut copies: BTreeMap<(&str, &str, &str), Found> = BTreeMap::new();
+    // the findings (of every policy) per (cluster, kind, name)
+    let mut copies: BTreeMap<(&str, &str, &str), Vec<&Violation>> = BTreeMap::new();
     for v in violations
         .iter()
         .filter(|v| v.kind != "ResidentWorkload" && v.namespace.as_deref() == Some(namespace))
@@ -91,13 +90,20 @@ pub fn build(namespace: &str, workloads: &[&ResidentWorkload], violations: &[Vio
         copies
             .entry((v.cluster.as_str(), v.kind.as_str(), v.name.as_str()))
             .or_default()
-            .push((v.country.as_str(), v.message.as_str()));
+            .push(v);
     }
     let mut results = results;
-    for ((cluster, kind, name), mut found) in copies {
-        found.sort_unstable();
-        let message = found.first().map(|f| f.1).unwrap_or_default();
-        let mut countries: Vec<&str> = found.iter().map(|f| f.0).collect();
+    for ((cluster, kind, name), found) in copies {
+        let message = found
+            .iter()
+            .map(|v| v.message.as_str())
+            .min()
+            .unwrap_or_default();
+        let mut countries: Vec<&str> = found
+            .iter()
+            .flat_map(|v| v.countries.iter().map(String::as_str))
+            .collect();
+        countries.sort_unstable();
         countries.dedup();
         summary["fail"] = json!(summary["fail"].as_i64().unwrap_or(0) + 1);
         results.push(json!({
@@ -174,7 +180,7 @@ mod tests {
     fn forbidden_copies_of_the_inventory_are_failed_results_one_per_object() {
         let v = |cluster: &str, country: &str, kind: &str, ns: &str, name: &str| Violation {
             cluster: cluster.into(),
-            country: country.into(),
+            countries: vec![country.into()],
             kind: kind.into(),
             namespace: Some(ns.into()),
             name: name.into(),

@@ -133,6 +133,15 @@ pub fn build(
     }
     // copies the members hold that no workload's record accounts for (their inventory)
     let policy_facts: Vec<_> = policies.iter().map(crate::facts::policy).collect();
+    let forbidding = |country: &str, cluster: &crate::placement::ClusterFacts| -> String {
+        let names: Vec<&str> = policy_facts
+            .iter()
+            .filter(|p| p.countries.contains(country) && !p.allows(cluster))
+            .map(|p| p.name.as_str())
+            .collect();
+        names.join(", ")
+    };
+    let mut unlisted: BTreeMap<String, usize> = BTreeMap::new();
     for mc in clusters {
         let Some(inv) = mc.status.as_ref().and_then(|s| s.inventory.as_ref()) else {
             continue;
@@ -161,29 +170,16 @@ pub fn build(
                     .or_insert_with(|| holding(&cluster, Some(mc)))
                     .workloads
                     .push(format!("{} {at} (no workload's record)", o.kind));
-                let forbidding: Vec<&str> = policy_facts
-                    .iter()
-                    .filter(|p| p.countries.contains(country) && !p.allows(&facts))
-                    .map(|p| p.name.as_str())
-                    .collect();
+                let forbidding = forbidding(country, &facts);
                 if !forbidding.is_empty() {
                     entry.1.push(format!(
-                        "{cluster}: {retained}{} {at} on {cluster}{whose} is labelled as holding {country} data, which {} does not allow",
+                        "{cluster}: {retained}{} {at} on {cluster}{whose} is labelled as holding {country} data, which {forbidding} does not allow",
                         o.kind,
-                        forbidding.join(", ")
                     ));
                 }
             }
         }
-    }
-    // past the objects listed: the per-country counts say how many more no record accounts for
-    let mut unlisted: BTreeMap<String, usize> = BTreeMap::new();
-    for mc in clusters {
-        let Some(inv) = mc.status.as_ref().and_then(|s| s.inventory.as_ref()) else {
-            continue;
-        };
-        let cluster = mc.name_any();
-        let facts = crate::facts::cluster(mc, crate::facts::StatusSource::Conditions);
+        // past the objects listed: the per-country counts say how many more none accounts for
         for c in &inv.by_country {
             let listed = inv
                 .unrecorded
@@ -205,16 +201,11 @@ pub fn build(
                 .push(format!(
                     "{more} more object(s) no workload's record accounts for (not listed; MemberCluster {cluster} status has the counts)"
                 ));
-            let forbidding: Vec<&str> = policy_facts
-                .iter()
-                .filter(|p| p.countries.contains(&c.country) && !p.allows(&facts))
-                .map(|p| p.name.as_str())
-                .collect();
+            let forbidding = forbidding(&c.country, &facts);
             if !forbidding.is_empty() {
                 entry.1.push(format!(
-                    "{cluster}: {more} more object(s) not listed here are labelled as holding {} data, which {} does not allow",
+                    "{cluster}: {more} more object(s) not listed here are labelled as holding {} data, which {forbidding} does not allow",
                     c.country,
-                    forbidding.join(", ")
                 ));
                 *unlisted.entry(c.country.clone()).or_default() += more - 1;
             }
@@ -253,14 +244,13 @@ pub fn build(
             Some(t) => format!("to {}", t.0),
             None => "until now".to_string(),
         };
-        history
-            .entry(i.country.clone())
-            .or_default()
-            .insert(format!(
+        for country in &i.countries {
+            history.entry(country.clone()).or_default().insert(format!(
                 "{}: {} {at} from {} {until}",
                 i.cluster, i.kind, i.from.0
             ));
-        by_country.entry(i.country.clone()).or_default();
+            by_country.entry(country.clone()).or_default();
+        }
     }
     let mut report = Report::default();
     for (country, (holdings, violations)) in by_country {
@@ -469,9 +459,9 @@ mod tests {
             "apiVersion": "residency.io/v1alpha1", "kind": "ResidencyPolicy", "metadata": {"name": "p"},
             "spec": {"countries": ["AU"], "allowedLocations": [{"country": "CH"}]},
             "status": {"history": [
-                {"cluster": "msk-1", "country": "AU", "kind": "ConfigMap", "namespace": "t", "name": "old",
+                {"cluster": "msk-1", "countries": ["AU"], "kind": "ConfigMap", "namespace": "t", "name": "old",
                  "from": "2026-10-01T00:00:00Z", "to": "2026-10-02T00:00:00Z"},
-                {"cluster": "msk-1", "country": "FJ", "kind": "ConfigMap", "namespace": "t", "name": "gone",
+                {"cluster": "msk-1", "countries": ["FJ"], "kind": "ConfigMap", "namespace": "t", "name": "gone",
                  "from": "2026-09-01T00:00:00Z", "to": "2026-09-03T00:00:00Z"}
             ]}
         }))

@@ -644,9 +644,9 @@ async fn a_hand_made_object_labelled_with_a_country_is_reported_on_the_policy() 
             v.cluster.as_str(),
             v.kind.as_str(),
             v.name.as_str(),
-            v.country.as_str()
+            v.countries.join(",")
         ),
-        ("msk-1", "Deployment", "hand-made", "CK")
+        ("msk-1", "Deployment", "hand-made", "CK".to_string())
     );
     assert!(
         v.message.contains("which cook-islands does not allow"),

@@ -94,7 +94,7 @@ pub struct ResidencyPolicyStatus {
     #[serde(default)]
     pub violation_count: i32,
     /// When data of the policy's countries was where the policy forbids it: one interval per
-    /// object and country, open (`to` absent) while it lasts. Survives Events, so "was AU data
+    /// object and set of countries, open (`to` absent) while it lasts. Survives Events, so "was AU data
     /// outside Zurich in the last 90 days?" can be answered later. At most 100 intervals: the
     /// open ones first, then the most recently closed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -131,8 +131,8 @@ pub struct ForgottenCopies {
 pub struct ViolationInterval {
     /// The member cluster holding it.
     pub cluster: String,
-    /// The country whose data it is.
-    pub country: String,
+    /// The policy's countries whose data it holds, sorted.
+    pub countries: Vec<String>,
     /// Kind of the object.
     pub kind: String,
     /// Namespace of the object, when namespaced.
@@ -153,8 +153,8 @@ pub struct ViolationInterval {
 pub struct Violation {
     /// The member cluster holding it.
     pub cluster: String,
-    /// The country whose data it is.
-    pub country: String,
+    /// The policy's countries whose data it holds, sorted.
+    pub countries: Vec<String>,
     /// Kind of the object, e.g. `PersistentVolumeClaim`.
     pub kind: String,
     /// Namespace of the object, when namespaced.

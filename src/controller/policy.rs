@@ -221,7 +221,7 @@ pub fn history(
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     let same = |i: &ViolationInterval, v: &Violation| {
         i.cluster == v.cluster
-            && i.country == v.country
+            && i.countries == v.countries
             && i.kind == v.kind
             && i.namespace == v.namespace
             && i.name == v.name
@@ -244,7 +244,7 @@ pub fn history(
         if !open.iter().any(|i| same(i, v)) {
             open.push(ViolationInterval {
                 cluster: v.cluster.clone(),
-                country: v.country.clone(),
+                countries: v.countries.clone(),
                 kind: v.kind.clone(),
                 namespace: v.namespace.clone(),
                 name: v.name.clone(),
@@ -256,7 +256,7 @@ pub fn history(
     let key = |i: &ViolationInterval| {
         (
             i.cluster.clone(),
-            i.country.clone(),
+            i.countries.clone(),
             i.namespace.clone(),
             i.name.clone(),
             i.kind.clone(),
@@ -284,15 +284,19 @@ pub fn violations(
     let name = rp.name_any();
     let mut out = Vec::new();
     for w in workloads {
-        let Some(country) = w
+        let mut governed: Vec<String> = w
             .spec
             .countries
             .iter()
             .filter(|c| rp.spec.countries.contains(c))
-            .min()
-        else {
+            .map(|c| c.to_string())
+            .collect();
+        if governed.is_empty() {
             continue;
-        };
+        }
+        governed.sort();
+        governed.dedup();
+        let country = governed.join(", ");
         let Some(status) = &w.status else { continue };
         let ns = w.namespace().unwrap_or_default();
         let wname = w.name_any();
@@ -308,7 +312,7 @@ pub fn violations(
                 for o in &p.objects {
                     out.push(Violation {
                         cluster: p.cluster.clone(),
-                        country: country.to_string(),
+                        countries: governed.clone(),
                         kind: o.kind.clone(),
                         namespace: Some(ns.clone()),
                         name: o.name.clone(),
@@ -321,7 +325,7 @@ pub fn violations(
             } else {
                 out.push(Violation {
                     cluster: p.cluster.clone(),
-                    country: country.to_string(),
+                    countries: governed.clone(),
                     kind: "ResidentWorkload".into(),
                     namespace: Some(ns.clone()),
                     name: wname.clone(),
@@ -392,13 +396,16 @@ pub fn labelled_violations(
             {
                 continue;
             }
-            let Some(country) = l
+            let governed: Vec<String> = l
                 .countries
                 .iter()
-                .find(|c| rp.spec.countries.iter().any(|p| p.as_str() == c.as_str()))
-            else {
+                .filter(|c| rp.spec.countries.iter().any(|p| p.as_str() == c.as_str()))
+                .cloned()
+                .collect();
+            if governed.is_empty() {
                 continue;
-            };
+            }
+            let country = governed.join(", ");
             let at = if ns.is_empty() {
                 obj.clone()
             } else {
@@ -415,7 +422,7 @@ pub fn labelled_violations(
             );
             out.push(Violation {
                 cluster: cluster.clone(),
-                country: country.clone(),
+                countries: governed,
                 kind: kind.clone(),
                 namespace: (!ns.is_empty()).then(|| ns.clone()),
                 name: obj.clone(),
@@ -530,7 +537,7 @@ mod tests {
     fn the_history_opens_and_closes_intervals_and_is_stable_while_nothing_changes() {
         let v = |name: &str| Violation {
             cluster: "msk-1".into(),
-            country: "AU".into(),
+            countries: vec!["AU".into()],
             kind: "PersistentVolumeClaim".into(),
             namespace: Some("t".into()),
             name: name.into(),
@@ -747,10 +754,11 @@ mod tests {
         assert_eq!(
             (
                 v[0].cluster.as_str(),
-                v[0].country.as_str(),
+                v[0].countries.join(","),
                 v[0].name.as_str()
             ),
-            ("msk-1", "AU", "data")
+            ("msk-1", "AU,NZ".to_string(), "data"),
+            "every governed country it holds, so the history answers for each"
         );
         assert!(
             v[0].message.contains("which apac-to-zurich does not allow"),

@@ -93,6 +93,18 @@ fn leftovers(dir: &Path) -> Vec<String> {
     if dir.exists() {
         found.push(format!("directory {d}"));
     }
+    // the runtime's containers get cgroups /<its namespace>/<container> in every hierarchy
+    for h in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for c in std::fs::read_dir(h.path()).into_iter().flatten().flatten() {
+            if c.file_name().to_string_lossy().starts_with("residency-rt-") {
+                found.push(format!("cgroup {}", c.path().display()));
+            }
+        }
+    }
     found
 }
 

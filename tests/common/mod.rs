@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod operator;
+pub mod real;
 pub mod rules;
 
 use std::future::Future;

@@ -17,10 +17,11 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 
 log() { printf '[testenv %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-# key NAME VERSION -> cache directory for that component build
+# key NAME VERSION [MODULE] -> cache directory for that component build (MODULE: the wrapper
+# module it is built from, default NAME)
 key() {
-  local sum
-  sum="$(cat "$HERE/gomod/$1/go.mod" "$HERE/gomod/$1/go.sum" | sha256sum | cut -c1-12)"
+  local sum mod="${3:-$1}"
+  sum="$(cat "$HERE/gomod/$mod/go.mod" "$HERE/gomod/$mod/go.sum" | sha256sum | cut -c1-12)"
   echo "$CACHE/$1-$2-$sum"
 }
 
@@ -48,16 +49,18 @@ run_with_progress() {
   log "$label: built in $((SECONDS - start)) s"
 }
 
-# build NAME VERSION LDFLAGS PKG... : go build the packages of wrapper module NAME into its cache dir
+# build NAME VERSION LDFLAGS PKG... : go build the packages of wrapper module NAME (or $MODULE)
+# into its cache dir
 build() {
   local name="$1" version="$2" ldflags="$3"; shift 3
-  local dir; dir="$(key "$name" "$version")"
+  local mod="${MODULE:-$name}"
+  local dir; dir="$(key "$name" "$version" "$mod")"
   if [[ -f "$dir/.complete" ]]; then
     log "$name $version: cached in $dir"
   else
     log "$name $version: building $* (a cold build takes minutes)"
     rm -rf "$dir.tmp"; mkdir -p "$dir.tmp"
-    (cd "$HERE/gomod/$name" &&
+    (cd "$HERE/gomod/$mod" &&
       run_with_progress "$name $version" go build -trimpath -pgo=off -ldflags "-s -w $ldflags" -o "$dir.tmp/" "$@")
     # etcd's main package is called "server"; give the binary its real name
     if [[ -f "$dir.tmp/server" ]]; then mv "$dir.tmp/server" "$dir.tmp/etcd"; fi
@@ -94,6 +97,9 @@ main() {
   build kubernetes "$K8S_VERSION" "$(k8s_ldflags)" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+  # the real nodes' kubelet, from the same Kubernetes build (a component of its own, so adding
+  # it left the control plane's cache as it was)
+  MODULE=kubernetes build kubelet "$K8S_VERSION" "$(k8s_ldflags)" k8s.io/kubernetes/cmd/kubelet
   build kwok "$KWOK_VERSION" "" sigs.k8s.io/kwok/cmd/kwok
   build helm "$HELM_VERSION" "$(helm_ldflags)" helm.sh/helm/v3/cmd/helm
   # kwok needs its stage definitions, shipped in its module.

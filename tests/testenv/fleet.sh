@@ -14,7 +14,9 @@
 #   msk-1   RU/moscow member, nodes in region ru-central-1
 # Every member also runs kube-controller-manager, kube-scheduler and kwok with two fake nodes, a
 # default StorageClass `standard` and pre-created PersistentVolumes whose node affinity names the
-# member's region, so Deployments and StatefulSets get Running Pods and PVCs bind.
+# member's region, so Deployments and StatefulSets get Running Pods and PVCs bind; and one real
+# node (tests/testenv/nodes.sh: kubelet, containerd, CNI) where Pods that tolerate its taint
+# really run, with real volumes (StorageClass `real-local`).
 #
 # Settings (environment):
 #   RESIDENCY_FLEET_DIR        state directory (default ${TMPDIR:-/tmp}/residency-fleet)
@@ -22,6 +24,7 @@
 #                              the apiservers BASE+10, BASE+11, ... in fleet order
 #   RESIDENCY_FLEET_PVS        pre-created PersistentVolumes per member (default 40)
 #   RESIDENCY_FLEET_TIMEOUT    seconds to wait for each component (default 120)
+#   RESIDENCY_FLEET_REAL_NODES 0: no real nodes (default 1: one per member, see nodes.sh)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -33,6 +36,7 @@ PORT_BASE="${RESIDENCY_FLEET_PORT_BASE:-17400}"
 if [[ -z "${RESIDENCY_FLEET_PORT_BASE:-}" && -f "$STATE/port-base" ]]; then PORT_BASE="$(cat "$STATE/port-base")"; fi
 PVS="${RESIDENCY_FLEET_PVS:-40}"
 TIMEOUT="${RESIDENCY_FLEET_TIMEOUT:-120}"
+REAL_NODES="${RESIDENCY_FLEET_REAL_NODES:-1}"
 CACHE="${RESIDENCY_CACHE:-$HOME/.cache/residency-operator}/testenv"
 BIN="$CACHE/bin"
 KUBECONFIG_OUT="$STATE/kubeconfig"
@@ -210,7 +214,7 @@ start_apiserver() {
     --client-ca-file "$d/ca.crt" --authorization-mode RBAC \
     --service-account-issuer "https://127.0.0.1:$port" --service-account-key-file "$d/sa.pub" \
     --service-account-signing-key-file "$d/sa.key" \
-    --service-cluster-ip-range 10.0.0.0/24 --allow-privileged=true \
+    --service-cluster-ip-range 10.0.0.0/24 --allow-privileged=true --kubelet-preferred-address-types InternalIP \
     --disable-admission-plugins ServiceAccount --profiling=false --v=0 --watch-cache=false \
     --audit-policy-file "$STATE/audit-policy.yaml" --audit-log-path "$STATE/logs/$name-audit.log" \
     --audit-log-format json --audit-log-maxsize 100
@@ -256,7 +260,8 @@ start_member_components() {
 apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokConfiguration
 options:
-  manageAllNodes: true
+  manageAllNodes: false
+  manageNodesWithLabelSelector: type=kwok
   cidr: 10.200.0.1/16
   nodeIP: 10.201.0.1
   podPlayStageParallelism: 4
@@ -270,7 +275,8 @@ EOF
     local s
     for s in "$CACHE/kwok-stages-$KWOK_VERSION"/*.yaml; do echo "---"; cat "$s"; done
   } >"$cfg"
-  start "$name-kwok" "$BIN/kwok" --kubeconfig "$kcfg" --config "$cfg" --manage-all-nodes=true
+  start "$name-kwok" "$BIN/kwok" --kubeconfig "$kcfg" --config "$cfg" \
+    --manage-all-nodes=false --manage-nodes-with-label-selector type=kwok
 }
 
 # seed_member NAME REGION: fake nodes, the default StorageClass and pre-created PVs
@@ -384,6 +390,8 @@ cmd_up() {
     wait_until "$name-kube-controller-manager" "running controllers" default_sa_exists "$name"
     expect_alive "$name-kube-scheduler"
   done
+  # one real node per member (kubelet, containerd, CNI in the fleet's network namespace)
+  if [[ "$REAL_NODES" != 0 ]]; then "$HERE/nodes.sh" up; fi
   log "fleet up in $((SECONDS - start_all)) s"
   cat >&2 <<EOF
 
@@ -397,7 +405,11 @@ EOF
 }
 
 cmd_down() {
-  # a container runtime started under the fleet's directory goes first (containers, mounts)
+  # the real nodes and a container runtime started under the fleet's directory go first
+  # (containers, mounts, cgroups, the network namespace)
+  if [[ -d "$STATE/nodes" ]] || ip netns list 2>/dev/null | grep -qw "rfleet-$PORT_BASE"; then
+    "$HERE/nodes.sh" down || true
+  fi
   if [[ -d "$STATE/runtime" ]]; then RESIDENCY_RUNTIME_DIR="$STATE/runtime" "$HERE/runtime.sh" down || true; fi
   [[ -d "$STATE/pids" ]] || { log "no fleet state in $STATE; nothing to stop"; rm -rf "$STATE"; return 0; }
   local f id pid pids=()

@@ -4,12 +4,13 @@
 # only from local archives (`ctr images import`); nothing is ever pulled. The building block of
 # the fleet's real nodes, and what the image test runs the operator's image with.
 #
-#   tests/testenv/runtime.sh install   install containerd and runc with apt-get when missing (root)
+#   tests/testenv/runtime.sh install   install containerd, runc, CNI plugins and busybox-static
+#                                      with apt-get when missing (root)
 #   tests/testenv/runtime.sh up        start containerd (idempotent); prints its socket
 #   tests/testenv/runtime.sh down      kill every container, stop containerd and its shims,
 #                                      unmount what it mounted, remove the directory
 #   tests/testenv/runtime.sh status    containerd's pid and memory, the containers
-#   tests/testenv/runtime.sh ctr ARGS  ctr against this runtime (namespace `residency`)
+#   tests/testenv/runtime.sh ctr ARGS  ctr against this runtime (a namespace of its own)
 #
 # Settings (environment):
 #   RESIDENCY_RUNTIME_DIR  its directory (default ${RESIDENCY_FLEET_DIR:-${TMPDIR:-/tmp}/residency-fleet}/runtime)
@@ -17,24 +18,26 @@ set -euo pipefail
 
 DIR="${RESIDENCY_RUNTIME_DIR:-${RESIDENCY_FLEET_DIR:-${TMPDIR:-/tmp}/residency-fleet}/runtime}"
 SOCK="$DIR/containerd.sock"
-NS=residency
-PACKAGES=(containerd runc)
+# a containerd namespace (and so a cgroup, /<namespace>/<container>) of its own per directory
+NS="residency-rt-$(printf '%s' "$DIR" | sha256sum | cut -c1-8)"
+# the runtime, and what the fleet's real nodes (nodes.sh) add to it: CNI plugins, busybox for
+# the test image
+PACKAGES=(containerd runc containernetworking-plugins busybox-static)
 
 log() { printf '[runtime %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 ctr_() { ctr --address "$SOCK" --namespace "$NS" "$@"; }
 
 install() {
-  local missing=()
-  command -v containerd >/dev/null || missing+=(containerd)
-  command -v runc >/dev/null || missing+=(runc)
+  local missing=() p
+  for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   [[ ${#missing[@]} -eq 0 ]] && return 0
-  [[ $EUID -eq 0 ]] || die "missing ${missing[*]}: install the Debian packages ${PACKAGES[*]} (as root: $0 install)"
-  log "installing the Debian packages ${PACKAGES[*]}"
+  [[ $EUID -eq 0 ]] || die "missing the Debian packages ${missing[*]} (as root: $0 install)"
+  log "installing the Debian packages ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  if ! apt-get install -y --no-install-recommends "${PACKAGES[@]}" >/dev/null 2>&1; then
+  if ! apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
     apt-get update >/dev/null
-    apt-get install -y --no-install-recommends "${PACKAGES[@]}" >/dev/null
+    apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
   fi
 }
 
@@ -90,6 +93,8 @@ down() {
   awk -v d="$DIR" '$2 ~ "^"d {print $2}' /proc/mounts | sort -r | while read -r m; do
     umount -l "$m" 2>/dev/null || true
   done
+  # the containers' cgroups (/<namespace>/...) in every hierarchy, deepest first
+  find /sys/fs/cgroup -depth -type d -path "*/$NS*" -exec rmdir {} \; 2>/dev/null || true
   rm -rf "$DIR"
 }
 

@@ -1,0 +1,372 @@
+#!/usr/bin/env bash
+# Real nodes for the local fleet: on each member, next to its kwok nodes, one node where Pods
+# really run - a kubelet from the fleet's Kubernetes build, its own containerd (Debian's
+# containerd and runc) and CNI bridge networking (Debian's containernetworking-plugins).
+#
+#   tests/testenv/nodes.sh up       start the real nodes of a running fleet (idempotent)
+#   tests/testenv/nodes.sh down     stop them: Pods, containers, shims, mounts, cgroups, the
+#                                   network namespace and its links
+#   tests/testenv/nodes.sh status   their components with pid and resident memory (fleet.sh status
+#                                   lists them too)
+#
+# Network: every Pod lives in one network namespace the fleet creates (rfleet-<port base>),
+# which has no default route: Pods of different members reach each other over the namespace's
+# bridges (one per node, one /24 each), and a packet to any other address fails there instead
+# of leaving the machine. A veth pair links the namespace to the host (172.31.<k>.1 host side,
+# .2 namespace side, k from the port base): the kubelets listen on the host side (their node
+# IP), each containerd's streaming server (exec, logs) on the namespace side.
+#
+# Images: nothing is pulled. The pause image (a static binary built here with gcc) and the test
+# image `residency.local/busybox:1` (Debian's busybox-static) are built with scripts/oci_image.py
+# and imported into every node's containerd; Pods use them with imagePullPolicy Never or
+# IfNotPresent. Each real node is tainted residency.io/real-node=true:NoSchedule, so only Pods
+# that tolerate it run there (the kwok nodes keep the rest), and carries its member's region and
+# zone labels. Volumes: StorageClass `real-local`, local PersistentVolumes that are directories
+# under the fleet's state, with node affinity naming the real node and the region.
+#
+# Settings: those of fleet.sh (RESIDENCY_FLEET_DIR, RESIDENCY_FLEET_PORT_BASE), and
+#   RESIDENCY_REAL_PVS   real PersistentVolumes per member (default 4)
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+# shellcheck source=versions.env
+source "$HERE/versions.env"
+STATE="${RESIDENCY_FLEET_DIR:-${TMPDIR:-/tmp}/residency-fleet}"
+PORT_BASE="${RESIDENCY_FLEET_PORT_BASE:-17400}"
+if [[ -z "${RESIDENCY_FLEET_PORT_BASE:-}" && -f "$STATE/port-base" ]]; then PORT_BASE="$(cat "$STATE/port-base")"; fi
+CACHE="${RESIDENCY_CACHE:-$HOME/.cache/residency-operator}/testenv"
+BIN="$CACHE/bin"
+REAL_PVS="${RESIDENCY_REAL_PVS:-4}"
+TIMEOUT="${RESIDENCY_FLEET_TIMEOUT:-120}"
+NODES="$STATE/nodes"
+NETNS="rfleet-$PORT_BASE"
+K=$(( (PORT_BASE / 100) % 256 ))
+HOST_IP="172.31.$K.1" NS_IP="172.31.$K.2"
+VETH_HOST="rfh$PORT_BASE" VETH_NS="rfn$PORT_BASE"
+CNI_BIN=/usr/lib/cni
+PAUSE_IMAGE=residency.local/pause:1
+TEST_IMAGE=residency.local/busybox:1
+
+# name index region (index: the fleet order of fleet.sh, for ports and subnets)
+MEMBERS=(
+  "zrh-1 1 eu-central-2"
+  "zrh-2 2 eu-central-2"
+  "msk-1 3 ru-central-1"
+)
+
+log() { printf '[nodes %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+kc() { "$BIN/kubectl" --kubeconfig "$STATE/kubeconfigs/$1.yaml" "${@:2}"; }
+in_ns() { ip netns exec "$NETNS" "$@"; }
+
+pidfile() { echo "$STATE/pids/$1.pid"; }
+logfile() { echo "$STATE/logs/$1.log"; }
+is_running() {
+  local f; f="$(pidfile "$1")"
+  [[ -f "$f" ]] || return 1
+  local pid; pid="$(cat "$f")"
+  [[ -r "/proc/$pid/cmdline" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$STATE"
+}
+start() {
+  local id="$1"; shift
+  if is_running "$id"; then return 0; fi
+  log "$id: starting"
+  setsid "$@" >"$(logfile "$id")" 2>&1 </dev/null &
+  echo $! >"$(pidfile "$id")"
+}
+fail_component() {
+  local id="$1" what="$2" lf; lf="$(logfile "$1")"
+  log "component $id $what; last lines of its log $lf:"
+  tail -n 30 "$lf" >&2 || true
+  die "component $id $what (log: $lf)"
+}
+wait_until() {
+  local id="$1" desc="$2"; shift 2
+  local t=$SECONDS
+  until "$@" >/dev/null 2>&1; do
+    is_running "$id" || fail_component "$id" "exited during start-up"
+    (( SECONDS - t < TIMEOUT )) || fail_component "$id" "did not become $desc within ${TIMEOUT} s"
+    sleep 0.5
+  done
+  log "$id: $desc after $((SECONDS - t)) s"
+}
+
+install_packages() { "$HERE/runtime.sh" install; }
+
+# the images every node imports, built once (cached by content)
+build_images() {
+  local dir="$CACHE/images" src="$HERE/pause.c" sum
+  sum="$(cat "$src" /bin/busybox "$ROOT/scripts/oci_image.py" | sha256sum | cut -c1-12)"
+  IMAGES="$dir/$sum"
+  [[ -f "$IMAGES/.complete" ]] && return 0
+  command -v gcc >/dev/null || die "gcc is required to build the pause image"
+  rm -rf "$IMAGES.tmp"; mkdir -p "$IMAGES.tmp"
+  gcc -static -Os -s -o "$IMAGES.tmp/pause" "$src"
+  python3 "$ROOT/scripts/oci_image.py" --output "$IMAGES.tmp/pause.tar" --name "$PAUSE_IMAGE" \
+    --file "$IMAGES.tmp/pause:pause:0755" --user 65535:65535 --entrypoint '["/pause"]' >/dev/null
+  python3 "$ROOT/scripts/oci_image.py" --output "$IMAGES.tmp/busybox.tar" --name "$TEST_IMAGE" \
+    --file /bin/busybox:bin/busybox:0755 --file /bin/busybox:bin/sh:0755 --user 0:0 \
+    --entrypoint '["/bin/busybox"]' --cmd '["sh"]' >/dev/null
+  touch "$IMAGES.tmp/.complete"
+  rm -rf "$IMAGES"; mv "$IMAGES.tmp" "$IMAGES"
+}
+
+network_up() {
+  if ! ip netns list | grep -qw "$NETNS"; then
+    log "network namespace $NETNS: creating ($HOST_IP <-> $NS_IP, no default route)"
+    ip netns add "$NETNS"
+  fi
+  in_ns ip link set lo up
+  if ! ip link show "$VETH_HOST" >/dev/null 2>&1; then
+    ip link add "$VETH_HOST" type veth peer name "$VETH_NS"
+    ip link set "$VETH_NS" netns "$NETNS"
+    ip addr add "$HOST_IP/30" dev "$VETH_HOST"
+    ip link set "$VETH_HOST" up
+    in_ns ip addr add "$NS_IP/30" dev "$VETH_NS"
+    in_ns ip link set "$VETH_NS" up
+  fi
+  # Pods of different nodes (bridges) reach each other inside the namespace only
+  in_ns sysctl -qw net.ipv4.ip_forward=1
+}
+
+network_down() {
+  ip link del "$VETH_HOST" 2>/dev/null || true
+  if ip netns list | grep -qw "$NETNS"; then ip netns del "$NETNS" || true; fi
+}
+
+cgroup_root() { echo "/residency-fleet-$PORT_BASE-$1"; }
+
+# make_cgroup_root NAME: the node's cgroup root in every cgroup v1 hierarchy (the kubelet needs it
+# to exist); a new cpuset needs its parent's cpus and mems before anything can join it
+make_cgroup_root() {
+  local root; root="$(cgroup_root "$1")"
+  local h
+  for h in /sys/fs/cgroup/*/; do
+    [[ -d "$h" ]] || continue
+    mkdir -p "$h${root#/}"
+  done
+  if [[ -d /sys/fs/cgroup/cpuset ]]; then
+    cat /sys/fs/cgroup/cpuset/cpuset.cpus >"/sys/fs/cgroup/cpuset${root}/cpuset.cpus"
+    cat /sys/fs/cgroup/cpuset/cpuset.mems >"/sys/fs/cgroup/cpuset${root}/cpuset.mems"
+  fi
+}
+
+start_node() {
+  local name="$1" idx="$2" region="$3" d="$NODES/$1"
+  local node="$name-real" sock="$NODES/$1/containerd.sock"
+  local kport=$((PORT_BASE + 40 + idx)) sport=$((PORT_BASE + 50 + idx))
+  mkdir -p "$d"/{cni,cni-ipam,kubelet,pod-logs,volumes}
+  cat >"$d/cni/10-bridge.conflist" <<EOF
+{"cniVersion": "0.4.0", "name": "rfleet", "plugins": [
+  {"type": "bridge", "bridge": "rfb$idx-$PORT_BASE", "isGateway": true, "ipMasq": false,
+   "hairpinMode": true,
+   "ipam": {"type": "host-local", "dataDir": "$d/cni-ipam",
+            "ranges": [[{"subnet": "10.244.$idx.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}}
+]}
+EOF
+  cat >"$d/containerd.toml" <<EOF
+version = 2
+root = "$d/containerd/root"
+state = "$d/containerd/state"
+[grpc]
+  address = "$sock"
+[ttrpc]
+  address = "$sock.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$d/containerd/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  stream_server_address = "$NS_IP"
+  stream_server_port = "$sport"
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "$CNI_BIN"
+    conf_dir = "$d/cni"
+    max_conf_num = 1
+EOF
+  # containerd (and so the Pods' networks) inside the namespace; only the network namespace is
+  # entered (`ip netns exec` would also remount /sys, hiding the cgroup hierarchies)
+  start "$name-containerd" nsenter --net="/run/netns/$NETNS" containerd --config "$d/containerd.toml"
+  wait_until "$name-containerd" "serving" ctr --address "$sock" version
+  local img
+  for img in pause busybox; do
+    ctr --address "$sock" -n k8s.io images import "$IMAGES/$img.tar" >/dev/null
+  done
+  make_cgroup_root "$name"
+  : >"$d/resolv.conf" # no upstream nameserver: Pods never query the machine's resolver
+  cat >"$d/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupRoot: $(cgroup_root "$name")
+address: $HOST_IP
+port: $kport
+readOnlyPort: 0
+healthzPort: 0
+authentication:
+  anonymous: {enabled: true}
+  webhook: {enabled: false}
+authorization: {mode: AlwaysAllow}
+resolvConf: $d/resolv.conf
+failSwapOn: false
+podLogsDir: $d/pod-logs
+containerRuntimeEndpoint: unix://$sock
+serializeImagePulls: false
+maxPods: 30
+registerWithTaints:
+- {key: residency.io/real-node, value: "true", effect: NoSchedule}
+evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+localStorageCapacityIsolation: false
+EOF
+  start "$name-kubelet" "$BIN/kubelet" --config "$d/kubelet.yaml" \
+    --kubeconfig "$STATE/kubeconfigs/$name.yaml" --root-dir "$d/kubelet" \
+    --hostname-override "$node" --node-ip "$HOST_IP" \
+    --node-labels "topology.kubernetes.io/region=$region,topology.kubernetes.io/zone=${region}a,residency.io/real-node=true" \
+    --v=0
+}
+
+seed_real_volumes() {
+  local name="$1" region="$2" d="$NODES/$1" f="$NODES/$1/volumes.yaml" i
+  cat >"$f" <<EOF
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: real-local
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Retain
+EOF
+  for ((i = 1; i <= REAL_PVS; i++)); do
+    mkdir -p "$d/volumes/pv-$i"
+    cat >>"$f" <<EOF
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: $name-real-pv-$i
+  labels:
+    topology.kubernetes.io/region: $region
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: real-local
+  local: {path: $d/volumes/pv-$i}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions:
+        - {key: kubernetes.io/hostname, operator: In, values: [$name-real]}
+        - {key: topology.kubernetes.io/region, operator: In, values: [$region]}
+EOF
+  done
+  kc "$name" apply --server-side --field-manager residency-fleet -f "$f" >/dev/null
+}
+
+node_ready() {
+  [[ "$(kc "$1" get node "$1-real" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True ]]
+}
+
+cmd_up() {
+  local t=$SECONDS row name idx region
+  [[ -f "$STATE/kubeconfigs/zrh-1.yaml" ]] || die "no fleet in $STATE: run fleet.sh up first"
+  [[ -x "$BIN/kubelet" ]] || die "no kubelet in $BIN: run build.sh"
+  install_packages
+  build_images
+  network_up
+  for row in "${MEMBERS[@]}"; do
+    read -r name idx region <<<"$row"
+    start_node "$name" "$idx" "$region"
+  done
+  for row in "${MEMBERS[@]}"; do
+    read -r name idx region <<<"$row"
+    wait_until "$name-kubelet" "a Ready node $name-real" node_ready "$name"
+    seed_real_volumes "$name" "$region"
+  done
+  log "real nodes up in $((SECONDS - t)) s"
+}
+
+cmd_down() {
+  local row name idx region d sock t c
+  for row in "${MEMBERS[@]}"; do
+    read -r name idx region <<<"$row"
+    d="$NODES/$name" sock="$NODES/$name/containerd.sock"
+    # the kubelet first, so it restarts nothing; then every container of the node
+    if is_running "$name-kubelet"; then kill -TERM "$(cat "$(pidfile "$name-kubelet")")" 2>/dev/null || true; fi
+    if is_running "$name-containerd"; then
+      for t in $(ctr --address "$sock" -n k8s.io tasks ls -q 2>/dev/null); do
+        ctr --address "$sock" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
+      done
+      sleep 0.5
+      for t in $(ctr --address "$sock" -n k8s.io tasks ls -q 2>/dev/null); do
+        ctr --address "$sock" -n k8s.io tasks delete -f "$t" >/dev/null 2>&1 || true
+      done
+      for c in $(ctr --address "$sock" -n k8s.io containers ls -q 2>/dev/null); do
+        ctr --address "$sock" -n k8s.io containers delete "$c" >/dev/null 2>&1 || true
+      done
+      kill -TERM "$(cat "$(pidfile "$name-containerd")")" 2>/dev/null || true
+    fi
+  done
+  local deadline=$((SECONDS + 15)) id
+  for row in "${MEMBERS[@]}"; do
+    read -r name idx region <<<"$row"
+    for id in "$name-kubelet" "$name-containerd"; do
+      while is_running "$id" && ((SECONDS < deadline)); do sleep 0.2; done
+      if is_running "$id"; then kill -KILL "$(cat "$(pidfile "$id")")" 2>/dev/null || true; fi
+      rm -f "$(pidfile "$id")"
+    done
+    # shims outlive containerd by design
+    pkill -9 -f "containerd-shim.*-address $NODES/$name/containerd.sock" 2>/dev/null || true
+  done
+  # kubelet mounts (volumes, tmpfs secrets) under the nodes' directories, deepest first
+  if [[ -d "$NODES" ]]; then
+    awk -v d="$NODES" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
+      umount -l "$m" 2>/dev/null || true
+    done
+  fi
+  # the nodes' cgroups, deepest first, in every hierarchy
+  for row in "${MEMBERS[@]}"; do
+    read -r name idx region <<<"$row"
+    find /sys/fs/cgroup -depth -type d -path "*$(cgroup_root "$name")*" -exec rmdir {} \; 2>/dev/null || true
+  done
+  network_down
+  rm -rf "$NODES"
+}
+
+cmd_status() {
+  local row name idx region id pid
+  for row in "${MEMBERS[@]}"; do
+    read -r name idx region <<<"$row"
+    for id in "$name-containerd" "$name-kubelet"; do
+      if is_running "$id"; then
+        pid="$(cat "$(pidfile "$id")")"
+        printf '%-34s %8s %10s\n' "$id" "$pid" "$(( $(awk '/VmRSS/ {print $2}' "/proc/$pid/status") / 1024 ))"
+      fi
+    done
+  done
+  ip netns list | grep -w "$NETNS" | sed 's/^/network namespace /' || true
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  *) sed -n '2,30p' "$0"; exit 2 ;;
+esac

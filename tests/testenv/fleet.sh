@@ -8,7 +8,8 @@
 #   tests/testenv/fleet.sh stop ID  stop one component (e.g. msk-1-kube-apiserver); `up` restarts it
 #
 # Topology (DESIGN.md section 6): one shared etcd (one key prefix per cluster), and
-#   mgmt    management cluster: kube-apiserver only (CRDs, the operator's own objects)
+#   mgmt    management cluster: kube-apiserver, controller-manager, scheduler (CRDs, the
+#           operator's own objects, and its Pods on mgmt's real node)
 #   zrh-1   CH/zurich member, nodes in region eu-central-2 (zones eu-central-2a, eu-central-2b)
 #   zrh-2   CH/zurich member, same region
 #   msk-1   RU/moscow member, nodes in region ru-central-1
@@ -37,6 +38,9 @@ if [[ -z "${RESIDENCY_FLEET_PORT_BASE:-}" && -f "$STATE/port-base" ]]; then PORT
 PVS="${RESIDENCY_FLEET_PVS:-40}"
 TIMEOUT="${RESIDENCY_FLEET_TIMEOUT:-120}"
 REAL_NODES="${RESIDENCY_FLEET_REAL_NODES:-1}"
+# where Pods of the real nodes reach the API servers (the host side of the fleet's veth, see
+# nodes.sh; the certificates name it)
+POD_HOST_IP="172.31.$(( (PORT_BASE / 100) % 256 )).1"
 CACHE="${RESIDENCY_CACHE:-$HOME/.cache/residency-operator}/testenv"
 BIN="$CACHE/bin"
 KUBECONFIG_OUT="$STATE/kubeconfig"
@@ -119,7 +123,7 @@ pki() {
     -out "$d/ca.crt" 2>/dev/null
   gen_key "$d/apiserver.key"
   openssl req -new -key "$d/apiserver.key" -subj "/CN=kube-apiserver" -out "$d/apiserver.csr" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' >"$d/apiserver.ext"
+  printf 'subjectAltName=IP:127.0.0.1,IP:%s,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' "$POD_HOST_IP" >"$d/apiserver.ext"
   openssl x509 -req -in "$d/apiserver.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
     -days 3650 -extfile "$d/apiserver.ext" -out "$d/apiserver.crt" 2>/dev/null
   gen_key "$d/admin.key"
@@ -205,7 +209,9 @@ start_etcd() {
 }
 
 start_apiserver() {
-  local name="$1" port="$2" d="$STATE/pki/$1"
+  local name="$1" port="$2" d="$STATE/pki/$1" admission=(--disable-admission-plugins ServiceAccount)
+  # the operator runs in-cluster on mgmt: its Pods get a service-account token there
+  [[ "$name" == mgmt ]] && admission=()
   mkdir -p "$STATE/certs/$name"
   start "$name-kube-apiserver" "$BIN/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$PORT_BASE" --etcd-prefix "/fleet/$name" \
@@ -215,7 +221,7 @@ start_apiserver() {
     --service-account-issuer "https://127.0.0.1:$port" --service-account-key-file "$d/sa.pub" \
     --service-account-signing-key-file "$d/sa.key" \
     --service-cluster-ip-range 10.0.0.0/24 --allow-privileged=true --kubelet-preferred-address-types InternalIP \
-    --disable-admission-plugins ServiceAccount --profiling=false --v=0 --watch-cache=false \
+    "${admission[@]}" --profiling=false --v=0 --watch-cache=false \
     --audit-policy-file "$STATE/audit-policy.yaml" --audit-log-path "$STATE/logs/$name-audit.log" \
     --audit-log-format json --audit-log-maxsize 100
 }
@@ -244,7 +250,8 @@ wait_apiserver() {
     --key "$d/admin.key" "https://127.0.0.1:$port/readyz"
 }
 
-start_member_components() {
+# controllers and scheduler: on every cluster (mgmt too, for the operator's own Pods)
+start_controllers() {
   local name="$1" d="$STATE/pki/$1" kcfg="$STATE/kubeconfigs/$1.yaml"
   start "$name-kube-controller-manager" "$BIN/kube-controller-manager" --kubeconfig "$kcfg" \
     --leader-elect=false --secure-port 0 --service-account-private-key-file "$d/sa.key" \
@@ -253,6 +260,10 @@ start_member_components() {
     --concurrent-deployment-syncs 10 --concurrent-statefulset-syncs 10 --v=0 --profiling=false
   start "$name-kube-scheduler" "$BIN/kube-scheduler" --kubeconfig "$kcfg" \
     --leader-elect=false --secure-port 0 --profiling=false --v=0
+}
+
+start_kwok() {
+  local name="$1" kcfg="$STATE/kubeconfigs/$1.yaml"
   local cfg="$STATE/kwok/$name.yaml"
   mkdir -p "$STATE/kwok"
   {
@@ -379,14 +390,14 @@ cmd_up() {
   done
   for row in "${FLEET[@]}"; do
     read -r name role country region <<<"$row"
+    start_controllers "$name"
     [[ "$role" == member ]] || continue
-    start_member_components "$name"
+    start_kwok "$name"
     seed_member "$name" "$region"
   done
   for row in "${FLEET[@]}"; do
     read -r name role country region <<<"$row"
-    [[ "$role" == member ]] || continue
-    wait_until "$name-kwok" "managing 2 Ready nodes" nodes_ready "$name"
+    if [[ "$role" == member ]]; then wait_until "$name-kwok" "managing 2 Ready nodes" nodes_ready "$name"; fi
     wait_until "$name-kube-controller-manager" "running controllers" default_sa_exists "$name"
     expect_alive "$name-kube-scheduler"
   done
@@ -462,6 +473,7 @@ export RESIDENCY_MEMBER_REGIONS=$regions
 export RESIDENCY_KUBECTL=$BIN/kubectl
 export RESIDENCY_HELM=$BIN/helm
 export RESIDENCY_FLEET_DIR=$STATE
+export RESIDENCY_FLEET_POD_HOST=$POD_HOST_IP
 EOF
 }
 

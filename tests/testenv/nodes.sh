@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Real nodes for the local fleet: on each member, next to its kwok nodes, one node where Pods
-# really run - a kubelet from the fleet's Kubernetes build, its own containerd (Debian's
+# Real nodes for the local fleet: on each cluster (mgmt included; on members next to their kwok
+# nodes), one node where Pods really run - a kubelet from the fleet's Kubernetes build, its own containerd (Debian's
 # containerd and runc) and CNI bridge networking (Debian's containernetworking-plugins).
 #
 #   tests/testenv/nodes.sh up       start the real nodes of a running fleet (idempotent)
+#   tests/testenv/nodes.sh load CLUSTER ARCHIVE   import an image archive into CLUSTER's node
 #   tests/testenv/nodes.sh down     stop them: Pods, containers, shims, mounts, cgroups, the
 #                                   network namespace and its links
 #   tests/testenv/nodes.sh status   their components with pid and resident memory (fleet.sh status
@@ -14,7 +15,10 @@
 # bridges (one per node, one /24 each), and a packet to any other address fails there instead
 # of leaving the machine. A veth pair links the namespace to the host (172.31.<k>.1 host side,
 # .2 namespace side, k from the port base): the kubelets listen on the host side (their node
-# IP), each containerd's streaming server (exec, logs) on the namespace side.
+# IP), each containerd's streaming server (exec, logs) on the namespace side, and a forwarder
+# (socat) per cluster makes its API server reachable from Pods at 172.31.<k>.1:<its port>.
+# Pods get 172.30.<k>.0/24 (a /26 per node), which the host routes into the namespace so the
+# kubelets can probe them; the host forwards nothing.
 #
 # Images: nothing is pulled. The pause image (a static binary built here with gcc) and the test
 # image `residency.local/busybox:1` (Debian's busybox-static) are built with scripts/oci_image.py
@@ -27,6 +31,9 @@
 # Settings: those of fleet.sh (RESIDENCY_FLEET_DIR, RESIDENCY_FLEET_PORT_BASE), and
 #   RESIDENCY_REAL_PVS   real PersistentVolumes per member (default 4)
 set -euo pipefail
+# containerd creates the containers' root filesystems with this mask: with fleet.sh's 077 (for
+# its kubeconfigs) a non-root container could not even enter its own /
+umask 022
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
@@ -45,11 +52,17 @@ K=$(( (PORT_BASE / 100) % 256 ))
 HOST_IP="172.31.$K.1" NS_IP="172.31.$K.2"
 VETH_HOST="rfh$PORT_BASE" VETH_NS="rfn$PORT_BASE"
 CNI_BIN=/usr/lib/cni
+# the Pods' addresses: 172.30.<k>.0/24, a /26 per node; the host routes it into the namespace
+# (so kubelets can probe Pods), and nothing else
+POD_NET="172.30.$K.0/24"
+pod_subnet() { echo "172.30.$K.$(( $1 * 64 ))/26"; }
 PAUSE_IMAGE=residency.local/pause:1
 TEST_IMAGE=residency.local/busybox:1
 
-# name index region (index: the fleet order of fleet.sh, for ports and subnets)
+# name index region (index: the fleet order of fleet.sh, for ports and subnets; mgmt has no
+# region: it holds no country's data, it runs the operator)
 MEMBERS=(
+  "mgmt 0 -"
   "zrh-1 1 eu-central-2"
   "zrh-2 2 eu-central-2"
   "msk-1 3 ru-central-1"
@@ -128,9 +141,26 @@ network_up() {
   fi
   # Pods of different nodes (bridges) reach each other inside the namespace only
   in_ns sysctl -qw net.ipv4.ip_forward=1
+  # the kubelets (on the host) reach the Pods for probes; the host forwards nothing (its own
+  # ip_forward is left as it is), so this route leads nowhere else
+  ip route replace "$POD_NET" via "$NS_IP" dev "$VETH_HOST"
+}
+
+# Pods reach each cluster's API server at $HOST_IP:<its port> (in-cluster clients): a forwarder
+# on the host side of the veth to the API server on loopback
+start_apiserver_proxies() {
+  local row name idx region port
+  for row in "${MEMBERS[@]}"; do
+    read -r name idx region <<<"$row"
+    port=$((PORT_BASE + 10 + idx))
+    # (the lock file puts the fleet's directory in its command line, which marks it as ours)
+    start "$name-apiserver-proxy" socat -L "$STATE/pids/$name-apiserver-proxy.lock" \
+      "TCP-LISTEN:$port,bind=$HOST_IP,fork,reuseaddr" "TCP:127.0.0.1:$port"
+  done
 }
 
 network_down() {
+  ip route del "$POD_NET" 2>/dev/null || true
   ip link del "$VETH_HOST" 2>/dev/null || true
   if ip netns list | grep -qw "$NETNS"; then ip netns del "$NETNS" || true; fi
 }
@@ -162,7 +192,7 @@ start_node() {
   {"type": "bridge", "bridge": "rfb$idx-$PORT_BASE", "isGateway": true, "ipMasq": false,
    "hairpinMode": true,
    "ipam": {"type": "host-local", "dataDir": "$d/cni-ipam",
-            "ranges": [[{"subnet": "10.244.$idx.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}}
+            "ranges": [[{"subnet": "$(pod_subnet "$idx")"}]], "routes": [{"dst": "0.0.0.0/0"}]}}
 ]}
 EOF
   cat >"$d/containerd.toml" <<EOF
@@ -235,11 +265,11 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 localStorageCapacityIsolation: false
 EOF
+  local labels="residency.io/real-node=true"
+  [[ "$region" != - ]] && labels+=",topology.kubernetes.io/region=$region,topology.kubernetes.io/zone=${region}a"
   start "$name-kubelet" "$BIN/kubelet" --config "$d/kubelet.yaml" \
     --kubeconfig "$STATE/kubeconfigs/$name.yaml" --root-dir "$d/kubelet" \
-    --hostname-override "$node" --node-ip "$HOST_IP" \
-    --node-labels "topology.kubernetes.io/region=$region,topology.kubernetes.io/zone=${region}a,residency.io/real-node=true" \
-    --v=0
+    --hostname-override "$node" --node-ip "$HOST_IP" --node-labels "$labels" --v=0
 }
 
 seed_real_volumes() {
@@ -291,6 +321,7 @@ cmd_up() {
   install_packages
   build_images
   network_up
+  start_apiserver_proxies
   for row in "${MEMBERS[@]}"; do
     read -r name idx region <<<"$row"
     start_node "$name" "$idx" "$region"
@@ -298,7 +329,7 @@ cmd_up() {
   for row in "${MEMBERS[@]}"; do
     read -r name idx region <<<"$row"
     wait_until "$name-kubelet" "a Ready node $name-real" node_ready "$name"
-    seed_real_volumes "$name" "$region"
+    [[ "$region" != - ]] && seed_real_volumes "$name" "$region"
   done
   log "real nodes up in $((SECONDS - t)) s"
 }
@@ -324,10 +355,14 @@ cmd_down() {
       kill -TERM "$(cat "$(pidfile "$name-containerd")")" 2>/dev/null || true
     fi
   done
+  for row in "${MEMBERS[@]}"; do
+    read -r name idx region <<<"$row"
+    if is_running "$name-apiserver-proxy"; then kill -TERM "$(cat "$(pidfile "$name-apiserver-proxy")")" 2>/dev/null || true; fi
+  done
   local deadline=$((SECONDS + 15)) id
   for row in "${MEMBERS[@]}"; do
     read -r name idx region <<<"$row"
-    for id in "$name-kubelet" "$name-containerd"; do
+    for id in "$name-kubelet" "$name-containerd" "$name-apiserver-proxy"; do
       while is_running "$id" && ((SECONDS < deadline)); do sleep 0.2; done
       if is_running "$id"; then kill -KILL "$(cat "$(pidfile "$id")")" 2>/dev/null || true; fi
       rm -f "$(pidfile "$id")"
@@ -354,7 +389,7 @@ cmd_status() {
   local row name idx region id pid
   for row in "${MEMBERS[@]}"; do
     read -r name idx region <<<"$row"
-    for id in "$name-containerd" "$name-kubelet"; do
+    for id in "$name-containerd" "$name-kubelet" "$name-apiserver-proxy"; do
       if is_running "$id"; then
         pid="$(cat "$(pidfile "$id")")"
         printf '%-34s %8s %10s\n' "$id" "$pid" "$(( $(awk '/VmRSS/ {print $2}' "/proc/$pid/status") / 1024 ))"
@@ -364,7 +399,17 @@ cmd_status() {
   ip netns list | grep -w "$NETNS" | sed 's/^/network namespace /' || true
 }
 
+# load CLUSTER ARCHIVE: imports an image archive into CLUSTER's real node (like
+# `kind load image-archive`)
+cmd_load() {
+  local name="${1:?usage: $0 load CLUSTER ARCHIVE}" archive="${2:?usage: $0 load CLUSTER ARCHIVE}"
+  local sock="$NODES/$name/containerd.sock"
+  [[ -S "$sock" ]] || die "$name has no real node running ($sock)"
+  ctr --address "$sock" -n k8s.io images import "$archive"
+}
+
 case "${1:-}" in
+  load) shift; cmd_load "$@" ;;
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;

@@ -4,7 +4,7 @@
 # only from local archives (`ctr images import`); nothing is ever pulled. The building block of
 # the fleet's real nodes, and what the image test runs the operator's image with.
 #
-#   tests/testenv/runtime.sh install   install containerd, runc, CNI plugins and busybox-static
+#   tests/testenv/runtime.sh install   install containerd, runc, CNI plugins, busybox-static, socat
 #                                      with apt-get when missing (root)
 #   tests/testenv/runtime.sh up        start containerd (idempotent); prints its socket
 #   tests/testenv/runtime.sh down      kill every container, stop containerd and its shims,
@@ -21,8 +21,8 @@ SOCK="$DIR/containerd.sock"
 # a containerd namespace (and so a cgroup, /<namespace>/<container>) of its own per directory
 NS="residency-rt-$(printf '%s' "$DIR" | sha256sum | cut -c1-8)"
 # the runtime, and what the fleet's real nodes (nodes.sh) add to it: CNI plugins, busybox for
-# the test image
-PACKAGES=(containerd runc containernetworking-plugins busybox-static)
+# the test image, socat to forward the API servers to Pods
+PACKAGES=(containerd runc containernetworking-plugins busybox-static socat)
 
 log() { printf '[runtime %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

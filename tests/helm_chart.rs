@@ -624,8 +624,10 @@ fn dry_run(manifests: &str, namespace: &str) -> Out {
     )
 }
 
+/// A namespace enforcing the restricted Pod Security Standard, with the ServiceAccount of the
+/// release `psa` (the management cluster admits a Pod only when its ServiceAccount exists).
 async fn restricted_namespace(client: &Client) -> TempNamespace {
-    TempNamespace::create(
+    let ns = TempNamespace::create(
         client,
         "helm-psa",
         json!({
@@ -633,7 +635,14 @@ async fn restricted_namespace(client: &Client) -> TempNamespace {
             "pod-security.kubernetes.io/enforce-version": "latest",
         }),
     )
-    .await
+    .await;
+    let sa: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "psa-residency-operator"}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &ns.0)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap_or_else(|e| panic!("create the ServiceAccount in {}: {e}", ns.0));
+    ns
 }
 
 #[tokio::test]

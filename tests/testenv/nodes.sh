@@ -73,37 +73,8 @@ die() { log "ERROR: $*"; exit 1; }
 kc() { "$BIN/kubectl" --kubeconfig "$STATE/kubeconfigs/$1.yaml" "${@:2}"; }
 in_ns() { ip netns exec "$NETNS" "$@"; }
 
-pidfile() { echo "$STATE/pids/$1.pid"; }
-logfile() { echo "$STATE/logs/$1.log"; }
-is_running() {
-  local f; f="$(pidfile "$1")"
-  [[ -f "$f" ]] || return 1
-  local pid; pid="$(cat "$f")"
-  [[ -r "/proc/$pid/cmdline" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$STATE"
-}
-start() {
-  local id="$1"; shift
-  if is_running "$id"; then return 0; fi
-  log "$id: starting"
-  setsid "$@" >"$(logfile "$id")" 2>&1 </dev/null &
-  echo $! >"$(pidfile "$id")"
-}
-fail_component() {
-  local id="$1" what="$2" lf; lf="$(logfile "$1")"
-  log "component $id $what; last lines of its log $lf:"
-  tail -n 30 "$lf" >&2 || true
-  die "component $id $what (log: $lf)"
-}
-wait_until() {
-  local id="$1" desc="$2"; shift 2
-  local t=$SECONDS
-  until "$@" >/dev/null 2>&1; do
-    is_running "$id" || fail_component "$id" "exited during start-up"
-    (( SECONDS - t < TIMEOUT )) || fail_component "$id" "did not become $desc within ${TIMEOUT} s"
-    sleep 0.5
-  done
-  log "$id: $desc after $((SECONDS - t)) s"
-}
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 
 install_packages() { "$HERE/runtime.sh" install; }
 

@@ -45,6 +45,20 @@ pub fn cluster(mc: &MemberCluster, source: StatusSource) -> ClusterFacts {
     }
 }
 
+/// The names of the policies governing `country` that do not allow `cluster` (its copies there
+/// are forbidden when any does).
+pub fn forbidding<'a>(
+    policies: &'a [PolicyFacts],
+    country: &str,
+    cluster: &ClusterFacts,
+) -> Vec<&'a str> {
+    policies
+        .iter()
+        .filter(|p| p.countries.contains(country) && !p.allows(cluster))
+        .map(|p| p.name.as_str())
+        .collect()
+}
+
 /// The facts the engine needs about a policy.
 pub fn policy(rp: &ResidencyPolicy) -> PolicyFacts {
     PolicyFacts {

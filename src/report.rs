@@ -133,13 +133,8 @@ pub fn build(
     }
     // copies the members hold that no workload's record accounts for (their inventory)
     let policy_facts: Vec<_> = policies.iter().map(crate::facts::policy).collect();
-    let forbidding = |country: &str, cluster: &crate::placement::ClusterFacts| -> String {
-        let names: Vec<&str> = policy_facts
-            .iter()
-            .filter(|p| p.countries.contains(country) && !p.allows(cluster))
-            .map(|p| p.name.as_str())
-            .collect();
-        names.join(", ")
+    let forbidding = |country: &str, cluster: &crate::placement::ClusterFacts| {
+        crate::facts::forbidding(&policy_facts, country, cluster).join(", ")
     };
     let mut unlisted: BTreeMap<String, usize> = BTreeMap::new();
     for mc in clusters {

@@ -2,36 +2,22 @@
 //! nothing else it does not need, non-root, and it runs - as a real container, under a private
 //! containerd and runc (`tests/testenv/runtime.sh`, installed by `tests/run`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use common::run_ok;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const IMAGE: &str = "docker.io/library/residency-operator:test";
 
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 fn build(out: &Path) {
-    run(Command::new(format!("{ROOT}/scripts/image")).args([
-        "--binary",
-        env!("CARGO_BIN_EXE_residency-operator"),
-        "--output",
-        out.to_str().unwrap(),
-        "--tag",
-        "residency-operator:test",
-    ]));
+    common::build_image(out, "residency-operator:test");
 }
 
 fn member(archive: &Path, name: &str) -> Vec<u8> {
-    run(Command::new("tar").arg("-xOf").arg(archive).arg(name)).stdout
+    run_ok(Command::new("tar").arg("-xOf").arg(archive).arg(name)).stdout
 }
 
 fn json(archive: &Path, name: &str) -> serde_json::Value {
@@ -51,7 +37,7 @@ impl Runtime {
                 && Command::new("runc").arg("--version").output().is_ok(),
             "containerd and runc are needed: tests/run installs them (tests/testenv/runtime.sh install)"
         );
-        run(rt.script().arg("up"));
+        run_ok(rt.script().arg("up"));
         rt
     }
 
@@ -140,7 +126,7 @@ fn the_image_is_reproducible_minimal_non_root_and_runs_under_containerd() {
     let layer = tmp.join("layer.tar");
     std::fs::write(&layer, member(&a, docker[0]["Layers"][0].as_str().unwrap())).unwrap();
     let listing =
-        String::from_utf8(run(Command::new("tar").arg("-tf").arg(&layer)).stdout).unwrap();
+        String::from_utf8(run_ok(Command::new("tar").arg("-tf").arg(&layer)).stdout).unwrap();
     let files: Vec<&str> = listing.lines().filter(|l| !l.ends_with('/')).collect();
     for needed in [
         "usr/local/bin/residency-operator",

@@ -22,14 +22,7 @@ const IMAGE_TAG: &str = "in-cluster-test";
 const NS: &str = "threat-intel";
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8_lossy(&common::run_ok(cmd).stdout).into_owned()
 }
 
 fn helm(args: &[&str]) -> String {
@@ -140,14 +133,7 @@ async fn the_chart_runs_the_operator_in_cluster_and_hands_the_lease_over() {
     let archive =
         std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("in-cluster-image.tar");
     let root = env!("CARGO_MANIFEST_DIR");
-    run(Command::new(format!("{root}/scripts/image")).args([
-        "--binary",
-        env!("CARGO_BIN_EXE_residency-operator"),
-        "--output",
-        archive.to_str().unwrap(),
-        "--tag",
-        &format!("residency-operator:{IMAGE_TAG}"),
-    ]));
+    common::build_image(&archive, &format!("residency-operator:{IMAGE_TAG}"));
     run(
         Command::new(format!("{root}/tests/testenv/nodes.sh")).args([
             "load",

@@ -134,9 +134,7 @@ pub fn compliance_gauges(
     inv.by_country
         .iter()
         .map(|c| {
-            let forbidden = policies
-                .iter()
-                .any(|p| p.countries.contains(&c.country) && !p.allows(cluster));
+            let forbidden = !crate::facts::forbidding(policies, &c.country, cluster).is_empty();
             (
                 c.country.clone(),
                 crate::metrics::CountryGauges {

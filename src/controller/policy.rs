@@ -495,14 +495,17 @@ pub async fn reconcile(rp: Arc<ResidencyPolicy>, ctx: Arc<Context>) -> Result<Ac
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
     let previous = rp.status.clone().unwrap_or_default();
-    let status = compute(
-        &rp,
-        &ctx.clusters.state(),
-        &ctx.workloads.state(),
-        &ctx.labelled.snapshot(),
-        &previous,
-        Timestamp::now(),
-    );
+    let (clusters, workloads) = (ctx.clusters.state(), ctx.workloads.state());
+    let status = ctx.labelled.with(|labelled| {
+        compute(
+            &rp,
+            &clusters,
+            &workloads,
+            labelled,
+            &previous,
+            Timestamp::now(),
+        )
+    });
     if status != previous {
         let api: kube::Api<ResidencyPolicy> = kube::Api::all(ctx.client.clone());
         ctx.apply_status(&api, &rp.name_any(), &status).await?;

@@ -37,12 +37,13 @@ pub async fn publish_all(ctx: &Context) {
 }
 
 fn violations(ctx: &Context) -> Vec<crate::api::residency_policy::Violation> {
-    super::policy::all_violations(
-        &ctx.policies.state(),
-        &ctx.clusters.state(),
-        &ctx.workloads.state(),
-        &ctx.labelled.snapshot(),
-    )
+    let (policies, clusters, workloads) = (
+        ctx.policies.state(),
+        ctx.clusters.state(),
+        ctx.workloads.state(),
+    );
+    ctx.labelled
+        .with(|labelled| super::policy::all_violations(&policies, &clusters, &workloads, labelled))
 }
 
 /// Writes the PolicyReport of `namespace` when its content changed. `current` replaces the

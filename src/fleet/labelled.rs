@@ -128,12 +128,10 @@ impl Index {
             .cloned()
     }
 
-    /// Every labelled object, by member.
-    pub fn snapshot(&self) -> BTreeMap<String, BTreeMap<Key, Labelled>> {
-        self.members
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// Runs `f` over every labelled object, by member, without copying them (the index is
+    /// read-locked meanwhile: keep `f` short and synchronous).
+    pub fn with<R>(&self, f: impl FnOnce(&BTreeMap<String, BTreeMap<Key, Labelled>>) -> R) -> R {
+        f(&self.members.read().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -257,11 +255,11 @@ mod tests {
             index.update("msk-1", key.clone(), Some(v)),
             BTreeSet::from(["AU".to_string()])
         );
-        assert_eq!(index.snapshot()["msk-1"].len(), 1);
+        assert_eq!(index.with(|m| m["msk-1"].len()), 1);
         assert_eq!(
             index.update("msk-1", key, None),
             BTreeSet::from(["AU".to_string()])
         );
-        assert!(index.snapshot()["msk-1"].is_empty());
+        assert!(index.with(|m| m["msk-1"].is_empty()));
     }
 }

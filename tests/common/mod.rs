@@ -482,3 +482,27 @@ pub async fn report_agrees_with_members(fleet: &Fleet, clusters: &[&str], when: 
     )
     .await
 }
+
+/// Runs a command; its output, or a panic naming the command with what it printed.
+pub fn run_ok(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The operator's image (`scripts/image`) of this build's binary, as `tag`, written to `out`.
+pub fn build_image(out: &std::path::Path, tag: &str) {
+    run_ok(std::process::Command::new(repo("scripts/image")).args([
+        "--binary",
+        env!("CARGO_BIN_EXE_residency-operator"),
+        "--output",
+        out.to_str().unwrap(),
+        "--tag",
+        tag,
+    ]));
+}

@@ -31,18 +31,10 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "$HERE/versions.env"
-STATE="${RESIDENCY_FLEET_DIR:-${TMPDIR:-/tmp}/residency-fleet}"
-PORT_BASE="${RESIDENCY_FLEET_PORT_BASE:-17400}"
-# a running fleet keeps the ports it was started with
-if [[ -z "${RESIDENCY_FLEET_PORT_BASE:-}" && -f "$STATE/port-base" ]]; then PORT_BASE="$(cat "$STATE/port-base")"; fi
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 PVS="${RESIDENCY_FLEET_PVS:-40}"
-TIMEOUT="${RESIDENCY_FLEET_TIMEOUT:-120}"
 REAL_NODES="${RESIDENCY_FLEET_REAL_NODES:-1}"
-# where Pods of the real nodes reach the API servers (the host side of the fleet's veth, see
-# nodes.sh; the certificates name it)
-POD_HOST_IP="172.31.$(( (PORT_BASE / 100) % 256 )).1"
-CACHE="${RESIDENCY_CACHE:-$HOME/.cache/residency-operator}/testenv"
-BIN="$CACHE/bin"
 KUBECONFIG_OUT="$STATE/kubeconfig"
 
 # name role country region  (role: mgmt = apiserver only; member = full control plane + kwok)
@@ -55,9 +47,6 @@ FLEET=(
 
 log() { printf '[fleet %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
-
-# shellcheck source=lib.sh
-source "$HERE/lib.sh"
 
 # ---------------------------------------------------------------------------------------------
 # PKI: one CA per cluster (ECDSA P-256), a serving cert for 127.0.0.1, an admin client cert

@@ -1,6 +1,21 @@
-# Process bookkeeping shared by fleet.sh and nodes.sh (sourced; they define STATE, TIMEOUT, log
-# and die): every process started has a pid file; a pid counts as ours only when its command
-# line mentions the fleet's state directory (guards against pid reuse).
+# Shared by fleet.sh and nodes.sh (sourced after versions.env): the fleet's settings, and the
+# process bookkeeping. The sourcing script defines log and die.
+
+# --- settings (see fleet.sh for the environment variables)
+STATE="${RESIDENCY_FLEET_DIR:-${TMPDIR:-/tmp}/residency-fleet}"
+PORT_BASE="${RESIDENCY_FLEET_PORT_BASE:-17400}"
+# a running fleet keeps the ports it was started with
+if [[ -z "${RESIDENCY_FLEET_PORT_BASE:-}" && -f "$STATE/port-base" ]]; then PORT_BASE="$(cat "$STATE/port-base")"; fi
+TIMEOUT="${RESIDENCY_FLEET_TIMEOUT:-120}"
+CACHE="${RESIDENCY_CACHE:-$HOME/.cache/residency-operator}/testenv"
+BIN="$CACHE/bin"
+# the real nodes' link between host and the fleet's network namespace, 172.31.<k>.0/30 with k
+# from the port base: Pods reach the API servers at the host side, which the certificates name
+K=$(( (PORT_BASE / 100) % 256 ))
+POD_HOST_IP="172.31.$K.1" NS_IP="172.31.$K.2"
+
+# --- process bookkeeping: every process started has a pid file; a pid counts as ours only when
+# its command line mentions the fleet's state directory (guards against pid reuse).
 
 pidfile() { echo "$STATE/pids/$1.pid"; }
 logfile() { echo "$STATE/logs/$1.log"; }
@@ -49,3 +64,17 @@ wait_until() {
   done
   log "$id: $desc after $((SECONDS - start)) s"
 }
+
+# --- containerd teardown (nodes.sh, runtime.sh)
+
+# ctr_teardown SOCKET NAMESPACE: kills and removes every task and container of one containerd
+ctr_teardown() {
+  local ctr=(ctr --address "$1" --namespace "$2") t c
+  for t in $("${ctr[@]}" tasks ls -q 2>/dev/null); do "${ctr[@]}" tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true; done
+  sleep 0.5
+  for t in $("${ctr[@]}" tasks ls -q 2>/dev/null); do "${ctr[@]}" tasks delete -f "$t" >/dev/null 2>&1 || true; done
+  for c in $("${ctr[@]}" containers ls -q 2>/dev/null); do "${ctr[@]}" containers delete "$c" >/dev/null 2>&1 || true; done
+}
+
+# kill_shims SOCKET: the shims a containerd started outlive it by design; stop them
+kill_shims() { pkill -9 -f "containerd-shim.*-address $1" 2>/dev/null || true; }

@@ -39,17 +39,12 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 # shellcheck source=versions.env
 source "$HERE/versions.env"
-STATE="${RESIDENCY_FLEET_DIR:-${TMPDIR:-/tmp}/residency-fleet}"
-PORT_BASE="${RESIDENCY_FLEET_PORT_BASE:-17400}"
-if [[ -z "${RESIDENCY_FLEET_PORT_BASE:-}" && -f "$STATE/port-base" ]]; then PORT_BASE="$(cat "$STATE/port-base")"; fi
-CACHE="${RESIDENCY_CACHE:-$HOME/.cache/residency-operator}/testenv"
-BIN="$CACHE/bin"
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 REAL_PVS="${RESIDENCY_REAL_PVS:-4}"
-TIMEOUT="${RESIDENCY_FLEET_TIMEOUT:-120}"
 NODES="$STATE/nodes"
 NETNS="rfleet-$PORT_BASE"
-K=$(( (PORT_BASE / 100) % 256 ))
-HOST_IP="172.31.$K.1" NS_IP="172.31.$K.2"
+HOST_IP="$POD_HOST_IP"
 VETH_HOST="rfh$PORT_BASE" VETH_NS="rfn$PORT_BASE"
 CNI_BIN=/usr/lib/cni
 # the Pods' addresses: 172.30.<k>.0/24, a /26 per node; the host routes it into the namespace
@@ -72,9 +67,6 @@ log() { printf '[nodes %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 kc() { "$BIN/kubectl" --kubeconfig "$STATE/kubeconfigs/$1.yaml" "${@:2}"; }
 in_ns() { ip netns exec "$NETNS" "$@"; }
-
-# shellcheck source=lib.sh
-source "$HERE/lib.sh"
 
 install_packages() { "$HERE/runtime.sh" install; }
 
@@ -306,23 +298,14 @@ cmd_up() {
 }
 
 cmd_down() {
-  local row name idx region d sock t c
+  local row name idx region sock
   for row in "${MEMBERS[@]}"; do
     read -r name idx region <<<"$row"
-    d="$NODES/$name" sock="$NODES/$name/containerd.sock"
+    sock="$NODES/$name/containerd.sock"
     # the kubelet first, so it restarts nothing; then every container of the node
     if is_running "$name-kubelet"; then kill -TERM "$(cat "$(pidfile "$name-kubelet")")" 2>/dev/null || true; fi
     if is_running "$name-containerd"; then
-      for t in $(ctr --address "$sock" -n k8s.io tasks ls -q 2>/dev/null); do
-        ctr --address "$sock" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
-      done
-      sleep 0.5
-      for t in $(ctr --address "$sock" -n k8s.io tasks ls -q 2>/dev/null); do
-        ctr --address "$sock" -n k8s.io tasks delete -f "$t" >/dev/null 2>&1 || true
-      done
-      for c in $(ctr --address "$sock" -n k8s.io containers ls -q 2>/dev/null); do
-        ctr --address "$sock" -n k8s.io containers delete "$c" >/dev/null 2>&1 || true
-      done
+      ctr_teardown "$sock" k8s.io
       kill -TERM "$(cat "$(pidfile "$name-containerd")")" 2>/dev/null || true
     fi
   done
@@ -339,7 +322,7 @@ cmd_down() {
       rm -f "$(pidfile "$id")"
     done
     # shims outlive containerd by design
-    pkill -9 -f "containerd-shim.*-address $NODES/$name/containerd.sock" 2>/dev/null || true
+    kill_shims "$NODES/$name/containerd.sock"
   done
   # kubelet mounts (volumes, tmpfs secrets) under the nodes' directories, deepest first
   if [[ -d "$NODES" ]]; then

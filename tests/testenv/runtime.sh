@@ -15,6 +15,8 @@
 # Settings (environment):
 #   RESIDENCY_RUNTIME_DIR  its directory (default ${RESIDENCY_FLEET_DIR:-${TMPDIR:-/tmp}/residency-fleet}/runtime)
 set -euo pipefail
+# shellcheck source=lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh" # ctr_teardown, kill_shims
 
 DIR="${RESIDENCY_RUNTIME_DIR:-${RESIDENCY_FLEET_DIR:-${TMPDIR:-/tmp}/residency-fleet}/runtime}"
 SOCK="$DIR/containerd.sock"
@@ -79,16 +81,13 @@ TOML
 down() {
   [[ -d "$DIR" ]] || return 0
   if running; then
-    local t c
-    for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true; done
-    for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks delete -f "$t" >/dev/null 2>&1 || true; done
-    for c in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers delete "$c" >/dev/null 2>&1 || true; done
+    ctr_teardown "$SOCK" "$NS"
     kill "$(pid)" 2>/dev/null || true
     for _ in $(seq 1 50); do running || break; sleep 0.1; done
     running && kill -9 "$(pid)" 2>/dev/null || true
   fi
   # shims outlive containerd by design: stop those started for this directory
-  pkill -9 -f "containerd-shim.*-address $SOCK" 2>/dev/null || true
+  kill_shims "$SOCK"
   # whatever is still mounted under the directory (snapshots, shm), deepest first
   awk -v d="$DIR" '$2 ~ "^"d {print $2}' /proc/mounts | sort -r | while read -r m; do
     umount -l "$m" 2>/dev/null || true

@@ -3,6 +3,7 @@
 //! each country's data lives.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod api;
 pub mod cli;
 pub mod controller;

@@ -109,6 +109,12 @@ pub struct Metrics {
     pub copies_unrecorded: Family<CopyLabels, Gauge>,
     /// Of them, those on a cluster a policy governing the country does not allow.
     pub copies_forbidden: Family<CopyLabels, Gauge>,
+    /// 1 when the member's API server runs the admission policies generated for it.
+    pub prevention_enforced: Family<ClusterLabels, Gauge>,
+    /// Countries whose new data each member's API server refuses.
+    pub prevention_refused: Family<ClusterLabels, Gauge>,
+    /// Admission policies put back after they were deleted or edited on a member.
+    pub admission_restored: Family<ClusterLabels, Counter>,
     /// The countries each member's gauges are set for (so a country gone is removed).
     countries: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>>,
     registry: Arc<Registry>,
@@ -137,6 +143,24 @@ impl Metrics {
         let copies = Family::<CopyLabels, Gauge>::default();
         let copies_unrecorded = Family::<CopyLabels, Gauge>::default();
         let copies_forbidden = Family::<CopyLabels, Gauge>::default();
+        let prevention_enforced = Family::<ClusterLabels, Gauge>::default();
+        let prevention_refused = Family::<ClusterLabels, Gauge>::default();
+        let admission_restored = Family::<ClusterLabels, Counter>::default();
+        registry.register(
+            "prevention_enforced",
+            "1 when the member's API server runs the admission policies generated from the residency policies",
+            prevention_enforced.clone(),
+        );
+        registry.register(
+            "prevention_refused_countries",
+            "Countries whose new data the member's API server refuses at admission",
+            prevention_refused.clone(),
+        );
+        registry.register(
+            "admission_policies_restored",
+            "Admission policies the operator put back on a member after they were deleted or edited there",
+            admission_restored.clone(),
+        );
         registry.register(
             "copies",
             "Objects labelled as holding a country's data on a member cluster (its inventory)",
@@ -204,6 +228,9 @@ impl Metrics {
             copies,
             copies_unrecorded,
             copies_forbidden,
+            prevention_enforced,
+            prevention_refused,
+            admission_restored,
             countries: Arc::default(),
             registry: Arc::new(registry),
         }
@@ -302,6 +329,28 @@ impl Metrics {
         self.member_verified
             .get_or_create(&l)
             .set(i64::from(verified));
+    }
+
+    /// Sets a member's prevention gauges: in force or not, and how many countries it refuses.
+    pub fn prevention(&self, cluster: &str, enforced: bool, refused: usize) {
+        let l = ClusterLabels {
+            cluster: cluster.to_string(),
+        };
+        self.prevention_enforced
+            .get_or_create(&l)
+            .set(i64::from(enforced));
+        self.prevention_refused
+            .get_or_create(&l)
+            .set(i64::try_from(refused).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one admission policy put back on `cluster`.
+    pub fn admission_restored(&self, cluster: &str) {
+        self.admission_restored
+            .get_or_create(&ClusterLabels {
+                cluster: cluster.to_string(),
+            })
+            .inc();
     }
 
     /// The OpenMetrics text exposition.

@@ -817,15 +817,8 @@ async fn a_member_cluster_holding_data_is_not_forgotten_when_deleted() {
     // a namespace of its own each run (an earlier run's may still be terminating)
     let ns = &common::unique("faults-member-delete");
     let msk1 = env.members[2].1.clone();
-    policy(
-        &env.mgmt,
-        "norfolk-zurich",
-        &["NF"],
-        json!([{"country": "CH", "region": "zurich"}]),
-        "Enforce",
-    )
-    .await;
-    // data of Norfolk Island on msk-1, which the policy does not allow
+    // data of Norfolk Island on msk-1, made before the policy forbids it there (after, msk-1's
+    // admission policy would refuse it)
     namespace(&msk1, ns).await;
     let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
         "metadata": {"name": "left", "labels": {"country.residency.io/NF": "true"}},
@@ -841,6 +834,14 @@ async fn a_member_cluster_holding_data_is_not_forgotten_when_deleted() {
         )
         .await
         .unwrap();
+    policy(
+        &env.mgmt,
+        "norfolk-zurich",
+        &["NF"],
+        json!([{"country": "CH", "region": "zurich"}]),
+        "Enforce",
+    )
+    .await;
     let policies: Api<residency_operator::api::ResidencyPolicy> = Api::all(env.mgmt.clone());
     let reported = || async {
         let p = policies

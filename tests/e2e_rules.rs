@@ -564,15 +564,8 @@ async fn a_hand_made_object_labelled_with_a_country_is_reported_on_the_policy() 
     let _lock = CLUSTER_LOCK.read().await;
     let env = setup().await;
     let ns = "rules-handmade";
-    policy(
-        &env.mgmt,
-        "cook-islands",
-        &["CK"],
-        json!([{"country": "CH", "region": "zurich"}]),
-        "Enforce",
-    )
-    .await;
-    // created by hand on the Moscow cluster, declaring it holds Cook Islands data
+    // created by hand on the Moscow cluster, declaring it holds Cook Islands data - before the
+    // policy forbids that there (after, msk-1's admission policy would refuse them)
     let msk1 = &env.members[2].1;
     let zrh1 = &env.members[0].1;
     let deployment = |name: &str| -> Deployment {
@@ -608,6 +601,14 @@ async fn a_hand_made_object_labelled_with_a_country_is_reported_on_the_policy() 
         .create(&Default::default(), &fake)
         .await
         .unwrap();
+    policy(
+        &env.mgmt,
+        "cook-islands",
+        &["CK"],
+        json!([{"country": "CH", "region": "zurich"}]),
+        "Enforce",
+    )
+    .await;
     let policies: Api<ResidencyPolicy> = Api::all(env.mgmt.clone());
     let status = eventually("the policy reports the hand-made copy", T, || async {
         let p = policies
@@ -816,6 +817,29 @@ async fn policy_reports_are_written_where_their_crd_is_installed() {
     install_policy_report_crd(&env.mgmt).await;
     let ns = "rules-policy-report";
     namespace(&env.mgmt, ns).await;
+    // a ConfigMap made by hand on msk-1, labelled as holding KM data, before the policy forbids
+    // that there (after, msk-1's admission policy would refuse it): a failed result of its own,
+    // from the members' inventory; gone once the ConfigMap is
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let msk1 = env
+        .members
+        .iter()
+        .find(|(n, _)| *n == "msk-1")
+        .unwrap()
+        .1
+        .clone();
+    namespace(&msk1, ns).await;
+    let cms: Api<ConfigMap> = Api::namespaced(msk1, ns);
+    let hand: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "hand-km",
+        "labels": {"country.residency.io/KM": "true"}}}))
+    .unwrap();
+    cms.patch(
+        "hand-km",
+        &PatchParams::apply("rules-test").force(),
+        &Patch::Apply(&hand),
+    )
+    .await
+    .unwrap();
     policy(
         &env.mgmt,
         "comoros",
@@ -831,13 +855,13 @@ async fn policy_reports_are_written_where_their_crd_is_installed() {
         .await
         .unwrap(); // no policy: fail
     let reports = policy_reports(&env.mgmt, ns);
-    let report = eventually("a PolicyReport with one pass and one fail", T, || async {
+    let report = eventually("a PolicyReport with one pass and two fails", T, || async {
         let r = reports
             .get_opt("residency-operator")
             .await
             .map_err(|e| e.to_string())?
             .ok_or("no report yet")?;
-        if r.data["summary"]["pass"] == 1 && r.data["summary"]["fail"] == 1 {
+        if r.data["summary"]["pass"] == 1 && r.data["summary"]["fail"] == 2 {
             Ok(r)
         } else {
             Err(format!("{}", r.data["summary"]))
@@ -863,28 +887,7 @@ async fn policy_reports_are_written_where_their_crd_is_installed() {
         .unwrap();
     assert_eq!(comoros["result"], "pass");
 
-    // a ConfigMap made by hand on msk-1, labelled as holding KM data: a failed result of its own,
-    // from the members' inventory; gone once the ConfigMap is
-    use k8s_openapi::api::core::v1::ConfigMap;
-    let msk1 = env
-        .members
-        .iter()
-        .find(|(n, _)| *n == "msk-1")
-        .unwrap()
-        .1
-        .clone();
-    namespace(&msk1, ns).await;
-    let cms: Api<ConfigMap> = Api::namespaced(msk1, ns);
-    let hand: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "hand-km",
-        "labels": {"country.residency.io/KM": "true"}}}))
-    .unwrap();
-    cms.patch(
-        "hand-km",
-        &PatchParams::apply("rules-test").force(),
-        &Patch::Apply(&hand),
-    )
-    .await
-    .unwrap();
+    // the hand-made ConfigMap on msk-1 has its own failed result
     let hand_result = |r: &serde_json::Value| {
         r["results"].as_array().and_then(|a| {
             a.iter()

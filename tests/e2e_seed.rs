@@ -127,6 +127,13 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
         .await;
     }
 
+    // every member's audit log from here on: no write of the operator may be refused by a
+    // member's admission policy (prevention is on, by default, throughout)
+    let marks: Vec<_> = ["zrh-1", "zrh-2", "msk-1"]
+        .iter()
+        .map(|c| (*c, common::audit_mark(c)))
+        .collect();
+
     // 1. the seed: clusters, policies (APAC still on RU/moscow), workloads
     apply_path(&mgmt, "examples/seed").await;
     common::clusters_verified(&mgmt, &["zrh-1", "zrh-2", "msk-1"]).await;
@@ -393,6 +400,46 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
             .iter()
             .any(|c| c.type_ == "Compliant" && c.status == "False" && c.reason == "Violations")
     );
+
+    // prevention: msk-1's API server now refuses new APAC data, and no placement of the
+    // operator was refused on the way (its dry-run probes of the admission policies aside)
+    eventually("msk-1 refuses new AU data", T, || async {
+        let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(serde_json::json!(
+            {"metadata": {"name": "probe", "labels": {"country.residency.io/AU": "true"}}}))
+        .unwrap();
+        let pp = kube::api::PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        match Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(msk1.clone(), "default")
+            .create(&pp, &cm)
+            .await
+        {
+            Err(kube::Error::Api(s))
+                if s.code == 403
+                    && s.message
+                        .contains("residency: data of AU may not be stored on msk-1") =>
+            {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    for (cluster, mark) in &marks {
+        let Some(mark) = mark else { continue };
+        let refused: Vec<String> = common::audit_writes_since(mark)
+            .await
+            .into_iter()
+            .filter(|w| w.user_agent.starts_with("residency-operator") && w.code == 403)
+            .filter(|w| !(w.resource == "configmaps" && w.namespace == "default"))
+            .map(|w| format!("{} {} {}/{}", w.verb, w.resource, w.namespace, w.name))
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "{cluster} refused writes of the operator: {refused:?}"
+        );
+    }
 
     // the report and the members themselves agree on where each country's data is
     let pairs =

@@ -1128,6 +1128,10 @@ async fn service_account_rbac_is_least_privilege() {
         .await;
     sa.assert_denied(&client, access("patch", "apps", "deployments", other))
         .await;
+    let vap = "validatingadmissionpolicies";
+    let admission = "admissionregistration.k8s.io";
+    sa.assert_denied(&client, access("create", admission, vap, ""))
+        .await;
 
     // rbac.localMember=true: the documented trade-off, and still no RBAC or CRD writes
     release.upgrade(&["rbac.localMember=true"]);
@@ -1146,6 +1150,16 @@ async fn service_account_rbac_is_least_privilege() {
     )
     .await;
     sa.assert_allowed(&client, access("get", "", "secrets", other))
+        .await;
+    // prevention on this cluster: its own admission policies
+    sa.assert_allowed(&client, access("create", admission, vap, ""))
+        .await;
+    sa.assert_allowed(
+        &client,
+        access("watch", admission, "validatingadmissionpolicybindings", ""),
+    )
+    .await;
+    sa.assert_denied(&client, access("update", admission, vap, ""))
         .await;
     sa.assert_denied(
         &client,

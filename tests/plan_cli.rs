@@ -39,6 +39,22 @@ fn seed_scenario_places_apac_workloads_on_the_legacy_cluster_first() {
     );
     assert!(stdout.contains("2 of 2 workload(s) placeable."), "{stdout}");
     assert!(text(&out.stderr).contains("skipped v1 Namespace/threat-intel"));
+    // what each member's API server would refuse: APAC in Zurich (still allowed in Moscow
+    // only), Europe and North America in Moscow
+    assert!(
+        stdout.contains(
+            "  zrh-1: refuses AU, BD, BN, ID, IN, JP, KH, KR, LA, LK, MY, NP, NZ, PH, PK, SG, TH, VN\n"
+        ),
+        "{stdout}"
+    );
+    let msk = stdout
+        .lines()
+        .find(|l| l.starts_with("  msk-1: refuses "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        msk.contains("CA, CH, CY") && msk.contains("US") && !msk.contains("AU"),
+        "{msk}"
+    );
 }
 
 #[test]
@@ -76,6 +92,21 @@ fn relocated_policy_moves_them_to_zurich_json() {
         v["assumedHealthy"],
         serde_json::json!(["msk-1", "zrh-1", "zrh-2"])
     );
+    // after the edit, Moscow refuses every governed country and Zurich none
+    let admission = v["admission"].as_array().unwrap();
+    let of = |c: &str| {
+        admission
+            .iter()
+            .find(|m| m["cluster"] == c)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        of("msk-1")["refused"].as_array().unwrap().len(),
+        32 + 2 + 18
+    );
+    assert_eq!(of("zrh-1")["refused"], serde_json::json!([]));
+    assert_eq!(of("zrh-2")["enabled"], true);
     assert!(
         text(&out.stderr)
             .contains("ResidencyPolicy/apac-to-zurich replaces its earlier definition")

@@ -21,6 +21,9 @@ pub mod types {
     pub const DRIFTED: &str = "Drifted";
     /// Every node of the member is in an attested region (clusters).
     pub const LOCATION_VERIFIED: &str = "LocationVerified";
+    /// The member's API server runs the admission policies generated from the policies
+    /// (clusters).
+    pub const PREVENTION_ENFORCED: &str = "PreventionEnforced";
 }
 
 /// `True`, `False` or `Unknown`.

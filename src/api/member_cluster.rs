@@ -46,6 +46,27 @@ pub struct MemberClusterSpec {
     /// from it (make before break). Use it to evacuate a cluster.
     #[serde(default = "default_true")]
     pub schedulable: bool,
+    /// Prevention at admission: with `Enabled` (the default) the operator keeps two
+    /// ValidatingAdmissionPolicies (`residency.io-enforce`, `residency.io-audit`) and their
+    /// bindings on the member, generated from the policies, so that its API server refuses a
+    /// create or update that introduces a `country.residency.io/<CODE>` label an Enforce policy
+    /// forbids on this member, and warns for one only an Audit policy forbids. Objects already
+    /// there can still be updated and deleted. `Disabled` removes them; forbidden copies are
+    /// then only found after they exist (detection runs either way).
+    #[serde(default)]
+    pub prevention: Prevention,
+}
+
+/// Whether the operator keeps admission policies on a member.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum Prevention {
+    /// The member's API server refuses data its policies forbid there.
+    #[default]
+    Enabled,
+    /// No admission policy is kept on the member (the operator removes its own).
+    Disabled,
 }
 
 fn default_true() -> bool {
@@ -147,6 +168,26 @@ pub struct MemberClusterStatus {
     /// the management cluster only; `report` reads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory: Option<Inventory>,
+    /// What the member's admission policies refuse and warn about, as last written there
+    /// (condition `PreventionEnforced` says whether they are in force).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prevention: Option<PreventionStatus>,
+}
+
+/// The countries a member's API server refuses or warns about.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PreventionStatus {
+    /// Countries whose new data the member's API server refuses (Enforce policies forbid the
+    /// member), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 250))]
+    pub refused: Vec<String>,
+    /// Countries whose new data it accepts with a warning (only Audit policies forbid the
+    /// member), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 250))]
+    pub warned: Vec<String>,
 }
 
 /// The objects a member holds that are labelled with a country.

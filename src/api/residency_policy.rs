@@ -67,7 +67,8 @@ pub enum Enforcement {
     /// Place, relocate and correct drift.
     #[default]
     Enforce,
-    /// Compute and report only; never write to a member.
+    /// Compute and report only; never place, move or correct anything on a member (the
+    /// members' admission policies only warn about the data it would forbid).
     Audit,
 }
 

@@ -343,6 +343,7 @@ mod tests {
                 connection,
                 storage_class_name: None,
                 schedulable: true,
+                prevention: Default::default(),
             },
         )
     }

@@ -227,6 +227,13 @@ async fn cleanup(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
         )
         .await;
     }
+    // the member's admission policies go with it (when it can be reached)
+    if let Some(conn) = ctx.fleet.get(&name)
+        && conn.reachable
+        && let Some(client) = conn.client
+    {
+        super::admission::remove_all(&ctx, &name, &client).await;
+    }
     ctx.fleet.remove(&name);
     ctx.labelled.remove_member(&name);
     ctx.metrics.inventory(&name, &[]);
@@ -306,7 +313,8 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
         observed_generation: mc.metadata.generation,
         ..Default::default()
     };
-    let desired = match connect(&ctx, &mc).await {
+    let mut reached = None;
+    let mut desired = match connect(&ctx, &mc).await {
         Err(refused) => {
             ctx.fleet.set(
                 &name,
@@ -371,6 +379,7 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
                     .iter()
                     .map(|n| (n.name.clone(), n.region.clone()))
                     .collect();
+                reached = Some(client.clone());
                 ctx.fleet.set(
                     &name,
                     Connection {
@@ -404,6 +413,13 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
             }
         },
     };
+    // prevention: the member's admission policies follow the policies
+    let prevention = match &reached {
+        Some(client) => super::admission::sync(&ctx, &mc, client, &previous).await?,
+        None => super::admission::unreachable(&previous),
+    };
+    desired.push(prevention.condition);
+    status.prevention = prevention.status;
     status.conditions = conditions::merge(
         &previous.conditions,
         &desired,
@@ -566,17 +582,20 @@ fn watches_for(
     {
         return Some(w);
     }
-    let watches = crate::fleet::watch::Watches::new(
-        fingerprint.to_string(),
-        crate::fleet::labelled::start(
-            watch_client.clone(),
-            name,
-            ctx.labelled.clone(),
-            ctx.policies.clone(),
-            ctx.policy_events.clone(),
-            ctx.member_events.clone(),
-        ),
+    let mut tasks = crate::fleet::labelled::start(
+        watch_client.clone(),
+        name,
+        ctx.labelled.clone(),
+        ctx.policies.clone(),
+        ctx.policy_events.clone(),
+        ctx.member_events.clone(),
     );
+    tasks.extend(crate::fleet::prevention::watch(
+        watch_client.clone(),
+        name,
+        ctx.cluster_events.clone(),
+    ));
+    let watches = crate::fleet::watch::Watches::new(fingerprint.to_string(), tasks);
     Some(std::sync::Arc::new(watches))
 }
 

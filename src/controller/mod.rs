@@ -5,11 +5,14 @@
 //!   before break, when they change.
 //! - `policy`: reports what each ResidencyPolicy matches, what violates it (from the members'
 //!   inventory) and what was forgotten with a removed member.
+//! - `admission` (run by `cluster`): keeps each member's admission policies in line with the
+//!   policies (prevention).
 //! - `reports`: publishes the namespaces' PolicyReports from the same findings.
 //!
 //! The workload controller is event-driven: changes to policies and member clusters trigger
 //! exactly the workloads they can affect (watch mappers over the reflector caches below).
 
+pub mod admission;
 pub mod cluster;
 pub mod plan;
 pub mod policy;
@@ -160,6 +163,74 @@ pub struct Context {
     pub fence: Arc<crate::leader::Fence>,
     /// The workloads relocating now (bounded by `settings.max_relocations`).
     pub relocations: Relocations,
+    /// Members to probe again now (their admission policies changed on the member).
+    pub cluster_events:
+        tokio::sync::mpsc::Sender<kube::runtime::reflector::ObjectRef<MemberCluster>>,
+    /// What the operator last wrote of each member's admission objects (`cluster/kind/name`).
+    pub admission: std::sync::Mutex<std::collections::HashMap<String, crate::admission::Written>>,
+    /// Per member, the countries its admission policy refuses as last written there, and the
+    /// workloads waiting for it to follow a policy edit.
+    pub admission_gate: std::sync::Mutex<AdmissionGate>,
+}
+
+/// Keeps the operator from sending a correct placement a member would still refuse: after a
+/// policy edit allows a member, its admission policy is relaxed first, and the workloads
+/// waiting for that are woken as soon as it is.
+#[derive(Default)]
+pub struct AdmissionGate {
+    refused: std::collections::HashMap<String, std::collections::BTreeSet<String>>,
+    waiting: std::collections::HashMap<
+        String,
+        std::collections::HashSet<kube::runtime::reflector::ObjectRef<ResidentWorkload>>,
+    >,
+}
+
+impl AdmissionGate {
+    /// The countries of `countries` that `cluster`'s admission policy, as last written,
+    /// refuses; `waiter` is woken when that changes. Nothing when the operator does not know
+    /// what the member holds (then a refusal, if any, comes back from the member).
+    pub fn refuses(
+        &mut self,
+        cluster: &str,
+        countries: &[String],
+        waiter: kube::runtime::reflector::ObjectRef<ResidentWorkload>,
+    ) -> Vec<String> {
+        let refused: Vec<String> = self
+            .refused
+            .get(cluster)
+            .map(|r| {
+                countries
+                    .iter()
+                    .filter(|c| r.contains(*c))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !refused.is_empty() {
+            self.waiting
+                .entry(cluster.to_string())
+                .or_default()
+                .insert(waiter);
+        }
+        refused
+    }
+
+    /// Records what `cluster`'s admission policy refuses now (`None`: unknown, e.g. the write
+    /// failed) and returns the workloads to wake.
+    pub fn written(
+        &mut self,
+        cluster: &str,
+        refused: Option<std::collections::BTreeSet<String>>,
+    ) -> Vec<kube::runtime::reflector::ObjectRef<ResidentWorkload>> {
+        match refused {
+            Some(r) => self.refused.insert(cluster.to_string(), r),
+            None => self.refused.remove(cluster),
+        };
+        self.waiting
+            .remove(cluster)
+            .map(|w| w.into_iter().collect())
+            .unwrap_or_default()
+    }
 }
 
 /// The workloads that hold a relocation slot.
@@ -195,6 +266,24 @@ impl Relocations {
 }
 
 impl Context {
+    /// What the operator last wrote of the admission object `key`.
+    pub fn admission_written(&self, key: &str) -> Option<crate::admission::Written> {
+        let m = self.admission.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(key).cloned()
+    }
+
+    /// Records a write of the admission object `key`.
+    pub fn record_admission_written(&self, key: &str, written: crate::admission::Written) {
+        let mut m = self.admission.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(key.to_string(), written);
+    }
+
+    /// Forgets the admission object `key` (deleted).
+    pub fn forget_admission_written(&self, key: &str) {
+        let mut m = self.admission.lock().unwrap_or_else(|e| e.into_inner());
+        m.remove(key);
+    }
+
     /// True once the cluster and policy caches hold a full list: before that, a decision could
     /// see too few clusters or policies.
     pub fn synced(&self) -> bool {

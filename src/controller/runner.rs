@@ -62,6 +62,32 @@ pub async fn check_crds(client: &Client) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The policies whose spec changed (a new generation) or that were deleted: status writes,
+/// which are frequent, do not pass.
+fn policy_spec_changes(
+    api: Api<ResidencyPolicy>,
+    wc: watcher::Config,
+) -> impl futures::Stream<Item = Result<ResidencyPolicy, watcher::Error>> + Send + 'static {
+    let mut seen: std::collections::HashMap<String, Option<i64>> = Default::default();
+    watcher(api, wc)
+        .backoff(WatchBackoff::default())
+        .filter_map(move |event| {
+            let out = match event {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                    let generation = p.metadata.generation;
+                    (seen.insert(p.name_any(), generation) != Some(generation)).then_some(Ok(p))
+                }
+                Ok(watcher::Event::Delete(p)) => {
+                    seen.remove(&p.name_any());
+                    Some(Ok(p))
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                Err(e) => Some(Err(e)),
+            };
+            futures::future::ready(out)
+        })
+}
+
 /// Runs the controllers until SIGTERM or SIGINT; running reconciles finish first.
 pub async fn run(
     client: Client,
@@ -91,6 +117,10 @@ pub async fn run(
     let workloads = workloads_ctrl.store();
     let (member_events, member_rx) = tokio::sync::mpsc::channel(1024);
     let (policy_retrigger, policy_rx) = tokio::sync::mpsc::channel(1024);
+    let (cluster_retrigger, cluster_rx) = tokio::sync::mpsc::channel(1024);
+    let cluster_triggers = futures::stream::unfold(cluster_rx, |mut rx| async move {
+        rx.recv().await.map(|r| (r, rx))
+    });
     let policy_triggers = futures::stream::unfold(policy_rx, |mut rx| async move {
         rx.recv().await.map(|r| (r, rx))
     });
@@ -114,6 +144,9 @@ pub async fn run(
         policy_events: policy_retrigger,
         fence,
         relocations: super::Relocations::default(),
+        cluster_events: cluster_retrigger,
+        admission: Default::default(),
+        admission_gate: Default::default(),
     });
 
     let (w1, w2, p2) = (workloads.clone(), workloads, policies.clone());
@@ -131,9 +164,24 @@ pub async fn run(
         .shutdown_on_signal()
         .run(workload::reconcile, workload::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    let cluster_loop = Controller::new(Api::<MemberCluster>::all(client.clone()), wc.clone())
+    // every member's admission policies follow the policies: a policy's spec change (or its
+    // deletion) re-probes every member
+    let cluster_ctrl = Controller::new(Api::<MemberCluster>::all(client.clone()), wc.clone())
         .with_config(config.clone())
-        .trigger_backoff(WatchBackoff::default())
+        .trigger_backoff(WatchBackoff::default());
+    let members = cluster_ctrl.store();
+    let cluster_loop = cluster_ctrl
+        .watches_stream(
+            policy_spec_changes(Api::<ResidencyPolicy>::all(client.clone()), wc.clone()),
+            move |_| {
+                members
+                    .state()
+                    .iter()
+                    .map(|m| reflector::ObjectRef::from_obj(m.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .reconcile_on(cluster_triggers)
         .shutdown_on_signal()
         .run(cluster::reconcile, cluster::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));

@@ -219,6 +219,22 @@ async fn place_on(
         placement.objects = previous.map(|p| p.objects.clone()).unwrap_or_default();
         return out;
     };
+    // a policy edit that allows this member relaxes its admission policy first
+    let countries: Vec<String> = rw.spec.countries.iter().map(|c| c.to_string()).collect();
+    let refused = ctx
+        .admission_gate
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .refuses(cluster, &countries, ObjectRef::from_obj(rw));
+    if !refused.is_empty() {
+        let _ = ctx.cluster_events.try_send(ObjectRef::new(cluster));
+        placement.message = format!(
+            "Waiting until the admission policy of {cluster} follows the policies: it still refuses {}.",
+            refused.join(", ")
+        );
+        placement.objects = previous.map(|p| p.objects.clone()).unwrap_or_default();
+        return out;
+    }
     let ns = rw.namespace().unwrap_or_default();
     let stale = status::stale_objects(previous, &objects);
     let result = async {

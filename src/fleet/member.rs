@@ -99,7 +99,7 @@ fn params() -> PatchParams {
 }
 
 impl Member<'_> {
-    fn err(&self, action: String) -> impl FnOnce(kube::Error) -> MemberError + '_ {
+    pub(super) fn err(&self, action: String) -> impl FnOnce(kube::Error) -> MemberError + '_ {
         move |source| MemberError {
             cluster: self.name.to_string(),
             action,
@@ -121,7 +121,7 @@ impl Member<'_> {
     }
 
     /// Sends one write after checking the fence, and counts it.
-    async fn send<T>(
+    pub(super) async fn send<T>(
         &self,
         action: String,
         verb: &str,
@@ -135,7 +135,7 @@ impl Member<'_> {
 
     /// [`Self::send`] for an object that may be gone meanwhile: a 404 (or a 409 from a
     /// precondition on an object replaced meanwhile) is no error; `false` then.
-    async fn send_unless_gone<T>(
+    pub(super) async fn send_unless_gone<T>(
         &self,
         action: String,
         verb: &str,

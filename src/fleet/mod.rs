@@ -4,6 +4,7 @@ pub mod attest;
 pub mod kubeconfig;
 pub mod labelled;
 pub mod member;
+pub mod prevention;
 pub mod registry;
 pub mod watch;
 

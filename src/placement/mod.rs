@@ -100,7 +100,7 @@ mod facts;
 mod selector;
 
 #[cfg(test)]
-mod proptests;
+pub(crate) mod proptests;
 #[cfg(test)]
 mod tests;
 

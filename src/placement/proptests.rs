@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 use super::*;
 
-const COUNTRIES: [&str; 6] = ["AU", "NZ", "CH", "DE", "RU", "BD"];
+pub(crate) const COUNTRIES: [&str; 6] = ["AU", "NZ", "CH", "DE", "RU", "BD"];
 const LOCATIONS: [(&str, &str); 5] = [
     ("CH", "zurich"),
     ("CH", "geneva"),
@@ -42,7 +42,7 @@ fn healthy() -> impl Strategy<Value = bool> {
     prop::bool::weighted(0.8)
 }
 
-fn cluster() -> impl Strategy<Value = ClusterFacts> {
+pub(crate) fn cluster() -> impl Strategy<Value = ClusterFacts> {
     (
         0..10u8,
         prop::sample::select(&LOCATIONS[..]),
@@ -137,7 +137,7 @@ fn policy_named(name: String) -> impl Strategy<Value = PolicyFacts> {
         )
 }
 
-fn policy() -> impl Strategy<Value = PolicyFacts> {
+pub(crate) fn policy() -> impl Strategy<Value = PolicyFacts> {
     (0..10u8).prop_flat_map(|n| policy_named(format!("p{n}")))
 }
 

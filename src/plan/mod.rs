@@ -66,6 +66,20 @@ pub struct WorkloadPlan {
     pub decision: Decision,
 }
 
+/// What one member's API server would refuse at admission.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberAdmission {
+    /// MemberCluster name.
+    pub cluster: String,
+    /// False when its `spec.prevention` is `Disabled` (it then refuses nothing).
+    pub enabled: bool,
+    /// Countries whose new data it would refuse (Enforce), sorted.
+    pub refused: Vec<String>,
+    /// Countries it would warn about (Audit only), sorted.
+    pub warned: Vec<String>,
+}
+
 /// The result of planning a set of inputs.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -74,6 +88,8 @@ pub struct Plan {
     pub workloads: Vec<WorkloadPlan>,
     /// Clusters assumed Ready and verified because the input has no status for them.
     pub assumed_healthy: Vec<String>,
+    /// Per member, sorted by name: what its admission policies would refuse.
+    pub admission: Vec<MemberAdmission>,
 }
 
 impl Plan {
@@ -114,9 +130,30 @@ pub fn compute(input: &Input) -> Plan {
         .filter_map(|c| c.metadata.name.clone())
         .collect();
     assumed_healthy.sort();
+    let mut admission: Vec<MemberAdmission> = input
+        .clusters
+        .iter()
+        .zip(&clusters)
+        .map(|(mc, f)| {
+            let enabled = mc.spec.prevention == crate::api::member_cluster::Prevention::Enabled;
+            let (refused, warned) = if enabled {
+                crate::admission::summary(&crate::admission::refusals(&policies, f))
+            } else {
+                Default::default()
+            };
+            MemberAdmission {
+                cluster: f.name.clone(),
+                enabled,
+                refused,
+                warned,
+            }
+        })
+        .collect();
+    admission.sort_by(|a, b| a.cluster.cmp(&b.cluster));
     Plan {
         workloads,
         assumed_healthy,
+        admission,
     }
 }
 

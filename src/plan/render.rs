@@ -42,6 +42,28 @@ pub fn text(plan: &Plan, out: &mut impl Write) -> std::io::Result<()> {
         }
         writeln!(out)?;
     }
+    if !plan.admission.is_empty() {
+        writeln!(
+            out,
+            "Admission (new data the members' API servers would refuse):"
+        )?;
+        for m in &plan.admission {
+            let line = if !m.enabled {
+                "prevention Disabled: refuses nothing".to_string()
+            } else if m.refused.is_empty() {
+                "refuses nothing".to_string()
+            } else {
+                format!("refuses {}", m.refused.join(", "))
+            };
+            let warns = if m.warned.is_empty() {
+                String::new()
+            } else {
+                format!("; warns for {} (Audit)", m.warned.join(", "))
+            };
+            writeln!(out, "  {}: {line}{warns}", m.cluster)?;
+        }
+        writeln!(out)?;
+    }
     if !plan.assumed_healthy.is_empty() {
         writeln!(
             out,

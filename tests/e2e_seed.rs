@@ -462,9 +462,13 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
     };
     let metrics = eventually("the inventory gauges", T, || async {
         let m = operator::http_get(op, "/metrics").await;
-        match gauge(&m, "residency_copies_forbidden", "msk-1") {
-            Some(n) if n > 0 => Ok(m),
-            other => Err(format!("msk-1 AU forbidden: {other:?}")),
+        // both members' gauges come from their own probes: wait for both
+        match (
+            gauge(&m, "residency_copies_forbidden", "msk-1"),
+            gauge(&m, "residency_copies", "zrh-1"),
+        ) {
+            (Some(n), Some(z)) if n > 0 && z > 0 => Ok(m),
+            other => Err(format!("msk-1 AU forbidden, zrh-1 AU copies: {other:?}")),
         }
     })
     .await;

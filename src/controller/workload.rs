@@ -228,11 +228,15 @@ async fn place_on(
         .refuses(cluster, &countries, ObjectRef::from_obj(rw));
     if !refused.is_empty() {
         let _ = ctx.cluster_events.try_send(ObjectRef::new(cluster));
+        // nothing was done there: what the record says stays true (a Retained copy stays
+        // Retained, so coming back still takes its volumes back into use)
+        if let Some(p) = previous {
+            *placement = p.clone();
+        }
         placement.message = format!(
             "Waiting until the admission policy of {cluster} follows the policies: it still refuses {}.",
             refused.join(", ")
         );
-        placement.objects = previous.map(|p| p.objects.clone()).unwrap_or_default();
         return out;
     }
     let ns = rw.namespace().unwrap_or_default();

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use common::rules::*;
 use common::{Fleet, eventually};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
 use kube::Client;
@@ -27,6 +30,13 @@ fn member(env: &Env, name: &str) -> Client {
         .find(|(n, _)| *n == name)
         .map(|(_, c)| c.clone())
         .unwrap()
+}
+
+/// The member's ValidatingAdmissionPolicies or bindings, as dynamic objects.
+fn admission_objects<K: kube::Resource<DynamicType = ()>>(
+    client: &Client,
+) -> Api<kube::api::DynamicObject> {
+    Api::all_with(client.clone(), &kube::core::ApiResource::erase::<K>(&()))
 }
 
 fn labelled(name: &str, labels: Value) -> Value {
@@ -309,12 +319,7 @@ async fn a_policy_edit_reaches_the_members_admission_quickly() {
     until_refused(&msk1, "TO", true, T).await;
     // each edit flips whether msk-1 may hold TO; timed from the policy write until msk-1's API
     // server answers accordingly
-    let vaps: Api<kube::api::DynamicObject> = Api::all_with(
-        msk1.clone(),
-        &kube::core::ApiResource::erase::<
-            k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy,
-        >(&()),
-    );
+    let vaps = admission_objects::<ValidatingAdmissionPolicy>(&msk1);
     let version = || async {
         vaps.get_opt("residency.io-enforce")
             .await
@@ -388,18 +393,8 @@ async fn a_deleted_or_edited_admission_policy_is_put_back() {
     )
     .await;
     until_refused(&msk1, "NR", true, T).await;
-    let vaps: Api<kube::api::DynamicObject> = Api::all_with(
-        msk1.clone(),
-        &kube::core::ApiResource::erase::<
-            k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy,
-        >(&()),
-    );
-    let bindings: Api<kube::api::DynamicObject> = Api::all_with(
-        msk1.clone(),
-        &kube::core::ApiResource::erase::<
-            k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding,
-        >(&()),
-    );
+    let vaps = admission_objects::<ValidatingAdmissionPolicy>(&msk1);
+    let bindings = admission_objects::<ValidatingAdmissionPolicyBinding>(&msk1);
     let restored_count = || async {
         let m = common::operator::http_get(op, "/metrics").await;
         m.lines()
@@ -529,12 +524,7 @@ async fn prevention_switched_off_on_a_member_removes_its_admission_policies() {
         }
     })
     .await;
-    let vaps: Api<kube::api::DynamicObject> = Api::all_with(
-        msk1.clone(),
-        &kube::core::ApiResource::erase::<
-            k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy,
-        >(&()),
-    );
+    let vaps = admission_objects::<ValidatingAdmissionPolicy>(&msk1);
     assert!(
         vaps.get_opt("residency.io-enforce")
             .await

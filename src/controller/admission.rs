@@ -80,12 +80,7 @@ pub async fn sync(
 ) -> Result<Outcome> {
     let name = mc.name_any();
     let facts = crate::facts::cluster(mc, crate::facts::StatusSource::Conditions);
-    let policies: Vec<_> = ctx
-        .policies
-        .state()
-        .iter()
-        .map(|p| crate::facts::policy(p))
-        .collect();
+    let policies = ctx.policy_facts();
     let enabled = mc.spec.prevention == Prevention::Enabled;
     let refusals = if enabled {
         admission::refusals(&policies, &facts)

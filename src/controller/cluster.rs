@@ -433,12 +433,7 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
     };
     if let Some(inv) = &status.inventory {
         let facts = crate::facts::cluster(&mc, crate::facts::StatusSource::Conditions);
-        let policies: Vec<_> = ctx
-            .policies
-            .state()
-            .iter()
-            .map(|p| crate::facts::policy(p))
-            .collect();
+        let policies = ctx.policy_facts();
         ctx.metrics
             .inventory(&name, &compliance_gauges(inv, &facts, &policies));
     }

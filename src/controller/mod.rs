@@ -266,6 +266,15 @@ impl Relocations {
 }
 
 impl Context {
+    /// Every policy of the cache as the engine's facts.
+    pub fn policy_facts(&self) -> Vec<crate::placement::PolicyFacts> {
+        self.policies
+            .state()
+            .iter()
+            .map(|p| crate::facts::policy(p))
+            .collect()
+    }
+
     /// What the operator last wrote of the admission object `key`.
     pub fn admission_written(&self, key: &str) -> Option<crate::admission::Written> {
         let m = self.admission.lock().unwrap_or_else(|e| e.into_inner());

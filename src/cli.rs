@@ -1,4 +1,4 @@
-//! Command-line interface: `crds` and `plan` (the operator's `run` arrives with the controller).
+//! Command-line interface: `run`, `crds`, `report`, `plan` and the data `mover`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -44,6 +44,10 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = ReportFormat::Text)]
         output: ReportFormat,
     },
+    /// The data mover, run in Pods on the members during a Storage workload's move (also usable
+    /// by hand): manifests, serving a volume, pulling it, making a move's keys.
+    #[command(subcommand)]
+    Mover(MoverCommand),
     /// Validate MemberClusters, ResidencyPolicies and ResidentWorkloads from YAML files and print
     /// where each workload would be placed. Exit code: 0 all placeable, 1 some workload
     /// unplaceable or in conflict, 2 invalid input.
@@ -54,6 +58,57 @@ pub enum Command {
         /// Output format.
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
         output: Format,
+    },
+}
+
+/// `mover` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum MoverCommand {
+    /// Print the manifest digest and totals of a directory as JSON (`--entries` lists every
+    /// entry).
+    Manifest {
+        /// The directory (a mounted volume).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Include every entry.
+        #[arg(long)]
+        entries: bool,
+    },
+    /// Serve a directory to the destinations of a move (mutual TLS with the move's keys).
+    Serve {
+        /// The directory (the source volume).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:9443")]
+        listen: String,
+        /// Directory with the move's keys (ca.crt, server.crt, server.key, ...).
+        #[arg(long)]
+        keys: PathBuf,
+        /// Exit after this many connections (default: serve until stopped).
+        #[arg(long)]
+        connections: Option<usize>,
+    },
+    /// Pull a served directory into a local one (incremental), print the report as JSON.
+    Pull {
+        /// The directory (the destination volume).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The source's address (host:port).
+        #[arg(long)]
+        from: String,
+        /// Directory with the move's keys.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Connections in parallel.
+        #[arg(long, default_value_t = 2)]
+        parallel: usize,
+    },
+    /// Make new keys for one move into a directory.
+    Keys {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -156,10 +211,55 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             rt.block_on(report(kubeconfig, context, output))?;
             Ok(0)
         }
+        Command::Mover(cmd) => mover(cmd),
         Command::Plan { files, output } => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             Ok(crate::plan::run(&files, output == Format::Json, &mut out)?)
+        }
+    }
+}
+
+fn mover(cmd: MoverCommand) -> anyhow::Result<i32> {
+    use crate::mover::{manifest, tls, transfer};
+    let print = |v: serde_json::Value| -> anyhow::Result<i32> {
+        println!("{}", serde_json::to_string(&v)?);
+        Ok(0)
+    };
+    match cmd {
+        MoverCommand::Manifest { dir, entries } => {
+            let m = manifest::scan(&dir).map_err(|e| crate::mover::Error::io(&dir, e))?;
+            let mut v = serde_json::json!({"digest": m.digest(), "totals": m.totals()});
+            if entries {
+                v["entries"] = serde_json::to_value(&m.entries)?;
+            }
+            print(v)
+        }
+        MoverCommand::Serve {
+            dir,
+            listen,
+            keys,
+            connections,
+        } => {
+            let config = tls::server_config(&tls::read(&keys)?)?;
+            let listener = std::net::TcpListener::bind(&listen)?;
+            eprintln!("serving {} on {listen}", dir.display());
+            transfer::serve(&dir, listener, config, connections)?;
+            Ok(0)
+        }
+        MoverCommand::Pull {
+            dir,
+            from,
+            keys,
+            parallel,
+        } => {
+            let config = tls::client_config(&tls::read(&keys)?)?;
+            let report = transfer::pull(&dir, &from, config, parallel)?;
+            print(serde_json::to_value(report)?)
+        }
+        MoverCommand::Keys { out } => {
+            tls::MoveKeys::generate()?.write(&out)?;
+            Ok(0)
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod mover;
 pub mod placement;
 pub mod plan;
 pub mod policy_report;

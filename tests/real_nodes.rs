@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use common::real::{self, REAL_STORAGE_CLASS, TEST_IMAGE};
 use common::{Fleet, eventually, unique};
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
 use kube::Client;
-use kube::api::{Api, DeleteParams, LogParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, LogParams, PostParams};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(120);
@@ -127,36 +127,8 @@ async fn a_real_pod_keeps_its_file(
         .ok_or_else(|| format!("{context}: the writer has no IP"))
 }
 
-/// Releases the member's real volume for the next run (Retain keeps the directory's files).
 async fn cleanup(client: Client, ns: &str) {
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-    let volume = pvcs
-        .get_opt("data")
-        .await
-        .ok()
-        .flatten()
-        .and_then(|p| p.spec?.volume_name);
-    let _ = Api::<Namespace>::all(client.clone())
-        .delete(ns, &DeleteParams::background())
-        .await;
-    if let Some(v) = volume {
-        let pvs: Api<PersistentVolume> = Api::all(client);
-        eventually("the real volume released", T, || async {
-            let pv = pvs.get(&v).await.map_err(|e| e.to_string())?;
-            match pv.status.and_then(|s| s.phase).as_deref() {
-                Some("Released") | Some("Available") => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .await;
-        let _ = pvs
-            .patch(
-                &v,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"claimRef": null}})),
-            )
-            .await;
-    }
+    real::release(client, ns, &["data"]).await;
 }
 
 #[tokio::test]

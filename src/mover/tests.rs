@@ -131,3 +131,106 @@ fn a_byte_changed_on_a_destination_changes_its_digest_and_is_named() {
     assert_eq!(diff.len(), 1);
     assert_eq!(diff[0].path, "batch%203/f3");
 }
+
+#[test]
+fn a_pull_cut_off_mid_copy_leaves_nothing_half_written_and_the_next_one_finishes() {
+    use std::io::{Read, Write};
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    fill(src.path());
+    std::fs::write(src.path().join("big"), vec![7u8; 3 << 20]).unwrap();
+    let keys = MoveKeys::generate().unwrap();
+    // a relay that passes the TLS bytes on but cuts the connection after 1.5 MB from the source
+    let (addr, server) = serving(src.path(), &keys, 2);
+    let relay = TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay_addr = relay.local_addr().unwrap().to_string();
+    let relay_thread = std::thread::spawn(move || {
+        let (mut down, _) = relay.accept().unwrap();
+        let mut up = std::net::TcpStream::connect(&addr).unwrap();
+        let (mut down2, mut up2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+        let to_source = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut down2, &mut up2);
+        });
+        let mut sent = 0usize;
+        let mut buf = [0u8; 16 << 10];
+        while sent < 1_500_000 {
+            let n = up.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            down.write_all(&buf[..n]).unwrap();
+            sent += n;
+        }
+        let _ = down.shutdown(std::net::Shutdown::Both);
+        let _ = up.shutdown(std::net::Shutdown::Both);
+        let _ = to_source.join();
+        addr
+    });
+    let err = pull(
+        dst.path(),
+        &relay_addr,
+        tls::client_config(&keys).unwrap(),
+        1,
+    )
+    .unwrap_err();
+    let addr = relay_thread.join().unwrap();
+    assert!(
+        matches!(err.category(), "network" | "protocol" | "tls"),
+        "{err}"
+    );
+    // whatever arrived is complete and correct; nothing partial is in place
+    let source = scan(src.path()).unwrap();
+    let partial = scan(dst.path()).unwrap();
+    for e in partial
+        .entries
+        .iter()
+        .filter(|e| e.kind == manifest::Kind::File)
+    {
+        assert_eq!(
+            source.get(&e.path),
+            Some(e),
+            "{} arrived half or wrong",
+            e.path
+        );
+    }
+    assert!(
+        partial.totals().files < source.totals().files,
+        "the cut came before the end"
+    );
+    // the next pull finishes the move
+    let done = pull(dst.path(), &addr, tls::client_config(&keys).unwrap(), 1).unwrap();
+    assert!(done.files_fetched > 0);
+    assert_eq!(scan(dst.path()).unwrap().digest(), source.digest());
+    assert!(!dst.path().join(manifest::STAGING_DIR).exists());
+    server.join().unwrap();
+}
+
+#[test]
+fn a_source_cannot_make_a_destination_write_outside_its_volume() {
+    let (src, dst, outside) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    // on the source, "escape" is a directory with a file in it ...
+    std::fs::create_dir(src.path().join("escape")).unwrap();
+    std::fs::write(src.path().join("escape/evil"), b"evil").unwrap();
+    // ... and on the destination a symlink of that name points outside the volume
+    std::os::unix::fs::symlink(outside.path(), dst.path().join("escape")).unwrap();
+    let keys = MoveKeys::generate().unwrap();
+    let (addr, server) = serving(src.path(), &keys, 1);
+    let report = pull(dst.path(), &addr, tls::client_config(&keys).unwrap(), 1).unwrap();
+    server.join().unwrap();
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
+    assert_eq!(
+        report.removed, 1,
+        "the symlink of another kind was removed first"
+    );
+    assert_eq!(
+        scan(dst.path()).unwrap().digest(),
+        scan(src.path()).unwrap().digest()
+    );
+}

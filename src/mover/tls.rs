@@ -142,11 +142,16 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Reads the PEM files of a key directory.
+/// Reads the PEM files of a key directory; a file that is not there reads as empty (a source
+/// holds only the CA and its own certificate and key, a destination the CA and its own).
 pub fn read(dir: &Path) -> Result<MoveKeys, Error> {
     let f = |name: &str| {
         let p = dir.join(name);
-        std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))
+        match std::fs::read_to_string(&p) {
+            Ok(s) => Ok(s),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(Error::io(&p, e)),
+        }
     };
     Ok(MoveKeys {
         ca: f("ca.crt")?,
@@ -155,6 +160,26 @@ pub fn read(dir: &Path) -> Result<MoveKeys, Error> {
         client_cert: f("client.crt")?,
         client_key: f("client.key")?,
     })
+}
+
+impl MoveKeys {
+    /// The files a source needs: `ca.crt`, `server.crt`, `server.key`.
+    pub fn source_files(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ca.crt", self.ca.clone()),
+            ("server.crt", self.server_cert.clone()),
+            ("server.key", self.server_key.clone()),
+        ]
+    }
+
+    /// The files a destination needs: `ca.crt`, `client.crt`, `client.key`.
+    pub fn destination_files(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ca.crt", self.ca.clone()),
+            ("client.crt", self.client_cert.clone()),
+            ("client.key", self.client_key.clone()),
+        ]
+    }
 }
 
 /// The source's TLS: its certificate, and only clients with a certificate of the move's CA.

@@ -290,21 +290,6 @@ pub fn pull(
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))
             .map_err(|err| Error::io(&p, err))?;
     }
-    // symlinks
-    for e in source.entries.iter().filter(|e| e.kind == Kind::Symlink) {
-        if local.get(&e.path) == Some(e) {
-            continue;
-        }
-        let p = path_of(root, &e.path)?;
-        let _ = std::fs::remove_file(&p);
-        let target = e
-            .target
-            .as_deref()
-            .and_then(manifest::unescape)
-            .unwrap_or_default();
-        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &p)
-            .map_err(|err| Error::io(&p, err))?;
-    }
     // files: a mode change alone is applied here; different content is fetched
     let mut wanted: Vec<Entry> = Vec::new();
     for e in source.entries.iter().filter(|e| e.kind == Kind::File) {
@@ -357,6 +342,7 @@ pub fn pull(
                     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(e.mode))
                         .map_err(|err| Error::io(&tmp, err))?;
                     let dest = path_of(&root, &e.path)?;
+                    inside(&root, &dest)?;
                     std::fs::rename(&tmp, &dest).map_err(|err| Error::io(&dest, err))?;
                     let mut o = outcome.lock().unwrap_or_else(|e| e.into_inner());
                     o.0 += 1;
@@ -379,6 +365,21 @@ pub fn pull(
     if let Some(e) = failure {
         return Err(e);
     }
+    // symlinks last: no file is ever written through one
+    for e in source.entries.iter().filter(|e| e.kind == Kind::Symlink) {
+        if local.get(&e.path) == Some(e) {
+            continue;
+        }
+        let p = path_of(root, &e.path)?;
+        let _ = std::fs::remove_file(&p);
+        let target = e
+            .target
+            .as_deref()
+            .and_then(manifest::unescape)
+            .unwrap_or_default();
+        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &p)
+            .map_err(|err| Error::io(&p, err))?;
+    }
     // directory modes, deepest first
     for e in source.entries.iter().rev().filter(|e| e.kind == Kind::Dir) {
         let p = path_of(root, &e.path)?;
@@ -395,6 +396,29 @@ pub fn pull(
     report.totals = source.totals();
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// `Err` unless every directory between `root` and `path` is a real directory (not a
+/// symlink): a file is only ever written inside the volume.
+fn inside(root: &Path, path: &Path) -> Result<(), Error> {
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d == root {
+            return Ok(());
+        }
+        let meta = std::fs::symlink_metadata(d).map_err(|e| Error::io(d, e))?;
+        if !meta.file_type().is_dir() {
+            return Err(Error::Protocol(format!(
+                "{} is not a directory",
+                d.display()
+            )));
+        }
+        dir = d.parent();
+    }
+    Err(Error::Protocol(format!(
+        "{} is outside the volume",
+        path.display()
+    )))
 }
 
 /// Flushes the filesystem holding `root` to stable storage (`syncfs`).

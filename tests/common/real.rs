@@ -151,3 +151,48 @@ pub async fn exec(
         ))
     }
 }
+
+/// Deletes the namespace and releases the real volumes its claims were bound to, for the next
+/// run (the real-local PersistentVolumes are Retain: the directories keep their files).
+pub async fn release(client: kube::Client, ns: &str, claims: &[&str]) {
+    use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
+    use kube::api::{DeleteParams, Patch, PatchParams};
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let mut volumes = Vec::new();
+    for c in claims {
+        if let Some(v) = pvcs
+            .get_opt(c)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|p| p.spec?.volume_name)
+        {
+            volumes.push(v);
+        }
+    }
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(ns, &DeleteParams::background())
+        .await;
+    let pvs: Api<PersistentVolume> = Api::all(client);
+    for v in volumes {
+        super::eventually(
+            "the real volume released",
+            Duration::from_secs(90),
+            || async {
+                let pv = pvs.get(&v).await.map_err(|e| e.to_string())?;
+                match pv.status.and_then(|s| s.phase).as_deref() {
+                    Some("Released") | Some("Available") => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+        let _ = pvs
+            .patch(
+                &v,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"claimRef": null}})),
+            )
+            .await;
+    }
+}

@@ -7,6 +7,7 @@ pub mod admission;
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod datamove;
 pub mod desired;
 pub mod drift;
 pub mod facts;

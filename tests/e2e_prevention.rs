@@ -117,6 +117,13 @@ async fn writes_introducing_a_forbidden_country_are_refused_on_the_member() {
     ))
     .unwrap();
     cms.create(&PostParams::default(), &before).await.unwrap();
+    // and one whose label is written in lower case: the same country, for detection too
+    let lower: ConfigMap = serde_json::from_value(labelled(
+        "before-lower",
+        json!({"country.residency.io/tv": "True"}),
+    ))
+    .unwrap();
+    cms.create(&PostParams::default(), &lower).await.unwrap();
 
     policy(
         &env.mgmt,
@@ -149,6 +156,25 @@ async fn writes_introducing_a_forbidden_country_are_refused_on_the_member() {
     })
     .await;
     until_refused(&msk1, "TV", true, T).await;
+    // the copies made before are reported as violations, the lower-case one as TV data too
+    let policies: Api<residency_operator::api::ResidencyPolicy> = Api::all(env.mgmt.clone());
+    eventually("both earlier copies reported", T, || async {
+        let p = policies
+            .get("prevention-tuvalu-fiji")
+            .await
+            .map_err(|e| e.to_string())?;
+        let v = p.status.unwrap_or_default().violations;
+        let found = |name: &str| {
+            v.iter()
+                .any(|x| x.cluster == "msk-1" && x.name == name && x.countries == ["TV"])
+        };
+        if found("before") && found("before-lower") {
+            Ok(())
+        } else {
+            Err(format!("{v:?}"))
+        }
+    })
+    .await;
 
     // a Deployment, a PVC and a ConfigMap labelled with a forbidden country: refused with a
     // message that names the country, the member, the policy and what it allows
@@ -290,6 +316,9 @@ async fn writes_introducing_a_forbidden_country_are_refused_on_the_member() {
     })
     .await;
 
+    cms.delete("before-lower", &DeleteParams::default())
+        .await
+        .unwrap();
     cleanup(
         &env,
         ns,

@@ -54,15 +54,23 @@ pub fn unrecorded_owner(workload: Option<&str>, exists: bool) -> String {
     }
 }
 
-/// The countries an object's labels declare (pure).
+/// The countries an object's labels declare, upper-cased, sorted, once each (pure). Keys,
+/// codes and the value `true` are compared case-insensitively, as the members' admission
+/// policies compare them: `country.residency.io/au=True` declares data of AU.
 pub fn countries_of(object_labels: &BTreeMap<String, String>) -> Vec<String> {
+    let prefix = labels::COUNTRY_PREFIX;
     let mut c: Vec<String> = object_labels
         .iter()
-        .filter(|(_, v)| v.as_str() == "true")
-        .filter_map(|(k, _)| k.strip_prefix(labels::COUNTRY_PREFIX))
-        .map(str::to_string)
+        .filter(|(_, v)| v.eq_ignore_ascii_case("true"))
+        .filter(|(k, _)| {
+            k.len() > prefix.len()
+                && k.is_char_boundary(prefix.len())
+                && k[..prefix.len()].eq_ignore_ascii_case(prefix)
+        })
+        .map(|(k, _)| k[prefix.len()..].to_ascii_uppercase())
         .collect();
     c.sort();
+    c.dedup();
     c
 }
 
@@ -244,6 +252,15 @@ mod tests {
             ("app".to_string(), "x".to_string()),
         ]);
         assert_eq!(countries_of(&l), ["AU"]);
+        // as the admission policies read them: any case, once each
+        let mixed = BTreeMap::from([
+            ("Country.Residency.io/jp".to_string(), "True".to_string()),
+            ("country.residency.io/JP".to_string(), "true".to_string()),
+            ("country.residency.io/fj".to_string(), "TRUE".to_string()),
+            ("country.residency.io/".to_string(), "true".to_string()),
+            ("country.residency.iox/KI".to_string(), "true".to_string()),
+        ]);
+        assert_eq!(countries_of(&mixed), ["FJ", "JP"]);
         let index = Index::default();
         let key = ("Deployment".to_string(), "ns".to_string(), "d".to_string());
         let v = Labelled {

@@ -405,7 +405,8 @@ fn audit_writes_in(mark: &AuditMark) -> Vec<AuditWrite> {
 
 /// Every `(country, cluster)` whose data the members hold, listed straight from the members:
 /// every object of the placeable kinds, and every PersistentVolume, labelled
-/// `country.residency.io/<CODE>=true` (a failed list panics: it must not read as "none").
+/// `country.residency.io/<CODE>=true`, in any case (a failed list panics: it must not read as
+/// "none").
 pub async fn holdings_on_members(
     fleet: &Fleet,
     clusters: &[&str],
@@ -432,10 +433,11 @@ pub async fn holdings_on_members(
                 .unwrap_or_else(|e| panic!("{cluster}: list {}: {e}", ar.plural));
             for o in list.items {
                 for (k, v) in o.metadata.labels.unwrap_or_default() {
+                    let k = k.to_ascii_lowercase();
                     if let Some(code) = k.strip_prefix("country.residency.io/")
-                        && v == "true"
+                        && v.eq_ignore_ascii_case("true")
                     {
-                        out.insert((code.to_string(), cluster.to_string()));
+                        out.insert((code.to_ascii_uppercase(), cluster.to_string()));
                     }
                 }
             }

@@ -11,9 +11,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::real::{self, REAL_STORAGE_CLASS, TEST_IMAGE};
+use common::real::{self, TEST_IMAGE};
 use common::{Fleet, eventually, unique};
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::Client;
 use kube::api::{Api, LogParams, PostParams};
 use residency_operator::mover::manifest::{self, Entry, Manifest};
@@ -52,18 +52,6 @@ async fn namespace(client: &Client, ns: &str) {
             &PostParams::default(),
             &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
         )
-        .await
-        .unwrap();
-}
-
-async fn claim(client: &Client, ns: &str) {
-    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-        "metadata": {"name": "data"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": REAL_STORAGE_CLASS,
-                 "resources": {"requests": {"storage": "1Gi"}}}}))
-    .unwrap();
-    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &pvc)
         .await
         .unwrap();
 }
@@ -199,7 +187,7 @@ async fn the_mover_moves_a_real_volume_between_members_and_proves_it() {
         (&zrh1, keys.destination_files()),
     ] {
         namespace(c, &ns).await;
-        claim(c, &ns).await;
+        real::claim(c, &ns, "data").await.unwrap();
         keys_secret(c, &ns, files).await;
     }
     let result = async {

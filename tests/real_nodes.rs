@@ -8,9 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::real::{self, REAL_STORAGE_CLASS, TEST_IMAGE};
+use common::real::{self, TEST_IMAGE};
 use common::{Fleet, eventually, unique};
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Client;
 use kube::api::{Api, DeleteParams, LogParams, PostParams};
 use serde_json::json;
@@ -68,15 +68,9 @@ async fn a_real_pod_keeps_its_file(
         )
         .await
         .map_err(|e| format!("{context}: namespace: {e}"))?;
-    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-        "metadata": {"name": "data"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": REAL_STORAGE_CLASS,
-                 "resources": {"requests": {"storage": "1Gi"}}}}))
-    .unwrap();
-    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &pvc)
+    real::claim(&client, ns, "data")
         .await
-        .map_err(|e| format!("{context}: pvc: {e}"))?;
+        .map_err(|e| format!("{context}: {e}"))?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let first = unique(&format!("{context}-first"));
     let pod = make_writer(&pods, &first)

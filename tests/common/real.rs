@@ -196,3 +196,18 @@ pub async fn release(client: kube::Client, ns: &str, claims: &[&str]) {
             .await;
     }
 }
+
+/// Creates a 1 GiB claim `name` on the member's real volumes (`real-local`).
+pub async fn claim(client: &kube::Client, ns: &str, name: &str) -> Result<(), String> {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": REAL_STORAGE_CLASS,
+                 "resources": {"requests": {"storage": "1Gi"}}}}))
+    .map_err(|e| e.to_string())?;
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .create(&kube::api::PostParams::default(), &pvc)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("claim {name}: {e}"))
+}

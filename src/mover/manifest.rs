@@ -259,11 +259,48 @@ pub fn hash_file(path: &Path) -> std::io::Result<String> {
 }
 
 /// Scans everything under `root` (not following symlinks, skipping [`STAGING_DIR`] at the
-/// root).
+/// root); files are hashed on every core.
 pub fn scan(root: &Path) -> std::io::Result<Manifest> {
     let mut entries = Vec::new();
     walk(root, &[], &mut entries)?;
     entries.sort_by(|a: &Entry, b: &Entry| a.path.cmp(&b.path));
+    // the biggest files first, spread over the workers
+    let mut files: Vec<usize> = (0..entries.len())
+        .filter(|&i| entries[i].kind == Kind::File)
+        .collect();
+    files.sort_by_key(|&i| std::cmp::Reverse(entries[i].size));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    let hashes: Vec<std::io::Result<Vec<(usize, String)>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&i) = files.get(k) else { break };
+                        let rel = unescape(&entries[i].path).unwrap_or_default();
+                        out.push((i, hash_file(&root.join(std::ffi::OsStr::from_bytes(&rel)))?));
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("a hashing thread panicked")))
+            })
+            .collect()
+    });
+    for r in hashes {
+        for (i, h) in r? {
+            entries[i].sha256 = Some(h);
+        }
+    }
     Ok(Manifest { entries })
 }
 
@@ -311,12 +348,13 @@ fn walk(root: &Path, rel: &[u8], out: &mut Vec<Entry>) -> std::io::Result<()> {
                 target: Some(escape(target.as_os_str().as_bytes())),
             });
         } else if ft.is_file() {
+            // hashed afterwards, in parallel
             out.push(Entry {
                 path: escaped,
                 kind: Kind::File,
                 size: meta.size(),
                 mode,
-                sha256: Some(hash_file(&full)?),
+                sha256: None,
                 target: None,
             });
         } else {

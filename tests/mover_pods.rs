@@ -1,5 +1,7 @@
 //! The data mover for real: the operator's own image (built without Docker) loaded into the real
-//! nodes of msk-1 and zrh-1; a source Pod on msk-1 serves a real volume of many shapes, a
+//! nodes of msk-1 and zrh-1, its Pods and key Secrets made as the operator makes them
+//! (`datamove::objects`: read-only source, root without privilege escalation, read-only root
+//! filesystem); a source Pod on msk-1 serves a real volume of many shapes, a
 //! destination Pod on zrh-1 pulls it straight from that Pod's address over mutual TLS with keys
 //! made for the move (each side holds only its half, in a Secret), and an independent manifest
 //! Pod on each side computes the digests, which must be equal. Then: a file written on the
@@ -16,13 +18,13 @@ use common::{Fleet, eventually, unique};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::Client;
 use kube::api::{Api, LogParams, PostParams};
+use residency_operator::datamove::objects::{self, PORT, Role, Scheduling};
 use residency_operator::mover::manifest::{self, Entry, Manifest};
 use residency_operator::mover::tls::MoveKeys;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(180);
 const IMAGE: &str = "residency.local/residency-operator:mover-test";
-const PORT: u16 = 9443;
 
 /// Files of many shapes, written by busybox on the source volume.
 const SEED: &str = r#"set -e
@@ -70,26 +72,24 @@ async fn keys_secret(client: &Client, ns: &str, files: Vec<(&'static str, String
         .unwrap();
 }
 
-/// A Pod on the real node running the mover with `args`, the volume at /data and the keys at
-/// /keys; `restart: false` for one-shot commands.
-fn mover_pod(name: &str, args: &[&str], restart: bool) -> Value {
-    let mut p = real::pod(name, IMAGE, "", &[("data", "/data")]);
-    let c = &mut p["spec"]["containers"][0];
-    c["command"] = json!(["/usr/local/bin/residency-operator"]);
-    c["args"] = json!(args);
-    c["securityContext"] = json!({"runAsUser": 0, "runAsNonRoot": false});
-    c["volumeMounts"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"name": "keys", "mountPath": "/keys", "readOnly": true}));
-    p["spec"]["volumes"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"name": "keys", "secret": {"secretName": "move-keys"}}));
-    if !restart {
-        p["spec"]["restartPolicy"] = json!("Never");
-    }
-    p
+/// A mover Pod as the operator makes them (`datamove::objects`), on the member's real node,
+/// the claim `data` at /data/data, the keys from the Secret `move-keys`.
+fn mover_pod(name: &str, role: &Role) -> Value {
+    let scheduling = Scheduling {
+        node_selector: Some(json!({"residency.io/real-node": "true"})),
+        tolerations: Some(
+            json!([{"key": "residency.io/real-node", "operator": "Exists", "effect": "NoSchedule"}]),
+        ),
+    };
+    objects::mover_pod(
+        name,
+        "test-move",
+        IMAGE,
+        role,
+        &["data".to_string()],
+        "move-keys",
+        &scheduling,
+    )
 }
 
 fn shell_pod(name: &str, script: &str) -> Value {
@@ -130,11 +130,7 @@ async fn manifest_on(client: &Client, ns: &str, tag: &str) -> Manifest {
     let log = run(
         client,
         ns,
-        mover_pod(
-            &unique(&format!("manifest-{tag}")),
-            &["mover", "manifest", "--dir", "/data", "--entries"],
-            false,
-        ),
+        mover_pod(&unique(&format!("manifest-{tag}")), &Role::Manifest),
     )
     .await
     .unwrap();
@@ -155,10 +151,9 @@ async fn pull(client: &Client, ns: &str, from: &str) -> Result<Value, String> {
         ns,
         mover_pod(
             &unique("pull"),
-            &[
-                "mover", "pull", "--dir", "/data", "--from", from, "--keys", "/keys",
-            ],
-            false,
+            &Role::Pull {
+                from: from.to_string(),
+            },
         ),
     )
     .await?;
@@ -194,12 +189,7 @@ async fn the_mover_moves_a_real_volume_between_members_and_proves_it() {
         // the source's data, then its mover serving it
         run(&msk1, &ns, shell_pod("seed", SEED)).await?;
         let pods: Api<Pod> = Api::namespaced(msk1.clone(), &ns);
-        let serve: Pod = serde_json::from_value(mover_pod(
-            "source",
-            &["mover", "serve", "--dir", "/data", "--keys", "/keys", "--listen", &format!("0.0.0.0:{PORT}")],
-            true,
-        ))
-        .unwrap();
+        let serve: Pod = serde_json::from_value(mover_pod("source", &Role::Serve)).unwrap();
         pods.create(&PostParams::default(), &serve).await.map_err(|e| e.to_string())?;
         let source_pod = real::running(&pods, "source", T).await?;
         let ip = source_pod.status.and_then(|s| s.pod_ip).ok_or("the source has no IP")?;
@@ -250,7 +240,7 @@ async fn the_mover_moves_a_real_volume_between_members_and_proves_it() {
         .await?;
         let bad = manifest_on(&zrh1, &ns, "bad").await;
         let diff = manifest::differences(&src, &bad, 5);
-        if bad.digest() == src.digest() || diff.len() != 1 || diff[0].path != "region%203/customer-3/sample%203.bin" {
+        if bad.digest() == src.digest() || diff.len() != 1 || diff[0].path != "data/region%203/customer-3/sample%203.bin" {
             return Err(format!("a changed byte gave {diff:?}"));
         }
 

@@ -4,8 +4,8 @@
 //!
 //! Paths are the raw bytes of the names relative to the root (names with spaces or non-ASCII
 //! characters are kept exactly), written percent-escaped in the canonical lines the digest is
-//! computed over. Symlinks are never followed. The mover's own staging directory
-//! ([`STAGING_DIR`]) is not part of the data.
+//! computed over. Symlinks are never followed. The files a pull is still receiving (named
+//! [`STAGING_PREFIX`]`...`, next to where they will land) are not part of the data.
 
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -15,9 +15,15 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The directory (at the root of a destination) where files arrive before they are renamed into
-/// place; removed when a pull finishes and never part of a manifest.
-pub const STAGING_DIR: &str = ".residency-mover";
+/// The name prefix of a file a pull is receiving, in the directory it will be renamed into (the
+/// same volume, so the rename is atomic); never part of a manifest, removed by the next pull if a
+/// pull was cut off.
+pub const STAGING_PREFIX: &str = ".residency-mover-incoming-";
+
+/// Whether a directory entry's name is a file being received.
+pub fn is_staging(name: &[u8]) -> bool {
+    name.starts_with(STAGING_PREFIX.as_bytes())
+}
 
 /// What an entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,8 +264,8 @@ pub fn hash_file(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// Scans everything under `root` (not following symlinks, skipping [`STAGING_DIR`] at the
-/// root); files are hashed on every core.
+/// Scans everything under `root` (not following symlinks, skipping files being received); files
+/// are hashed on every core.
 pub fn scan(root: &Path) -> std::io::Result<Manifest> {
     let mut entries = Vec::new();
     walk(root, &[], &mut entries)?;
@@ -314,7 +320,7 @@ fn walk(root: &Path, rel: &[u8], out: &mut Vec<Entry>) -> std::io::Result<()> {
         let item = item?;
         let name = item.file_name();
         let name = name.as_bytes();
-        if rel.is_empty() && name == STAGING_DIR.as_bytes() {
+        if is_staging(name) {
             continue;
         }
         let mut path = rel.to_vec();
@@ -452,10 +458,10 @@ mod tests {
                 "with%20space.txt"
             ]
         );
-        // the staging directory is not data
-        std::fs::create_dir(d.path().join(STAGING_DIR)).unwrap();
-        std::fs::write(d.path().join(STAGING_DIR).join("partial"), b"p").unwrap();
-        assert!(scan(d.path()).unwrap().get(STAGING_DIR).is_none());
+        // a file being received is not data
+        let before = scan(d.path()).unwrap().digest();
+        std::fs::write(d.path().join(format!("a/{STAGING_PREFIX}0")), b"p").unwrap();
+        assert_eq!(scan(d.path()).unwrap().digest(), before);
     }
 
     #[test]
@@ -484,4 +490,23 @@ mod tests {
         }
         assert!(safe_relative(b"a/b/c") && safe_relative(b"..a/b.."));
     }
+}
+
+/// Removes files a cut-off pull left half-received under `root` (not following symlinks).
+pub fn remove_staging(root: &Path) -> std::io::Result<u64> {
+    let mut removed = 0;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for item in std::fs::read_dir(&dir)? {
+            let item = item?;
+            let ft = item.file_type()?;
+            if ft.is_dir() {
+                dirs.push(item.path());
+            } else if ft.is_file() && is_staging(item.file_name().as_bytes()) {
+                std::fs::remove_file(item.path())?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }

@@ -48,7 +48,11 @@ fn a_pull_copies_every_shape_then_only_what_changed() {
         differences(&source, &copied, 5)
     );
     assert_eq!(first.files_fetched, source.totals().files);
-    assert!(!dst.path().join(manifest::STAGING_DIR).exists());
+    assert_eq!(
+        manifest::remove_staging(dst.path()).unwrap(),
+        0,
+        "nothing half-received left"
+    );
     // the sparse file stays sparse
     use std::os::unix::fs::MetadataExt;
     let sparse = std::fs::metadata(dst.path().join("sparse")).unwrap();
@@ -200,7 +204,11 @@ fn a_pull_cut_off_mid_copy_leaves_nothing_half_written_and_the_next_one_finishes
     let done = pull(dst.path(), &addr, tls::client_config(&keys).unwrap(), 1).unwrap();
     assert!(done.files_fetched > 0);
     assert_eq!(scan(dst.path()).unwrap().digest(), source.digest());
-    assert!(!dst.path().join(manifest::STAGING_DIR).exists());
+    assert_eq!(
+        manifest::remove_staging(dst.path()).unwrap(),
+        0,
+        "nothing half-received left"
+    );
     server.join().unwrap();
 }
 

@@ -2,8 +2,8 @@
 //! pulls what it lacks (`pull`). A pull is incremental - it fetches only files whose size, mode
 //! or SHA-256 differ from the source's manifest and removes what the source no longer has - so
 //! the stage copy and the final sync after the fence are the same operation. Each file arrives
-//! in a staging directory, is checked against the SHA-256 the source's manifest gave for it,
-//! and only then renamed into place; runs of zero bytes are written as holes (sparse files stay
+//! under a staging name next to where it lands (same volume), is checked against the SHA-256 the
+//! source's manifest gave for it, and only then renamed into place; runs of zero bytes are written as holes (sparse files stay
 //! sparse).
 //!
 //! Wire format (after the TLS handshake), one request at a time per connection:
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::Error;
-use super::manifest::{self, Entry, Kind, Manifest, STAGING_DIR};
+use super::manifest::{self, Entry, Kind, Manifest, STAGING_PREFIX};
 use super::tls::SERVER_NAME;
 
 const CHUNK: usize = 1 << 20;
@@ -304,8 +304,8 @@ pub fn pull(
             _ => wanted.push(e.clone()),
         }
     }
-    let staging = root.join(STAGING_DIR);
-    std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+    // what a cut-off pull left half-received
+    manifest::remove_staging(root).map_err(|e| Error::io(root, e))?;
     // the biggest first (taken from the end), so that the connections finish together
     wanted.sort_by_key(|e| e.size);
     let queue = Arc::new(Mutex::new(wanted));
@@ -318,18 +318,22 @@ pub fn pull(
         .into_iter()
         .enumerate()
         .map(|(i, mut conn)| {
-            let (queue, outcome, root, staging) = (
-                queue.clone(),
-                outcome.clone(),
-                root.to_path_buf(),
-                staging.clone(),
-            );
+            let (queue, outcome, root) = (queue.clone(), outcome.clone(), root.to_path_buf());
             std::thread::spawn(move || -> Result<(), Error> {
-                let tmp = staging.join(format!("incoming-{i}"));
                 loop {
                     let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
                     let Some(e) = next else { break };
-                    let (sha, len) = conn.fetch(&e.path, &tmp)?;
+                    let dest = path_of(&root, &e.path)?;
+                    inside(&root, &dest)?;
+                    // received next to where it lands: the rename stays on its volume
+                    let tmp = dest.with_file_name(format!("{STAGING_PREFIX}{i}"));
+                    let (sha, len) = match conn.fetch(&e.path, &tmp) {
+                        Ok(got) => got,
+                        Err(err) => {
+                            let _ = std::fs::remove_file(&tmp);
+                            return Err(err);
+                        }
+                    };
                     if Some(&sha) != e.sha256.as_ref() {
                         let _ = std::fs::remove_file(&tmp);
                         outcome
@@ -341,8 +345,6 @@ pub fn pull(
                     }
                     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(e.mode))
                         .map_err(|err| Error::io(&tmp, err))?;
-                    let dest = path_of(&root, &e.path)?;
-                    inside(&root, &dest)?;
                     std::fs::rename(&tmp, &dest).map_err(|err| Error::io(&dest, err))?;
                     let mut o = outcome.lock().unwrap_or_else(|e| e.into_inner());
                     o.0 += 1;
@@ -361,7 +363,6 @@ pub fn pull(
             Err(_) => failure = failure.or(Some(Error::Protocol("a worker panicked".into()))),
         }
     }
-    let _ = std::fs::remove_dir_all(&staging);
     if let Some(e) = failure {
         return Err(e);
     }

@@ -15,6 +15,8 @@
 //! * nothing in a move deletes data: the source volumes stay until the relocation's eviction
 //!   retains them (or `Purge` removes them, allowed only after a verified move).
 
+pub mod objects;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

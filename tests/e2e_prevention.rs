@@ -565,3 +565,78 @@ async fn prevention_switched_off_on_a_member_removes_its_admission_policies() {
     cleanup(&env, "prevention-switch", &[], &["prevention-kiribati"]).await;
     until_refused(&msk1, "KI", false, T).await;
 }
+
+fn fleet_sh(args: &[&str]) {
+    let dir = std::env::var("RESIDENCY_FLEET_DIR")
+        .expect("this test stops and restarts a member apiserver: it needs the local fleet");
+    let out = std::process::Command::new(common::repo("tests/testenv/fleet.sh"))
+        .args(args)
+        .env("RESIDENCY_FLEET_DIR", &dir)
+        .output()
+        .expect("fleet.sh");
+    assert!(
+        out.status.success(),
+        "fleet.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_policy_edited_while_a_member_is_down_is_enforced_there_once_it_is_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let env = setup().await;
+    let msk1 = member(&env, "msk-1");
+    let zurich = json!([{"country": "CH", "region": "zurich"}]);
+    policy(
+        &env.mgmt,
+        "prevention-vanuatu",
+        &["VU"],
+        zurich.clone(),
+        "Enforce",
+    )
+    .await;
+    until_refused(&msk1, "VU", true, T).await;
+    until_refused(&msk1, "SB", false, T).await;
+
+    fleet_sh(&["stop", "msk-1-kube-apiserver"]);
+    // the edit: Solomon Islands' data is forbidden on msk-1 too, while it cannot be told
+    policy(
+        &env.mgmt,
+        "prevention-vanuatu",
+        &["VU", "SB"],
+        zurich,
+        "Enforce",
+    )
+    .await;
+    eventually(
+        "msk-1's prevention is unknown while it is down",
+        T,
+        || async {
+            match prevention_of(&env.mgmt, "msk-1").await {
+                (s, r, _, _) if s == "Unknown" && r == "Unreachable" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let back = Instant::now();
+    fleet_sh(&["up"]);
+    until_refused(&msk1, "SB", true, T).await;
+    eprintln!(
+        "prevention: msk-1 back -> the edit made while it was down in force after {:.1} s",
+        back.elapsed().as_secs_f64()
+    );
+    eventually("msk-1's prevention in force again, with SB", T, || async {
+        match prevention_of(&env.mgmt, "msk-1").await {
+            (s, r, refused, _)
+                if s == "True" && r == "Enforced" && refused.contains(&"SB".to_string()) =>
+            {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    cleanup(&env, "prevention-down", &[], &["prevention-vanuatu"]).await;
+    until_refused(&msk1, "SB", false, T).await;
+}

@@ -460,21 +460,6 @@ async fn a_secret_value_appears_nowhere_outside_the_spec() {
     cleanup(&env, ns, &["kiribati"], &["kiribati-zurich"]).await;
 }
 
-fn fleet_sh(args: &[&str]) {
-    let dir = std::env::var("RESIDENCY_FLEET_DIR")
-        .expect("this test stops and restarts a member apiserver: it needs the local fleet");
-    let out = std::process::Command::new(common::repo("tests/testenv/fleet.sh"))
-        .args(args)
-        .env("RESIDENCY_FLEET_DIR", &dir)
-        .output()
-        .expect("fleet.sh");
-    assert!(
-        out.status.success(),
-        "fleet.sh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Reasons and messages of the Events about the objects with these uids (Events of an earlier
 /// run's objects of the same names may still be there).
 async fn event_reasons(mgmt: &Client, ns: &str, uids: &[Option<String>]) -> Vec<(String, String)> {
@@ -517,7 +502,7 @@ async fn a_workload_deleted_while_its_member_is_down_waits_or_is_abandoned() {
     }
     let api: Api<ResidentWorkload> = Api::namespaced(env.mgmt.clone(), ns);
 
-    fleet_sh(&["stop", "msk-1-kube-apiserver"]);
+    common::fleet_sh(&["stop", "msk-1-kube-apiserver"]);
     for w in ["nauru-a", "nauru-b"] {
         api.delete(w, &DeleteParams::default()).await.unwrap();
     }
@@ -568,7 +553,7 @@ async fn a_workload_deleted_while_its_member_is_down_waits_or_is_abandoned() {
 
     // msk-1 comes back: nauru-a is cleaned up there; nauru-b's copy was left, as recorded
     let back = Instant::now();
-    fleet_sh(&["up"]);
+    common::fleet_sh(&["up"]);
     eventually("nauru-a cleaned up", T, || async {
         match api.get_opt("nauru-a").await {
             Ok(None) => Ok(()),
@@ -615,7 +600,7 @@ async fn a_policy_edit_while_a_target_is_down_relocates_without_loss() {
     let on_msk = wait_claims(&msk1, ns, "palau", 2).await;
     let marks = [audit_mark("zrh-1"), audit_mark("zrh-2")];
 
-    fleet_sh(&["stop", "zrh-2-kube-apiserver"]);
+    common::fleet_sh(&["stop", "zrh-2-kube-apiserver"]);
     let edit = Instant::now();
     policy(
         &env.mgmt,
@@ -635,7 +620,7 @@ async fn a_policy_edit_while_a_target_is_down_relocates_without_loss() {
     wait_claims(&zrh1, ns, "palau", 2).await;
 
     let back = Instant::now();
-    fleet_sh(&["up"]);
+    common::fleet_sh(&["up"]);
     wait_workload(&env.mgmt, ns, "palau", "Ready on zrh-1 and zrh-2", |rw| {
         ready_on(rw, &["zrh-1", "zrh-2"])
     })
@@ -707,11 +692,11 @@ async fn the_management_cluster_restarted_mid_relocation_with_watches_expired_co
     )
     .await;
     first_write(&[&zrh1, &zrh2], ns).await;
-    fleet_sh(&["stop", "mgmt-kube-apiserver"]);
+    common::fleet_sh(&["stop", "mgmt-kube-apiserver"]);
     let revision = compact_etcd();
     eprintln!("mgmt stopped, etcd compacted at revision {revision}");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    fleet_sh(&["up"]);
+    common::fleet_sh(&["up"]);
     let back = Instant::now();
     wait_workload(&env.mgmt, ns, "niue", "relocated, msk-1 retained", |rw| {
         ready_on(rw, &["zrh-1", "zrh-2"])

@@ -39,6 +39,17 @@ fn admission_objects<K: kube::Resource<DynamicType = ()>>(
     Api::all_with(client.clone(), &kube::core::ApiResource::erase::<K>(&()))
 }
 
+fn zurich() -> Value {
+    json!([{"country": "CH", "region": "zurich"}])
+}
+
+/// Applies an Enforce policy keeping `countries` in Zurich and waits until msk-1 refuses the
+/// first of them.
+async fn zurich_only(env: &Env, msk1: &Client, name: &str, countries: &[&str]) {
+    policy(&env.mgmt, name, countries, zurich(), "Enforce").await;
+    until_refused(msk1, countries[0], true, T).await;
+}
+
 fn labelled(name: &str, labels: Value) -> Value {
     json!({"metadata": {"name": name, "labels": labels}})
 }
@@ -129,7 +140,7 @@ async fn writes_introducing_a_forbidden_country_are_refused_on_the_member() {
         &env.mgmt,
         "prevention-tuvalu-fiji",
         &["TV", "FJ"],
-        json!([{"country": "CH", "region": "zurich"}]),
+        zurich(),
         "Enforce",
     )
     .await;
@@ -137,7 +148,7 @@ async fn writes_introducing_a_forbidden_country_are_refused_on_the_member() {
         &env.mgmt,
         "prevention-samoa-trial",
         &["WS"],
-        json!([{"country": "CH", "region": "zurich"}]),
+        zurich(),
         "Audit",
     )
     .await;
@@ -334,18 +345,10 @@ async fn a_policy_edit_reaches_the_members_admission_quickly() {
     let _one = ONE_AT_A_TIME.lock().await;
     let env = setup().await;
     let msk1 = member(&env, "msk-1");
-    let zurich = json!([{"country": "CH", "region": "zurich"}]);
+    let zurich = zurich();
     let anywhere =
         json!([{"country": "CH", "region": "zurich"}, {"country": "RU", "region": "moscow"}]);
-    policy(
-        &env.mgmt,
-        "prevention-tonga",
-        &["TO"],
-        zurich.clone(),
-        "Enforce",
-    )
-    .await;
-    until_refused(&msk1, "TO", true, T).await;
+    zurich_only(&env, &msk1, "prevention-tonga", &["TO"]).await;
     // each edit flips whether msk-1 may hold TO; timed from the policy write until msk-1's API
     // server answers accordingly
     let vaps = admission_objects::<ValidatingAdmissionPolicy>(&msk1);
@@ -413,15 +416,7 @@ async fn a_deleted_or_edited_admission_policy_is_put_back() {
     let env = setup().await;
     let op = common::operator::start(&Fleet::from_env()).await;
     let msk1 = member(&env, "msk-1");
-    policy(
-        &env.mgmt,
-        "prevention-nauru",
-        &["NR"],
-        json!([{"country": "CH", "region": "zurich"}]),
-        "Enforce",
-    )
-    .await;
-    until_refused(&msk1, "NR", true, T).await;
+    zurich_only(&env, &msk1, "prevention-nauru", &["NR"]).await;
     let vaps = admission_objects::<ValidatingAdmissionPolicy>(&msk1);
     let bindings = admission_objects::<ValidatingAdmissionPolicyBinding>(&msk1);
     let restored_count = || async {
@@ -516,15 +511,7 @@ async fn prevention_switched_off_on_a_member_removes_its_admission_policies() {
     let _one = ONE_AT_A_TIME.lock().await;
     let env = setup().await;
     let msk1 = member(&env, "msk-1");
-    policy(
-        &env.mgmt,
-        "prevention-kiribati",
-        &["KI"],
-        json!([{"country": "CH", "region": "zurich"}]),
-        "Enforce",
-    )
-    .await;
-    until_refused(&msk1, "KI", true, T).await;
+    zurich_only(&env, &msk1, "prevention-kiribati", &["KI"]).await;
     let clusters: Api<MemberCluster> = Api::all(env.mgmt.clone());
     let switch = |to: &'static str| {
         let clusters = clusters.clone();
@@ -566,45 +553,21 @@ async fn prevention_switched_off_on_a_member_removes_its_admission_policies() {
     until_refused(&msk1, "KI", false, T).await;
 }
 
-fn fleet_sh(args: &[&str]) {
-    let dir = std::env::var("RESIDENCY_FLEET_DIR")
-        .expect("this test stops and restarts a member apiserver: it needs the local fleet");
-    let out = std::process::Command::new(common::repo("tests/testenv/fleet.sh"))
-        .args(args)
-        .env("RESIDENCY_FLEET_DIR", &dir)
-        .output()
-        .expect("fleet.sh");
-    assert!(
-        out.status.success(),
-        "fleet.sh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test]
 async fn a_policy_edited_while_a_member_is_down_is_enforced_there_once_it_is_back() {
     let _one = ONE_AT_A_TIME.lock().await;
     let env = setup().await;
     let msk1 = member(&env, "msk-1");
-    let zurich = json!([{"country": "CH", "region": "zurich"}]);
-    policy(
-        &env.mgmt,
-        "prevention-vanuatu",
-        &["VU"],
-        zurich.clone(),
-        "Enforce",
-    )
-    .await;
-    until_refused(&msk1, "VU", true, T).await;
+    zurich_only(&env, &msk1, "prevention-vanuatu", &["VU"]).await;
     until_refused(&msk1, "SB", false, T).await;
 
-    fleet_sh(&["stop", "msk-1-kube-apiserver"]);
+    common::fleet_sh(&["stop", "msk-1-kube-apiserver"]);
     // the edit: Solomon Islands' data is forbidden on msk-1 too, while it cannot be told
     policy(
         &env.mgmt,
         "prevention-vanuatu",
         &["VU", "SB"],
-        zurich,
+        zurich(),
         "Enforce",
     )
     .await;
@@ -620,7 +583,7 @@ async fn a_policy_edited_while_a_member_is_down_is_enforced_there_once_it_is_bac
     )
     .await;
     let back = Instant::now();
-    fleet_sh(&["up"]);
+    common::fleet_sh(&["up"]);
     until_refused(&msk1, "SB", true, T).await;
     eprintln!(
         "prevention: msk-1 back -> the edit made while it was down in force after {:.1} s",

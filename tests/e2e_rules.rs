@@ -184,12 +184,6 @@ async fn an_unverified_cluster_receives_nothing_new() {
 async fn an_unreachable_member_keeps_its_copy_until_it_is_back() {
     let _lock = CLUSTER_LOCK.write().await;
     let env = setup().await;
-    let Ok(fleet_dir) = std::env::var("RESIDENCY_FLEET_DIR") else {
-        panic!(
-            "this test stops and restarts a member apiserver: it needs the local fleet (RESIDENCY_FLEET_DIR)"
-        );
-    };
-    let fleet_sh = common::repo("tests/testenv/fleet.sh");
     let ns = "rules-unreachable";
     namespace(&env.mgmt, ns).await;
     let msk1 = &env.members[2].1;
@@ -211,18 +205,7 @@ async fn an_unreachable_member_keeps_its_copy_until_it_is_back() {
     assert_eq!(placed_on(msk1, ns, "vanuatu").await, 1);
 
     // msk-1's apiserver goes away, then the policy moves VU to Zurich
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(&fleet_sh)
-            .args(args)
-            .env("RESIDENCY_FLEET_DIR", &fleet_dir)
-            .output()
-            .expect("fleet.sh");
-        assert!(
-            out.status.success(),
-            "fleet.sh {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = common::fleet_sh;
     run(&["stop", "msk-1-kube-apiserver"]);
     policy(
         &env.mgmt,

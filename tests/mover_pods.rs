@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::real::{self, TEST_IMAGE};
 use common::{Fleet, eventually, unique};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Client;
 use kube::api::{Api, LogParams, PostParams};
 use residency_operator::datamove::objects::{self, PORT, Role, Scheduling};
@@ -47,16 +47,6 @@ chmod 600 "region 1/customer-1/sample 1.bin"
 ln -sf "region 1" link-to-region
 ln -sf /nowhere dangling
 echo seeded"#;
-
-async fn namespace(client: &Client, ns: &str) {
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
-}
 
 async fn keys_secret(client: &Client, ns: &str, files: Vec<(&'static str, String)>) {
     let data: serde_json::Map<String, Value> = files
@@ -181,7 +171,7 @@ async fn the_mover_moves_a_real_volume_between_members_and_proves_it() {
         (&msk1, keys.source_files()),
         (&zrh1, keys.destination_files()),
     ] {
-        namespace(c, &ns).await;
+        common::operator::ensure_namespace(c, &ns).await;
         real::claim(c, &ns, "data").await.unwrap();
         keys_secret(c, &ns, files).await;
     }
@@ -255,6 +245,14 @@ async fn the_mover_moves_a_real_volume_between_members_and_proves_it() {
         match pull(&zrh1, &ns, &from).await {
             Err(e) if e.contains("tls") || e.contains("network") || e.contains("certificate") => {}
             other => return Err(format!("a stranger's pull gave {other:?}")),
+        }
+        // ... and nothing on the destination changed: the corrupted byte is still there
+        let after = manifest_on(&zrh1, &ns, "after-stranger").await;
+        if after.digest() != bad.digest() {
+            return Err(format!(
+                "a stranger's pull changed the destination: {:?}",
+                manifest::differences(&bad, &after, 5)
+            ));
         }
         eprintln!(
             "mover: {} files, {} directories, {} symlinks, {:.1} MB moved msk-1 -> zrh-1 in {:.2} s; digests equal ({}, after the final sync {})",

@@ -29,7 +29,7 @@
 #[cfg(test)]
 mod proptests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -85,11 +85,7 @@ pub struct Refusal {
 
 /// The countries `cluster` refuses or warns about, sorted by country (pure).
 pub fn refusals(policies: &[PolicyFacts], cluster: &ClusterFacts) -> Vec<Refusal> {
-    let governed: BTreeSet<&str> = policies
-        .iter()
-        .flat_map(|p| p.countries.iter().map(String::as_str))
-        .collect();
-    governed
+    governed(policies)
         .into_iter()
         .filter_map(|country| {
             let forbidding = |e: Enforcement| -> Vec<&PolicyFacts> {
@@ -379,21 +375,29 @@ pub fn summary(refusals: &[Refusal]) -> (Vec<String>, Vec<String>) {
     (of(Action::Deny), of(Action::Warn))
 }
 
-/// Per member, the countries its admission policy refuses and warns about (pure; for `plan`).
-pub fn by_member(
-    policies: &[PolicyFacts],
-    clusters: &[ClusterFacts],
-) -> BTreeMap<String, (Vec<String>, Vec<String>)> {
-    clusters
+/// Every country some policy governs, sorted (pure).
+pub fn governed(policies: &[PolicyFacts]) -> BTreeSet<&str> {
+    policies
         .iter()
-        .map(|c| (c.name.clone(), summary(&refusals(policies, c))))
+        .flat_map(|p| p.countries.iter().map(String::as_str))
         .collect()
+}
+
+/// What a member refuses and warns about: its [`refusals`] when its prevention is enabled,
+/// nothing otherwise (pure; the controller and `plan` both use it).
+pub fn for_member(policies: &[PolicyFacts], cluster: &ClusterFacts, enabled: bool) -> Vec<Refusal> {
+    if enabled {
+        refusals(policies, cluster)
+    } else {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::placement::Location;
+    use std::collections::BTreeMap;
 
     fn cluster(name: &str, country: &str, region: &str) -> ClusterFacts {
         ClusterFacts {

@@ -13,6 +13,7 @@ use crate::api::member_cluster::{Prevention, PreventionStatus};
 use crate::api::{MemberCluster, MemberClusterStatus};
 use crate::fleet::member::{Cause, Member, MemberError};
 use crate::fleet::prevention::AdmissionKind;
+use crate::placement::{ClusterFacts, PolicyFacts};
 
 /// The reasons of the `PreventionEnforced` condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,23 +71,20 @@ fn key(cluster: &str, kind: AdmissionKind, name: &str) -> String {
     format!("{cluster}/{}/{name}", kind.kind())
 }
 
-/// Brings the member's admission policies in line with the policies. Only a fenced replica
-/// gets an `Err`; a member that refuses the writes gets `PreventionEnforced=False`.
+/// Brings the member's admission policies in line with `policies` (the member is `facts`).
+/// Only a fenced replica gets an `Err`; a member that refuses the writes gets
+/// `PreventionEnforced=False`.
 pub async fn sync(
     ctx: &Context,
     mc: &MemberCluster,
+    facts: &ClusterFacts,
+    policies: &[PolicyFacts],
     client: &Client,
     previous: &MemberClusterStatus,
 ) -> Result<Outcome> {
     let name = mc.name_any();
-    let facts = crate::facts::cluster(mc, crate::facts::StatusSource::Conditions);
-    let policies = ctx.policy_facts();
     let enabled = mc.spec.prevention == Prevention::Enabled;
-    let refusals = if enabled {
-        admission::refusals(&policies, &facts)
-    } else {
-        Vec::new()
-    };
+    let refusals = admission::for_member(policies, facts, enabled);
     let generated = admission::generate(&name, &refusals);
     let member = Member {
         name: &name,
@@ -123,11 +121,7 @@ pub async fn sync(
     // short delay)
     let mut now_refused = failure.is_none().then(|| refused.iter().cloned().collect());
     if relaxed && failure.is_none() {
-        let governed: std::collections::BTreeSet<&str> = policies
-            .iter()
-            .flat_map(|p| p.countries.iter().map(String::as_str))
-            .collect();
-        let allowed: Vec<String> = governed
+        let allowed: Vec<String> = admission::governed(policies)
             .into_iter()
             .filter(|c| !refused.iter().any(|r| r == c))
             .map(str::to_string)
@@ -158,68 +152,88 @@ pub async fn sync(
         )
         .await;
     }
-    let outcome = match failure {
-        Some(e) => {
-            let unsupported = matches!(&e.source, Cause::Api(kube::Error::Api(s)) if s.code == 404);
-            let reason = if unsupported {
-                Reason::Unsupported
-            } else {
-                Reason::ApplyFailed
-            };
-            let message = if unsupported {
-                format!(
-                    "The member's API server does not serve admissionregistration.k8s.io/v1 ValidatingAdmissionPolicies (Kubernetes 1.30 or later): nothing is refused at admission ({e})."
-                )
-            } else {
-                format!("The admission policies could not be written: {e}")
-            };
-            Outcome {
-                condition: Desired::new(
-                    types::PREVENTION_ENFORCED,
-                    Status::False,
-                    reason.as_str(),
-                    message,
-                ),
-                status: previous.prevention.clone(),
-            }
+    let result = match &failure {
+        None => Ok(()),
+        Some(e) if matches!(&e.source, Cause::Api(kube::Error::Api(s)) if s.code == 404) => {
+            Err(WriteFailure::Unsupported(e.to_string()))
         }
-        None if !enabled => Outcome {
-            condition: Desired::new(
-                types::PREVENTION_ENFORCED,
-                Status::False,
-                Reason::Disabled.as_str(),
-                "spec.prevention is Disabled: the member's API server refuses nothing; forbidden copies are found only after they exist.",
-            ),
-            status: None,
-        },
-        None if refused.is_empty() && warned.is_empty() => Outcome {
-            condition: Desired::new(
-                types::PREVENTION_ENFORCED,
-                Status::True,
-                Reason::NothingToRefuse.as_str(),
-                format!("No policy forbids data on {name}: its API server has nothing to refuse."),
-            ),
-            status: Some(PreventionStatus::default()),
-        },
-        None => Outcome {
-            condition: Desired::new(
-                types::PREVENTION_ENFORCED,
-                Status::True,
-                Reason::Enforced.as_str(),
-                enforced_message(&refused, &warned),
-            ),
-            status: Some(PreventionStatus {
-                refused: refused.clone(),
-                warned: warned.clone(),
-            }),
-        },
+        Some(e) => Err(WriteFailure::Failed(e.to_string())),
     };
+    let outcome = outcome(&name, enabled, result, refused, warned, previous);
     ctx.metrics.prevention(
         &name,
         outcome.condition.status == Status::True,
         outcome.status.as_ref().map_or(0, |s| s.refused.len()),
     );
     Ok(outcome)
+}
+
+/// Why the admission policies could not be written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// The member does not serve ValidatingAdmissionPolicies (the error).
+    Unsupported(String),
+    /// Another failure (the error).
+    Failed(String),
+}
+
+/// The `PreventionEnforced` condition and `status.prevention` from what keeping the member's
+/// admission policies did (pure).
+pub fn outcome(
+    name: &str,
+    enabled: bool,
+    written: Result<(), WriteFailure>,
+    refused: Vec<String>,
+    warned: Vec<String>,
+    previous: &MemberClusterStatus,
+) -> Outcome {
+    let condition = |status, reason: Reason, message: String| {
+        Desired::new(types::PREVENTION_ENFORCED, status, reason.as_str(), message)
+    };
+    match written {
+        Err(WriteFailure::Unsupported(e)) => Outcome {
+            condition: condition(
+                Status::False,
+                Reason::Unsupported,
+                format!(
+                    "The member's API server does not serve admissionregistration.k8s.io/v1 ValidatingAdmissionPolicies (Kubernetes 1.30 or later): nothing is refused at admission ({e})."
+                ),
+            ),
+            status: previous.prevention.clone(),
+        },
+        Err(WriteFailure::Failed(e)) => Outcome {
+            condition: condition(
+                Status::False,
+                Reason::ApplyFailed,
+                format!("The admission policies could not be written: {e}"),
+            ),
+            status: previous.prevention.clone(),
+        },
+        Ok(()) if !enabled => Outcome {
+            condition: condition(
+                Status::False,
+                Reason::Disabled,
+                "spec.prevention is Disabled: the member's API server refuses nothing; forbidden copies are found only after they exist.".into(),
+            ),
+            status: None,
+        },
+        Ok(()) if refused.is_empty() && warned.is_empty() => Outcome {
+            condition: condition(
+                Status::True,
+                Reason::NothingToRefuse,
+                format!("No policy forbids data on {name}: its API server has nothing to refuse."),
+            ),
+            status: Some(PreventionStatus::default()),
+        },
+        Ok(()) => Outcome {
+            condition: condition(
+                Status::True,
+                Reason::Enforced,
+                enforced_message(&refused, &warned),
+            ),
+            status: Some(PreventionStatus { refused, warned }),
+        },
+    }
 }
 
 /// `The API server refuses new data of AU, NZ (2 countries); it warns for DE.`
@@ -361,5 +375,62 @@ pub async fn remove_all(ctx: &Context, cluster: &str, client: &Client) {
                 ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(o: &Outcome) -> (Status, String) {
+        (o.condition.status, o.condition.reason.clone())
+    }
+
+    #[test]
+    fn the_condition_says_whether_prevention_is_in_force_and_why_not() {
+        let previous = MemberClusterStatus {
+            prevention: Some(PreventionStatus {
+                refused: vec!["AU".into()],
+                warned: vec![],
+            }),
+            ..Default::default()
+        };
+        let au = || vec!["AU".to_string(), "NZ".to_string()];
+        let o = outcome("msk-1", true, Ok(()), au(), vec!["DE".into()], &previous);
+        assert_eq!(reason(&o), (Status::True, "Enforced".into()));
+        assert_eq!(
+            o.condition.message,
+            "The API server refuses new data of AU, NZ (2 countries); it warns for DE (Audit)."
+        );
+        assert_eq!(o.status.unwrap().refused, au());
+        let o = outcome("zrh-1", true, Ok(()), vec![], vec![], &previous);
+        assert_eq!(reason(&o), (Status::True, "NothingToRefuse".into()));
+        let o = outcome("msk-1", false, Ok(()), vec![], vec![], &previous);
+        assert_eq!(reason(&o), (Status::False, "Disabled".into()));
+        assert_eq!(o.status, None);
+        // a failed write keeps what was last in force
+        let o = outcome(
+            "msk-1",
+            true,
+            Err(WriteFailure::Failed("403".into())),
+            au(),
+            vec![],
+            &previous,
+        );
+        assert_eq!(reason(&o), (Status::False, "ApplyFailed".into()));
+        assert_eq!(o.status, previous.prevention);
+        let o = outcome(
+            "old",
+            true,
+            Err(WriteFailure::Unsupported("404".into())),
+            au(),
+            vec![],
+            &previous,
+        );
+        assert_eq!(reason(&o), (Status::False, "Unsupported".into()));
+        assert_eq!(
+            reason(&unreachable(&previous)),
+            (Status::Unknown, "Unreachable".into())
+        );
     }
 }

@@ -413,9 +413,13 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
             }
         },
     };
+    let facts = crate::facts::cluster(&mc, crate::facts::StatusSource::Conditions);
+    let policies = ctx.policy_facts();
     // prevention: the member's admission policies follow the policies
     let prevention = match &reached {
-        Some(client) => super::admission::sync(&ctx, &mc, client, &previous).await?,
+        Some(client) => {
+            super::admission::sync(&ctx, &mc, &facts, &policies, client, &previous).await?
+        }
         None => super::admission::unreachable(&previous),
     };
     desired.push(prevention.condition);
@@ -432,8 +436,6 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
         None => previous.inventory.clone(),
     };
     if let Some(inv) = &status.inventory {
-        let facts = crate::facts::cluster(&mc, crate::facts::StatusSource::Conditions);
-        let policies = ctx.policy_facts();
         ctx.metrics
             .inventory(&name, &compliance_gauges(inv, &facts, &policies));
     }

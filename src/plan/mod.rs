@@ -136,11 +136,8 @@ pub fn compute(input: &Input) -> Plan {
         .zip(&clusters)
         .map(|(mc, f)| {
             let enabled = mc.spec.prevention == crate::api::member_cluster::Prevention::Enabled;
-            let (refused, warned) = if enabled {
-                crate::admission::summary(&crate::admission::refusals(&policies, f))
-            } else {
-                Default::default()
-            };
+            let (refused, warned) =
+                crate::admission::summary(&crate::admission::for_member(&policies, f, enabled));
             MemberAdmission {
                 cluster: f.name.clone(),
                 enabled,

@@ -508,3 +508,20 @@ pub fn build_image(out: &std::path::Path, tag: &str) {
         tag,
     ]));
 }
+
+/// Runs `tests/testenv/fleet.sh` with `args` on the local fleet (e.g. `stop
+/// msk-1-kube-apiserver`, `up`); panics off the local fleet or when it fails.
+pub fn fleet_sh(args: &[&str]) {
+    let dir = std::env::var("RESIDENCY_FLEET_DIR")
+        .expect("this test stops and restarts a member apiserver: it needs the local fleet");
+    let out = std::process::Command::new(repo("tests/testenv/fleet.sh"))
+        .args(args)
+        .env("RESIDENCY_FLEET_DIR", &dir)
+        .output()
+        .expect("fleet.sh");
+    assert!(
+        out.status.success(),
+        "fleet.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -138,6 +138,11 @@ pub struct RunArgs {
     /// Seconds between member probes (reachability and location attestation).
     #[arg(long, default_value_t = 10)]
     pub probe_interval: u64,
+    /// The image of the data mover Pods run on the members during a data move
+    /// (`spec.dataMigration: CopyAndVerify`): the operator's own image, which the Helm chart
+    /// sets. Without it no data move starts (the workload says why).
+    #[arg(long, env = "RESIDENCY_MOVER_IMAGE")]
+    pub mover_image: Option<String>,
     /// Allow member kubeconfigs with exec or auth-provider plugins.
     #[arg(long)]
     pub allow_exec_plugins: bool,
@@ -280,11 +285,15 @@ async fn report(
         .list(&ListParams::default())
         .await?
         .items;
-    let policies = Api::<api::ResidencyPolicy>::all(client)
+    let policies = Api::<api::ResidencyPolicy>::all(client.clone())
         .list(&ListParams::default())
         .await?
         .items;
-    let report = crate::report::build(&clusters, &workloads, &policies);
+    let moves = Api::<api::DataMove>::all(client)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let report = crate::report::build(&clusters, &workloads, &policies, &moves);
     match output {
         ReportFormat::Text => print!("{}", crate::report::text(&report)),
         ReportFormat::Markdown => print!("{}", crate::report::markdown(&report)),
@@ -339,6 +348,7 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         probe_interval: std::time::Duration::from_secs(args.probe_interval.max(1)),
         concurrency: args.concurrency.max(1),
         max_relocations: args.max_relocations.max(1),
+        mover_image: args.mover_image.clone().filter(|i| !i.is_empty()),
         instance: identity.clone(),
         ..Default::default()
     };

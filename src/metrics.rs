@@ -63,6 +63,14 @@ pub struct HoldLabels {
     pub reason: String,
 }
 
+/// Labels of data move metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MoveLabels {
+    /// What happened: `WritersStopping`, `DataSynced`, `CutoverAwaitingApproval`,
+    /// `DataVerified`, `DataMoveFailed`.
+    pub event: String,
+}
+
 /// Labels of inventory metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CopyLabels {
@@ -115,6 +123,8 @@ pub struct Metrics {
     pub prevention_refused: Family<ClusterLabels, Gauge>,
     /// Admission policies put back after they were deleted or edited on a member.
     pub admission_restored: Family<ClusterLabels, Counter>,
+    /// Steps reached by data moves.
+    pub data_moves: Family<MoveLabels, Counter>,
     /// The countries each member's gauges are set for (so a country gone is removed).
     countries: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>>,
     registry: Arc<Registry>,
@@ -146,6 +156,12 @@ impl Metrics {
         let prevention_enforced = Family::<ClusterLabels, Gauge>::default();
         let prevention_refused = Family::<ClusterLabels, Gauge>::default();
         let admission_restored = Family::<ClusterLabels, Counter>::default();
+        let data_moves = Family::<MoveLabels, Counter>::default();
+        registry.register(
+            "data_moves",
+            "Steps data moves reached (DataSynced, DataVerified, DataMoveFailed, ...)",
+            data_moves.clone(),
+        );
         registry.register(
             "prevention_enforced",
             "1 when the member's API server runs the admission policies generated from the residency policies",
@@ -231,6 +247,7 @@ impl Metrics {
             prevention_enforced,
             prevention_refused,
             admission_restored,
+            data_moves,
             countries: Arc::default(),
             registry: Arc::new(registry),
         }
@@ -272,6 +289,15 @@ impl Metrics {
                 cluster: cluster.to_string(),
                 kind: kind.to_string(),
                 action: action.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records a step a data move reached.
+    pub fn data_move(&self, event: &str) {
+        self.data_moves
+            .get_or_create(&MoveLabels {
+                event: event.to_string(),
             })
             .inc();
     }

@@ -14,7 +14,7 @@ use kube::ResourceExt;
 use serde::Serialize;
 
 use crate::api::conditions::{self, types};
-use crate::api::{CountryCode, MemberCluster, ResidencyPolicy, ResidentWorkload};
+use crate::api::{CountryCode, DataMove, MemberCluster, ResidencyPolicy, ResidentWorkload};
 
 /// The whole report.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -46,6 +46,10 @@ pub struct CountryReport {
     /// `cluster: <n> object(s) since <time>: <what>`, unverifiable, sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forgotten: Vec<String>,
+    /// The verified moves of its data (the DataMove records), oldest first: `namespace/move:
+    /// workload from -> to: phase, files, bytes, digest, when`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moves: Vec<String>,
 }
 
 /// One cluster holding a country's data.
@@ -87,11 +91,66 @@ fn holding(cluster: &str, mc: Option<&MemberCluster>) -> Holding {
     }
 }
 
+/// One line of a move's record (pure).
+pub fn move_line(m: &DataMove) -> String {
+    let st = m.status.clone().unwrap_or_default();
+    let phase = st
+        .phase
+        .map(|p| format!("{p:?}"))
+        .unwrap_or_else(|| "Staging".into());
+    let mut line = format!(
+        "{}/{}: {} from {} to {}: {phase}",
+        m.namespace().unwrap_or_default(),
+        m.name_any(),
+        m.spec.workload,
+        m.spec.source,
+        m.spec.destinations.join(", "),
+    );
+    if !st.source_digest.is_empty() {
+        let same = st
+            .destination_digests
+            .iter()
+            .all(|d| d.digest == st.source_digest);
+        let _ = write!(
+            line,
+            ", {} files, {} bytes, digest {} {}",
+            st.files,
+            st.bytes,
+            st.source_digest,
+            if same {
+                "on every side"
+            } else {
+                "DIFFERS on a destination"
+            }
+        );
+    }
+    if let Some(t) = st.verified_at.as_ref().or(st.finished_at.as_ref()) {
+        let _ = write!(line, ", {}", t.0);
+    }
+    let policies: Vec<String> = m
+        .spec
+        .policies
+        .iter()
+        .map(|p| match p.generation {
+            Some(g) => format!("{} generation {g}", p.name),
+            None => p.name.clone(),
+        })
+        .collect();
+    if !policies.is_empty() {
+        let _ = write!(line, " (policies: {})", policies.join(", "));
+    }
+    if phase == "Failed" && !st.message.is_empty() {
+        let _ = write!(line, ": {}", st.message);
+    }
+    line
+}
+
 /// Builds the report (pure).
 pub fn build(
     clusters: &[MemberCluster],
     workloads: &[ResidentWorkload],
     policies: &[ResidencyPolicy],
+    moves: &[DataMove],
 ) -> Report {
     let cluster_by_name: BTreeMap<String, &MemberCluster> =
         clusters.iter().map(|c| (c.name_any(), c)).collect();
@@ -247,6 +306,18 @@ pub fn build(
             by_country.entry(country.clone()).or_default();
         }
     }
+    // the moves of each country's data
+    let mut moved: BTreeMap<String, Vec<(Option<k8s_openapi::jiff::Timestamp>, String)>> =
+        BTreeMap::new();
+    for m in moves {
+        for country in &m.spec.countries {
+            moved.entry(country.to_string()).or_default().push((
+                m.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                move_line(m),
+            ));
+            by_country.entry(country.to_string()).or_default();
+        }
+    }
     let mut report = Report::default();
     for (country, (holdings, violations)) in by_country {
         let name = CountryCode::parse(&country)
@@ -276,6 +347,11 @@ pub fn build(
                 .unwrap_or_default()
                 .into_iter()
                 .collect(),
+            moves: {
+                let mut m = moved.remove(&country).unwrap_or_default();
+                m.sort();
+                m.into_iter().map(|(_, l)| l).collect()
+            },
             country,
             name,
             clusters,
@@ -322,6 +398,9 @@ pub fn text(report: &Report) -> String {
         for f in &c.forgotten {
             let _ = writeln!(out, "  FORGOTTEN {f}");
         }
+        for m in &c.moves {
+            let _ = writeln!(out, "  MOVED {m}");
+        }
     }
     let _ = writeln!(
         out,
@@ -362,6 +441,12 @@ pub fn markdown(report: &Report) -> String {
         }
         for f in &c.forgotten {
             let _ = writeln!(out, "\n- **Unverifiable** (cluster removed): {f}");
+        }
+        if !c.moves.is_empty() {
+            out.push_str("\nMoves of its data (DataMove records):\n\n");
+            for m in &c.moves {
+                let _ = writeln!(out, "- {m}");
+            }
         }
     }
     let _ = writeln!(out, "\n{} violation(s) in total.", report.violation_count);
@@ -461,7 +546,7 @@ mod tests {
             ]}
         }))
         .unwrap();
-        let r = build(&clusters, &[w], &[orphan]);
+        let r = build(&clusters, &[w], &[orphan], &[]);
         assert_eq!(
             r.countries
                 .iter()
@@ -555,7 +640,7 @@ mod tests {
                 "since": "2026-11-01T00:00:00Z", "message": "msk-2 was removed"}]}
         }))
         .unwrap();
-        let r = build(&[msk], &[], &[p]);
+        let r = build(&[msk], &[], &[p], &[]);
         let au = &r.countries[0];
         assert_eq!(au.violations.len(), 2, "{:?}", au.violations);
         assert!(

@@ -13,18 +13,18 @@ mod common;
 
 use std::time::Duration;
 
+use common::mover::{self, IMAGE, run};
 use common::real::{self, TEST_IMAGE};
-use common::{Fleet, eventually, unique};
+use common::{Fleet, unique};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Client;
-use kube::api::{Api, LogParams, PostParams};
-use residency_operator::datamove::objects::{self, PORT, Role, Scheduling};
-use residency_operator::mover::manifest::{self, Entry, Manifest};
+use kube::api::{Api, PostParams};
+use residency_operator::datamove::objects::{self, PORT, Role};
+use residency_operator::mover::manifest::{self, Manifest};
 use residency_operator::mover::tls::MoveKeys;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(180);
-const IMAGE: &str = "residency.local/residency-operator:mover-test";
 
 /// Files of many shapes, written by busybox on the source volume.
 const SEED: &str = r#"set -e
@@ -65,12 +65,7 @@ async fn keys_secret(client: &Client, ns: &str, files: Vec<(&'static str, String
 /// A mover Pod as the operator makes them (`datamove::objects`), on the member's real node,
 /// the claim `data` at /data/data, the keys from the Secret `move-keys`.
 fn mover_pod(name: &str, role: &Role) -> Value {
-    let scheduling = Scheduling {
-        node_selector: Some(json!({"residency.io/real-node": "true"})),
-        tolerations: Some(
-            json!([{"key": "residency.io/real-node", "operator": "Exists", "effect": "NoSchedule"}]),
-        ),
-    };
+    let scheduling = mover::real_node();
     objects::mover_pod(
         name,
         "test-move",
@@ -88,51 +83,9 @@ fn shell_pod(name: &str, script: &str) -> Value {
     p
 }
 
-/// Creates a one-shot Pod, waits until it succeeded, returns its log (or what went wrong).
-async fn run(client: &Client, ns: &str, body: Value) -> Result<String, String> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let name = body["metadata"]["name"].as_str().unwrap().to_string();
-    let pod: Pod = serde_json::from_value(body).unwrap();
-    pods.create(&PostParams::default(), &pod)
-        .await
-        .map_err(|e| e.to_string())?;
-    let phase = eventually(&format!("{ns}/{name} finished"), T, || async {
-        let p = pods.get(&name).await.map_err(|e| e.to_string())?;
-        match p.status.and_then(|s| s.phase).as_deref() {
-            Some(ph @ ("Succeeded" | "Failed")) => Ok(ph.to_string()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
-    let log = pods
-        .logs(&name, &LogParams::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    if phase == "Succeeded" {
-        Ok(log)
-    } else {
-        Err(format!("{name} failed: {log}"))
-    }
-}
-
-/// The manifest of the volume, from a mover Pod on the member (an independent pass).
+/// The manifest of the claim `data` on the member, from a mover Pod there.
 async fn manifest_on(client: &Client, ns: &str, tag: &str) -> Manifest {
-    let log = run(
-        client,
-        ns,
-        mover_pod(&unique(&format!("manifest-{tag}")), &Role::Manifest),
-    )
-    .await
-    .unwrap();
-    let v: Value = serde_json::from_str(log.trim()).unwrap_or_else(|e| panic!("{e}: {log}"));
-    let entries: Vec<Entry> = serde_json::from_value(v["entries"].clone()).unwrap();
-    let m = Manifest { entries };
-    assert_eq!(
-        v["digest"],
-        m.digest(),
-        "the printed digest is the entries' digest"
-    );
-    m
+    mover::manifest_on(client, ns, &["data".to_string()], tag).await
 }
 
 async fn pull(client: &Client, ns: &str, from: &str) -> Result<Value, String> {
@@ -154,17 +107,7 @@ async fn pull(client: &Client, ns: &str, from: &str) -> Result<Value, String> {
 async fn the_mover_moves_a_real_volume_between_members_and_proves_it() {
     let fleet = Fleet::from_env();
     let (msk1, zrh1) = (fleet.member("msk-1").await, fleet.member("zrh-1").await);
-    let archive = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mover-image.tar");
-    common::build_image(&archive, IMAGE);
-    for c in ["msk-1", "zrh-1"] {
-        common::run_ok(
-            std::process::Command::new(common::repo("tests/testenv/nodes.sh")).args([
-                "load",
-                c,
-                archive.to_str().unwrap(),
-            ]),
-        );
-    }
+    mover::load_image(&["msk-1", "zrh-1"]);
     let ns = unique("mover");
     let keys = MoveKeys::generate().unwrap();
     for (c, files) in [

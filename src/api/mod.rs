@@ -3,6 +3,7 @@
 
 pub mod conditions;
 pub mod country;
+pub mod data_move;
 pub mod member_cluster;
 pub mod reference;
 pub mod residency_policy;
@@ -10,6 +11,7 @@ pub mod resident_workload;
 pub mod validate;
 
 pub use country::CountryCode;
+pub use data_move::{DataMove, DataMoveSpec, DataMoveStatus};
 pub use member_cluster::{MemberCluster, MemberClusterSpec, MemberClusterStatus};
 pub use residency_policy::{ResidencyPolicy, ResidencyPolicySpec, ResidencyPolicyStatus};
 pub use resident_workload::{ResidentWorkload, ResidentWorkloadSpec, ResidentWorkloadStatus};
@@ -51,5 +53,6 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         MemberCluster::crd(),
         ResidencyPolicy::crd(),
         ResidentWorkload::crd(),
+        DataMove::crd(),
     ]
 }

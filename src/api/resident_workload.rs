@@ -76,6 +76,62 @@ pub struct ResidentWorkloadSpec {
     /// object of another ResidentWorkload is never taken over.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopt_existing: bool,
+    /// How a Storage workload's data follows it when its targets change. Without it (or with
+    /// `mode: None`) the volumes on new targets start empty and those left behind are retained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_migration: Option<DataMigration>,
+}
+
+/// How a Storage workload's volumes move to new targets.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DataMigration {
+    /// `None`: nothing is copied. `CopyAndVerify`: when the workload must leave a member for
+    /// new targets, its volumes are copied there directly, member to member, over TLS with keys
+    /// made for that move, while it keeps running; then its writers are stopped (replicas 0,
+    /// CronJobs and Jobs suspended) until no Pod mounts the volumes, a final incremental copy
+    /// runs, each side computes a manifest of every file (path, type, size, mode, SHA-256,
+    /// symlink targets), and only when the digests are equal is the workload started on the
+    /// targets. On a mismatch or a timeout the source is started again, nothing is started on
+    /// the targets, and nothing is deleted. Each move is recorded in a `DataMove`.
+    #[serde(default)]
+    pub mode: MigrationMode,
+    /// `Automatic` starts on the targets as soon as the data is verified; `Manual` waits (with
+    /// the writers stopped) until `approvedMove` names the move.
+    #[serde(default)]
+    pub cutover: crate::datamove::Cutover,
+    /// Seconds the writers may take to stop before the move fails (default 300).
+    #[serde(default = "default_quiesce_timeout")]
+    #[schemars(range(min = 5, max = 86400))]
+    pub quiesce_timeout_seconds: u32,
+    /// With a `Manual` cutover: the name of the DataMove (`status.dataMigration.move`) a person
+    /// approves after checking it; the workload starts on its targets then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub approved_move: Option<String>,
+}
+
+fn default_quiesce_timeout() -> u32 {
+    300
+}
+
+/// Whether data moves.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MigrationMode {
+    /// Volumes on new targets start empty.
+    #[default]
+    None,
+    /// Copy, verify, then cut over (see `dataMigration`).
+    CopyAndVerify,
+}
+
+impl ResidentWorkloadSpec {
+    /// The data migration settings when data moves (`CopyAndVerify`).
+    pub fn copy_and_verify(&self) -> Option<&DataMigration> {
+        self.data_migration
+            .as_ref()
+            .filter(|d| d.mode == MigrationMode::CopyAndVerify)
+    }
 }
 
 /// A Secret placed on the members from a Secret on the management cluster.
@@ -290,6 +346,27 @@ pub struct ResidentWorkloadStatus {
     /// Total number of drifted fields.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub drift_count: i32,
+    /// The data move in progress, or the last one (`spec.dataMigration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_migration: Option<DataMigrationStatus>,
+}
+
+/// The workload's current or last data move.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DataMigrationStatus {
+    /// The DataMove (same namespace) recording it.
+    #[serde(rename = "move")]
+    pub move_name: String,
+    /// Its phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<crate::datamove::Phase>,
+    /// What is happening, in a sentence.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// One entry per volume and destination.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<super::data_move::VolumePair>,
 }
 
 fn is_zero(n: &i32) -> bool {

@@ -431,6 +431,7 @@ mod tests {
                 drift: None,
                 secrets: Vec::new(),
                 adopt_existing: false,
+                data_migration: None,
             },
         );
         rw.metadata.namespace = Some("threat-data".into());

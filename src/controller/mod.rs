@@ -14,6 +14,7 @@
 
 pub mod admission;
 pub mod cluster;
+pub mod datamove;
 pub mod plan;
 pub mod policy;
 pub mod reports;
@@ -109,6 +110,8 @@ pub struct Settings {
     pub max_relocations: usize,
     /// This replica's identity (pod name), in the user agent and the leader Lease.
     pub instance: String,
+    /// The image of the data mover Pods (the operator's own); no data move starts without it.
+    pub mover_image: Option<String>,
 }
 
 impl Default for Settings {
@@ -122,6 +125,7 @@ impl Default for Settings {
             concurrency: 8,
             max_relocations: 32,
             instance: "residency-operator".into(),
+            mover_image: None,
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct Input<'a> {
     pub volume_policy: VolumePolicy,
     /// Whether the workload holds a relocation slot (see [`needs_relocation_slot`]).
     pub relocation_slot: bool,
+    /// Targets that wait for the workload's data (see [`data_move`]), with why.
+    pub awaiting_data: &'a std::collections::BTreeMap<String, String>,
 }
 
 /// Why a cluster's copy is kept as it is, with nothing written there.
@@ -57,6 +59,9 @@ pub enum Hold {
     NotEnforced,
     /// The MemberCluster is gone: the copy there can no longer be verified or removed.
     ClusterRemoved,
+    /// A new target waits until the workload's data has been copied there and verified
+    /// (`spec.dataMigration: CopyAndVerify`): only the move's claims and Pods are there.
+    AwaitingData(String),
     /// A new target waits until a relocation slot is free (bounded change).
     RelocationQueued,
 }
@@ -71,6 +76,7 @@ impl Hold {
             Hold::NotEnforced => "NotEnforced",
             Hold::ClusterRemoved => "ClusterRemoved",
             Hold::RelocationQueued => "RelocationQueued",
+            Hold::AwaitingData(_) => "AwaitingData",
         }
     }
 }
@@ -163,6 +169,31 @@ fn departures(decision: &Decision, record: &[Placement]) -> Vec<String> {
     out
 }
 
+/// The data move a relocation needs (`spec.dataMigration: CopyAndVerify`): from the live copy
+/// on a member the workload must leave (a Ready one first) to the targets that hold no copy
+/// yet (or only retained volumes). `None` when nothing leaves or every target has a copy.
+pub fn data_move(decision: &Decision, record: &[Placement]) -> Option<(String, Vec<String>)> {
+    if decision.mode != Mode::Enforce || !decision.is_placeable() {
+        return None;
+    }
+    let leaving = departures(decision, record);
+    let source = leaving
+        .iter()
+        .find(|c| recorded(record, c).is_some_and(|p| p.state == state::READY))
+        .or(leaving.first())?
+        .clone();
+    let destinations: Vec<String> = decision
+        .targets
+        .iter()
+        .filter(|t| {
+            recorded(record, t)
+                .is_none_or(|p| p.state == state::RETAINED || p.state == state::PENDING)
+        })
+        .cloned()
+        .collect();
+    (!destinations.is_empty()).then_some((source, destinations))
+}
+
 /// Whether the workload is relocating, so that placing it on a new target needs one of the
 /// operator's relocation slots: it must leave a cluster and is not yet on every target.
 pub fn needs_relocation_slot(decision: &Decision, record: &[Placement]) -> bool {
@@ -240,6 +271,9 @@ pub fn plan(input: &Input<'_>) -> Vec<Action> {
                 // a relocating workload without a slot only keeps its current copies up to date
                 if relocating && !input.relocation_slot && record.is_none() {
                     return hold(Hold::RelocationQueued);
+                }
+                if let Some(why) = input.awaiting_data.get(cluster) {
+                    return hold(Hold::AwaitingData(why.clone()));
                 }
                 return Action::Apply {
                     cluster: cluster.to_string(),
@@ -513,8 +547,12 @@ mod tests {
                 VolumePolicy::Retain
             },
             relocation_slot: slot,
+            awaiting_data: &NO_DATA_MOVES,
         }
     }
+
+    static NO_DATA_MOVES: std::collections::BTreeMap<String, String> =
+        std::collections::BTreeMap::new();
 
     fn arb_world() -> impl Strategy<Value = (Vec<ClusterState>, Vec<&'static str>, bool, bool)> {
         (
@@ -576,6 +614,30 @@ mod tests {
                         .any(|a| matches!(a, Action::Evict { cluster, .. } if cluster == t));
                     prop_assert!(!evicts_target, "evicting target {}", t);
                 }
+            }
+        }
+
+        /// With data moving (CopyAndVerify): a destination is never applied before its data
+        /// is verified, the move's source is a cluster the workload must leave and holds a
+        /// live copy, and nothing is evicted while a destination waits for its data.
+        #[test]
+        fn data_moves_start_nothing_unverified_and_keep_the_source(
+            (states, allow, audit, pvc) in arb_world(), purge: bool, slot: bool
+        ) {
+            let w = world(&states, &allow, audit, pvc);
+            let Some((source, destinations)) = data_move(&w.decision, &w.record) else {
+                return Ok(());
+            };
+            let rec = w.record.iter().find(|p| p.cluster == source).expect("the source holds a copy");
+            prop_assert!(rec.state != state::RETAINED);
+            prop_assert!(!w.decision.allowed.contains(&source) || !w.decision.targets.contains(&source));
+            let awaiting = destinations.iter().map(|d| (d.clone(), "copying".to_string())).collect();
+            let actions = plan(&Input { awaiting_data: &awaiting, ..input(&w, purge, slot) });
+            for a in &actions {
+                if let Action::Apply { cluster } = a {
+                    prop_assert!(!destinations.contains(cluster), "applied {cluster} before its data");
+                }
+                prop_assert!(!matches!(a, Action::Evict { .. }), "evicted while data moves: {a:?}");
             }
         }
 

@@ -9,7 +9,7 @@ use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::Recorder;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Client, CustomResourceExt, ResourceExt};
+use kube::{Client, ResourceExt};
 use tracing::info;
 
 use super::{Backoff, Context, Settings, cluster, policy, workload};
@@ -44,11 +44,7 @@ impl StartError {
 /// Fails fast when a CRD is missing.
 pub async fn check_crds(client: &Client) -> Result<(), StartError> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [
-        MemberCluster::crd(),
-        ResidencyPolicy::crd(),
-        ResidentWorkload::crd(),
-    ] {
+    for crd in crate::api::crds() {
         let name = crd.name_any();
         if api
             .get_opt(&name)

@@ -7,6 +7,8 @@ use crate::placement::{Decision, Mode, Outcome, Verdict};
 
 /// Placement states as they appear in `status.placements[].state`.
 pub mod state {
+    /// Waiting for the workload's data to arrive (a data move); nothing started yet.
+    pub const PENDING: &str = "Pending";
     /// Applied; not every object is ready yet.
     pub const APPLIED: &str = "Applied";
     /// Every object is ready.

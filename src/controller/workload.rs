@@ -367,14 +367,25 @@ async fn held(
 ) -> Option<Placement> {
     use plan::Hold;
     let Some(prev) = previous else {
-        // a target without a copy: only an unreachable one is shown (the others are queued)
-        return matches!(why, Hold::Unreachable).then(|| Placement {
-            cluster: cluster.to_string(),
-            state: state::UNKNOWN.into(),
-            message: unreachable_message(ctx, cluster),
-            objects: Vec::new(),
-            evidence: None,
-        });
+        // a target without a copy: only an unreachable one and one receiving data are shown
+        // (the others are queued)
+        return match why {
+            Hold::Unreachable => Some(Placement {
+                cluster: cluster.to_string(),
+                state: state::UNKNOWN.into(),
+                message: unreachable_message(ctx, cluster),
+                objects: Vec::new(),
+                evidence: None,
+            }),
+            Hold::AwaitingData(message) => Some(Placement {
+                cluster: cluster.to_string(),
+                state: state::PENDING.into(),
+                message: message.clone(),
+                objects: Vec::new(),
+                evidence: None,
+            }),
+            _ => None,
+        };
     };
     let mut p = prev.clone();
     if p.state == state::RETAINED {
@@ -417,6 +428,9 @@ async fn held(
                 "MemberCluster {cluster} was deleted: the copy recorded there can no longer be verified or removed. \
                  Re-add the cluster, or remove the data there by hand."
             );
+        }
+        Hold::AwaitingData(message) => {
+            p.message = message.clone();
         }
         Hold::RelocationQueued => {}
     }
@@ -594,12 +608,19 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
     );
     let slot = !plan::needs_relocation_slot(&decision, &previous.placements)
         || ctx.relocations.acquire(&key, ctx.settings.max_relocations);
+    // a Storage workload's data moves before it starts on its new targets
+    let data = if rw.spec.role == Role::Storage {
+        super::datamove::drive(&ctx, &rw, &decision, &previous.placements, slot).await?
+    } else {
+        super::datamove::Outcome::default()
+    };
     let input = plan::Input {
         decision: &decision,
         record: &previous.placements,
         reachable: &reachable,
         volume_policy: rw.spec.volume_policy,
         relocation_slot: slot,
+        awaiting_data: &data.awaiting,
     };
 
     // plan and execute: first the applies (in parallel across members) ...
@@ -722,6 +743,7 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
         );
     }
     desired_conditions.push(status::drift_condition(&drift, drift_count, &corrections));
+    desired_conditions.extend(data.conditions.iter().cloned());
 
     let status = ResidentWorkloadStatus {
         observed_generation: generation,
@@ -736,6 +758,7 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
         governing_policies: decision.governing_policies.clone(),
         drift,
         drift_count,
+        data_migration: data.status.clone(),
     };
     for (cluster, d) in &corrections {
         publish_drift(
@@ -782,11 +805,13 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
     if let Some(e) = failures.into_iter().next() {
         return Err(e.into());
     }
-    Ok(if status::in_progress(&decision, &status.placements) {
-        Action::requeue(ctx.settings.progress_interval)
-    } else {
-        Action::requeue(ctx.settings.resync_interval)
-    })
+    Ok(
+        if data.active || status::in_progress(&decision, &status.placements) {
+            Action::requeue(ctx.settings.progress_interval)
+        } else {
+            Action::requeue(ctx.settings.resync_interval)
+        },
+    )
 }
 
 /// Deleting a workload removes what it placed (from the record), retaining volumes like an

@@ -16,6 +16,7 @@
 //!   retains them (or `Purge` removes them, allowed only after a verified move).
 
 pub mod objects;
+pub mod progress;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Where a move is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum Phase {
     /// Copying to every destination while the source keeps running.
     Staging,
@@ -42,9 +43,12 @@ pub enum Phase {
 }
 
 /// How the cutover happens once the data is verified.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, Default,
+)]
 pub enum Cutover {
     /// Start on the targets as soon as the data is verified.
+    #[default]
     Automatic,
     /// Wait until a person approves (sets the move's token).
     Manual,

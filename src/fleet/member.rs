@@ -37,6 +37,9 @@ pub enum Cause {
     /// The write was not sent: this replica cannot prove it holds the leader Lease.
     #[error("not sent: this replica cannot prove it holds the leader lease")]
     Fenced,
+    /// The kind cannot be handled this way.
+    #[error("unsupported kind {0}")]
+    Kind(String),
 }
 
 impl MemberError {
@@ -48,6 +51,7 @@ impl MemberError {
             Cause::Api(kube::Error::Api(_)) => "member_api",
             Cause::Api(_) => "member_unreachable",
             Cause::Fenced => "fenced",
+            Cause::Kind(_) => "member_unsupported_kind",
         }
     }
 

@@ -1,6 +1,7 @@
 //! The fleet of member clusters: connections and location attestation.
 
 pub mod attest;
+pub mod datamove;
 pub mod kubeconfig;
 pub mod labelled;
 pub mod member;

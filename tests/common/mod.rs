@@ -8,6 +8,7 @@
 //! - `RESIDENCY_MEMBER_REGIONS`: `context=region,...`, e.g. `zrh-1=eu-central-2,msk-1=ru-central-1`
 #![allow(dead_code)]
 
+pub mod mover;
 pub mod operator;
 pub mod real;
 pub mod rules;

@@ -153,7 +153,8 @@ pub async fn start(fleet: &Fleet) -> &'static Operator {
                     .to_string_lossy(),
                 std::process::id()
             );
-            let (child, port, log) = spawn(fleet, &name, &[]);
+            // data moves run their mover Pods from the image the tests load (common::mover)
+            let (child, port, log) = spawn(fleet, &name, &["--mover-image", super::mover::IMAGE]);
             let http = format!("http://127.0.0.1:{port}");
             let url = format!("{http}/readyz");
             eventually("operator /readyz", Duration::from_secs(60), || async {

@@ -21,7 +21,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::mover::{self, host_dir, manifest_on};
-use common::rules::{self, Env, MANAGER};
+use common::rules::{self, Env};
 use common::{eventually, fleet_sh, unique};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
@@ -146,6 +146,15 @@ impl Case {
         for (_, c) in &env.members {
             mover::wipe_available_volumes(c).await;
         }
+        // a policy an interrupted earlier run of this test left would govern the same country
+        let policies: Api<residency_operator::api::ResidencyPolicy> = Api::all(env.mgmt.clone());
+        for p in policies.list(&Default::default()).await.unwrap().items {
+            if p.name_any().starts_with(&format!("{tag}-")) {
+                let _ = policies
+                    .delete(&p.name_any(), &DeleteParams::default())
+                    .await;
+            }
+        }
         let ns = unique(tag);
         rules::namespace(&env.mgmt, &ns).await;
         let policy = format!("{ns}-policy");
@@ -249,7 +258,7 @@ impl Case {
     async fn cleanup(self) {
         rules::cleanup(&self.env, &self.ns, &[&self.name], &[&self.policy]).await;
         for (_, c) in &self.env.members {
-            common::real::release(c.clone(), &self.ns, &[&self.claim]).await;
+            mover::release_volumes(c, &self.ns).await;
         }
         storage_class(&self.env.mgmt, "standard").await;
     }
@@ -484,8 +493,11 @@ async fn a_byte_changed_on_a_destination_fails_the_move_safe_and_a_retry_moves_t
             .await
             .map_err(|e| e.to_string())?;
 
+        // recorded Failed first (fences kept), then the source started again and the fences dropped
         let failed = case
-            .wait_move("failed", |m| phase(m) == Some(Phase::Failed))
+            .wait_move("failed and unfenced", |m| {
+                phase(m) == Some(Phase::Failed) && m.status.as_ref().is_some_and(|s| !s.fenced)
+            })
             .await;
         let st = failed.status.clone().unwrap_or_default();
         let path = format!(
@@ -553,9 +565,8 @@ async fn a_byte_changed_on_a_destination_fails_the_move_safe_and_a_retry_moves_t
         let api: Api<ResidentWorkload> = Api::namespaced(case.env.mgmt.clone(), &case.ns);
         api.patch(
             &case.name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(json!({
-                "apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload",
+            &PatchParams::default(),
+            &Patch::Merge(json!({
                 "metadata": {"annotations": {"residency.io/retry-data-move": failed.name_any()}}
             })),
         )

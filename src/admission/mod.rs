@@ -18,7 +18,9 @@
 //! the check). The policy matches every resource and subresource (`*/*`, so a label added
 //! through `pods/status` is checked too) on CREATE and UPDATE only (DELETE is never refused,
 //! so what exists can always be removed), and refuses only what a write *introduces*: the
-//! countries labelled on the new object that the old one did not carry. Keys and codes are
+//! countries labelled on the new object that the old one did not carry; a Pod created for a
+//! controller object (a controller ownerReference) is not checked (see
+//! [`CONTROLLER_PODS_PASS`]). Keys and codes are
 //! compared case-insensitively (`country.residency.io/au=true` is data of AU). The API server
 //! does not run admission policies on writes to admission policies, so replacing them can never
 //! lock the member.
@@ -179,6 +181,18 @@ fn selector_words(s: &Selector) -> String {
     }
 }
 
+/// CEL (a match condition): false for a Pod created with a controller ownerReference (its
+/// StatefulSet, ReplicaSet, Job, ...). The controller object was admitted itself (or predates
+/// the policy), a Pod holds no data at rest, and refusing its Pods would keep an existing copy
+/// from running again (a source restarted after a failed data move, a copy kept during make
+/// before break whose Pod was rescheduled). The member's garbage collector deletes a Pod whose
+/// owner does not exist, so the exemption cannot be claimed with an invented owner; the claims
+/// a StatefulSet creates are still refused (new data at rest), and the inventory still reports
+/// any labelled Pod where its country is forbidden.
+const CONTROLLER_PODS_PASS: &str = "!(request.kind.kind == 'Pod' && request.operation == 'CREATE' && \
+     has(object.metadata.ownerReferences) && \
+     object.metadata.ownerReferences.exists(r, has(r.controller) && r.controller))";
+
 /// The CEL variables of both policies: the countries the new object's labels declare, those of
 /// the old object, and the ones the write introduces.
 fn variables() -> Value {
@@ -248,6 +262,9 @@ pub fn generate(cluster: &str, refusals: &[Refusal]) -> Vec<Generated> {
                         "has(object.metadata) && has(object.metadata.labels) && \
                          object.metadata.labels.exists(k, k.lowerAscii().startsWith('{prefix}'))"
                     ),
+                }, {
+                    "name": "not-a-pod-of-an-existing-controller",
+                    "expression": CONTROLLER_PODS_PASS,
                 }],
                 "variables": variables(),
                 "validations": validations,
@@ -496,6 +513,14 @@ mod tests {
             "!('AU' in variables.introduced)"
         );
         assert!(g[0].policy["spec"].get("paramKind").is_none());
+        let conditions = &g[0].policy["spec"]["matchConditions"];
+        assert!(
+            conditions[1]["expression"]
+                .as_str()
+                .unwrap()
+                .contains("ownerReferences"),
+            "the member's controllers may start Pods of existing controllers: {conditions}"
+        );
         let rule = &g[0].policy["spec"]["matchConstraints"]["resourceRules"][0];
         assert_eq!(rule["resources"], json!(["*/*"]));
         assert_eq!(rule["operations"], json!(["CREATE", "UPDATE"]));

@@ -232,7 +232,10 @@ mod tests {
     fn the_newest_attempt_decides_and_failures_are_counted() {
         assert_eq!(progress(&[], Pass::Stage), Progress::Start(0));
         let failed = pod("m-stage-0", Pass::Stage, 0, "Failed");
-        assert_eq!(progress(std::slice::from_ref(&failed), Pass::Stage), Progress::Start(1));
+        assert_eq!(
+            progress(std::slice::from_ref(&failed), Pass::Stage),
+            Progress::Start(1)
+        );
         let running = pod("m-stage-1", Pass::Stage, 1, "Running");
         assert_eq!(
             progress(&[failed.clone(), running], Pass::Stage),

@@ -144,3 +144,50 @@ pub fn differences(source: &Manifest, destination: &Manifest) -> Vec<String> {
         .map(|d| format!("{}: {}", d.path, d.what))
         .collect()
 }
+
+/// Makes the real volumes the claims of namespace `ns` held on the member available again once
+/// the namespace is gone (the real-local volumes are Retain: they keep their files until
+/// [`wipe_available_volumes`]).
+pub async fn release_volumes(client: &Client, ns: &str) {
+    use kube::api::{Patch, PatchParams};
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let held = |pv: &PersistentVolume| {
+        pv.spec
+            .as_ref()
+            .and_then(|s| s.claim_ref.as_ref())
+            .and_then(|c| c.namespace.as_deref())
+            == Some(ns)
+    };
+    eventually(&format!("the real volumes of {ns} released"), T, || async {
+        let list = pvs
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let bound: Vec<String> = list
+            .items
+            .iter()
+            .filter(|pv| held(pv))
+            .filter(|pv| pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+            .filter_map(|pv| pv.metadata.name.clone())
+            .collect();
+        if bound.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("still bound: {bound:?}"))
+        }
+    })
+    .await;
+    for pv in pvs.list(&Default::default()).await.unwrap().items {
+        if held(&pv)
+            && let Some(name) = &pv.metadata.name
+        {
+            let _ = pvs
+                .patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"claimRef": null}})),
+                )
+                .await;
+        }
+    }
+}

@@ -261,6 +261,10 @@ impl Case {
             mover::release_volumes(c, &self.ns).await;
         }
         storage_class(&self.env.mgmt, "standard").await;
+        // the move records outlive the workload by design; the test's are removed with it
+        let _ = Api::<DataMove>::namespaced(self.env.mgmt.clone(), &self.ns)
+            .delete_collection(&DeleteParams::default(), &Default::default())
+            .await;
     }
 }
 

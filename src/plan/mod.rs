@@ -64,6 +64,46 @@ pub struct WorkloadPlan {
     pub countries: Vec<String>,
     /// The engine's decision.
     pub decision: Decision,
+    /// What a `CopyAndVerify` Storage workload's data would do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_move: Option<DataMovePlan>,
+}
+
+/// The data move a change would start (`spec.dataMigration: CopyAndVerify`).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataMovePlan {
+    /// The cluster the data would leave; `None` when the input has no status (where the copies
+    /// are now is unknown offline).
+    pub from: Option<String>,
+    /// The targets that would receive it.
+    pub to: Vec<String>,
+    /// `Automatic` or `Manual`.
+    pub cutover: String,
+}
+
+/// The data move of a workload under a decision (pure): from its recorded copies when the
+/// input carries its status.
+fn data_move(w: &crate::api::ResidentWorkload, decision: &Decision) -> Option<DataMovePlan> {
+    let settings = w.spec.copy_and_verify()?;
+    if w.spec.role != crate::api::resident_workload::Role::Storage {
+        return None;
+    }
+    let cutover = format!("{:?}", settings.cutover);
+    match w.status.as_ref().filter(|s| !s.placements.is_empty()) {
+        Some(s) => crate::controller::plan::data_move(decision, &s.placements).map(|(from, to)| {
+            DataMovePlan {
+                from: Some(from),
+                to,
+                cutover,
+            }
+        }),
+        None => Some(DataMovePlan {
+            from: None,
+            to: decision.targets.clone(),
+            cutover,
+        }),
+    }
 }
 
 /// What one member's API server would refuse at admission.
@@ -113,12 +153,14 @@ pub fn compute(input: &Input) -> Plan {
         .iter()
         .map(|w| {
             let f = facts::workload(w);
+            let decision = engine.decide(&f);
             WorkloadPlan {
                 namespace: f.namespace.clone(),
                 name: f.name.clone(),
                 role: format!("{:?}", w.spec.role),
                 countries: f.countries.iter().cloned().collect(),
-                decision: engine.decide(&f),
+                data_move: data_move(w, &decision),
+                decision,
             }
         })
         .collect();
@@ -196,4 +238,65 @@ pub fn run_with(
 /// Runs `plan` with errors on stderr.
 pub fn run(paths: &[PathBuf], json: bool, out: &mut impl Write) -> Result<i32, Error> {
     run_with(paths, json, out, &mut std::io::stderr().lock())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cluster(name: &str, country: &str, region: &str) -> crate::api::MemberCluster {
+        serde_json::from_value(json!({
+            "apiVersion": "residency.io/v1alpha1", "kind": "MemberCluster", "metadata": {"name": name},
+            "spec": {"location": {"country": country, "region": region},
+                     "attestation": {"nodeRegions": ["r"]}, "connection": {"local": {}}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_copy_and_verify_store_leaving_a_cluster_shows_its_data_move() {
+        let policy: crate::api::ResidencyPolicy = serde_json::from_value(json!({
+            "apiVersion": "residency.io/v1alpha1", "kind": "ResidencyPolicy", "metadata": {"name": "apac"},
+            "spec": {"countries": ["AU"], "allowedLocations": [{"country": "CH", "region": "zurich"}],
+                     "enforcement": "Enforce"}
+        }))
+        .unwrap();
+        let mut store: crate::api::ResidentWorkload = serde_json::from_value(json!({
+            "apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload",
+            "metadata": {"name": "store", "namespace": "t"},
+            "spec": {"role": "Storage", "countries": ["AU"], "dataMigration": {"mode": "CopyAndVerify"},
+                     "manifests": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}]},
+            "status": {"placements": [{"cluster": "msk-1", "state": "Ready"}]}
+        }))
+        .unwrap();
+        let input = Input {
+            clusters: vec![
+                cluster("msk-1", "RU", "moscow"),
+                cluster("zrh-1", "CH", "zurich"),
+                cluster("zrh-2", "CH", "zurich"),
+            ],
+            policies: vec![policy],
+            workloads: vec![store.clone()],
+            skipped: Vec::new(),
+        };
+        let plan = compute(&input);
+        let m = plan.workloads[0].data_move.clone().expect("a data move");
+        assert_eq!(m.from.as_deref(), Some("msk-1"));
+        assert_eq!(m.to, ["zrh-1", "zrh-2"]);
+        let mut out = Vec::new();
+        render::text(&plan, &mut out).unwrap();
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("data      moves from msk-1 to zrh-1, zrh-2")
+        );
+        // without CopyAndVerify nothing moves
+        store.spec.data_migration = None;
+        let plan = compute(&Input {
+            workloads: vec![store],
+            ..input
+        });
+        assert!(plan.workloads[0].data_move.is_none());
+    }
 }

@@ -40,6 +40,22 @@ pub fn text(plan: &Plan, out: &mut impl Write) -> std::io::Result<()> {
         for f in &d.audit_findings {
             writeln!(out, "  audit     {}", f.message)?;
         }
+        if let Some(m) = &w.data_move {
+            match &m.from {
+                Some(from) => writeln!(
+                    out,
+                    "  data      moves from {from} to {}: copied, verified (SHA-256 manifests), then cut over ({})",
+                    m.to.join(", "),
+                    m.cutover
+                )?,
+                None => writeln!(
+                    out,
+                    "  data      CopyAndVerify: when it leaves a cluster its volumes are copied to {} and verified before the cutover ({}; the input has no status, so where its copies are now is unknown)",
+                    m.to.join(", "),
+                    m.cutover
+                )?,
+            }
+        }
         writeln!(out)?;
     }
     if !plan.admission.is_empty() {

@@ -108,6 +108,10 @@ async fn the_mover_moves_a_real_volume_between_members_and_proves_it() {
     let fleet = Fleet::from_env();
     let (msk1, zrh1) = (fleet.member("msk-1").await, fleet.member("zrh-1").await);
     mover::load_image(&["msk-1", "zrh-1"]);
+    // a real volume keeps the files of the test that used it last
+    for c in [&msk1, &zrh1] {
+        mover::wipe_available_volumes(c).await;
+    }
     let ns = unique("mover");
     let keys = MoveKeys::generate().unwrap();
     for (c, files) in [

@@ -754,15 +754,15 @@ async fn run(
                 }
                 st.message = "Computing each side's manifest.".into();
             }
+            // after verification the message is written below, with what it proved
             Step::StartTargets => {
-                st.message = format!(
-                    "Verified: {} files, {} bytes, digest {} on {} and on {}.",
-                    st.files,
-                    st.bytes,
-                    short(&st.source_digest),
-                    spec.source,
-                    spec.destinations.join(", ")
-                );
+                if source_manifest.is_none() {
+                    st.message = format!(
+                        "Cutover approved: verified data (digest {}), starting on {}.",
+                        short(&st.source_digest),
+                        spec.destinations.join(", ")
+                    );
+                }
             }
             Step::Unfence => {}
         }
@@ -973,14 +973,8 @@ async fn prepare(
     // the source's claims, copied as they are (same names, sizes, modes, labels)
     let claims = src.member.workload_claims(&ns, &rw.name_any()).await?;
     for (d, s) in dests {
-        let countries: Vec<String> = rw.spec.countries.iter().map(|c| c.to_string()).collect();
-        let refused = ctx
-            .admission_gate
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .refuses(d, &countries, ObjectRef::from_obj(rw));
-        if !refused.is_empty() {
-            let _ = ctx.cluster_events.try_send(ObjectRef::new(d));
+        // claims carry the countries: not before the member's admission policy allows them
+        if !ctx.admission_refuses(d, rw).is_empty() {
             continue;
         }
         s.member.ensure_namespace(&ns).await?;

@@ -340,6 +340,28 @@ impl Context {
         Ok(())
     }
 
+    /// The countries of `rw` that `cluster`'s admission policy (as last written there) still
+    /// refuses; when there are some, the member is probed again so its policy follows the edit
+    /// (and the workload is woken once it does).
+    pub fn admission_refuses(&self, cluster: &str, rw: &ResidentWorkload) -> Vec<String> {
+        let countries: Vec<String> = rw.spec.countries.iter().map(|c| c.to_string()).collect();
+        let refused = self
+            .admission_gate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .refuses(
+                cluster,
+                &countries,
+                kube::runtime::reflector::ObjectRef::from_obj(rw),
+            );
+        if !refused.is_empty() {
+            let _ = self
+                .cluster_events
+                .try_send(kube::runtime::reflector::ObjectRef::new(cluster));
+        }
+        refused
+    }
+
     /// Publishes an Event about `regarding` (related to `secondary` when given, e.g. the
     /// MemberCluster it concerns), unless this replica may not write. A failure is logged.
     pub async fn publish_event(

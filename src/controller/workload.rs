@@ -220,14 +220,8 @@ async fn place_on(
         return out;
     };
     // a policy edit that allows this member relaxes its admission policy first
-    let countries: Vec<String> = rw.spec.countries.iter().map(|c| c.to_string()).collect();
-    let refused = ctx
-        .admission_gate
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .refuses(cluster, &countries, ObjectRef::from_obj(rw));
+    let refused = ctx.admission_refuses(cluster, rw);
     if !refused.is_empty() {
-        let _ = ctx.cluster_events.try_send(ObjectRef::new(cluster));
         // nothing was done there: what the record says stays true (a Retained copy stays
         // Retained, so coming back still takes its volumes back into use)
         if let Some(p) = previous {

@@ -58,15 +58,6 @@ pub struct Outcome {
     pub active: bool,
 }
 
-fn member<'a>(ctx: &'a Context, cluster: &'a str) -> Option<Member<'a>> {
-    ctx.fleet.client(cluster).map(|client| Member {
-        name: cluster,
-        client,
-        metrics: &ctx.metrics,
-        fence: &ctx.fence,
-    })
-}
-
 fn ended(m: &DataMove) -> bool {
     matches!(
         m.status.as_ref().and_then(|s| s.phase),
@@ -164,6 +155,23 @@ pub async fn drive(
         return Ok(Outcome::default());
     };
     let want = plan::data_move(decision, record);
+    // nothing to move and the last move (as the workload's status recorded it) ended: the
+    // records need not be read
+    let last = rw.status.as_ref().and_then(|s| s.data_migration.clone());
+    if want.is_none()
+        && last
+            .as_ref()
+            .is_none_or(|l| matches!(l.phase, Some(Phase::Succeeded | Phase::Failed)))
+    {
+        return Ok(Outcome {
+            conditions: last
+                .as_ref()
+                .and_then(|l| Some(conditions(l.phase?, &l.message)))
+                .unwrap_or_default(),
+            status: last,
+            ..Default::default()
+        });
+    }
     let moves = moves_of(ctx, rw).await?;
     let latest = moves.last();
     if let Some(m) = latest.filter(|m| !ended(m)) {
@@ -172,13 +180,7 @@ pub async fn drive(
         return Ok(outcome_of(&m, hold.as_deref(), &m.spec.destinations));
     }
     let Some((source, destinations)) = want else {
-        return Ok(latest
-            .map(|m| {
-                let mut o = outcome_of(m, None, &[]);
-                o.active = false;
-                o
-            })
-            .unwrap_or_default());
+        return Ok(latest.map(|m| outcome_of(m, None, &[])).unwrap_or_default());
     };
     if let Some(m) = latest.filter(|m| m.spec.source == source) {
         let covered = destinations.iter().all(|d| m.spec.destinations.contains(d));
@@ -228,7 +230,7 @@ pub async fn drive(
     if let Some(why) = unfenceable(rw) {
         return Ok(hold(format!("No data move can start: {why}.")));
     }
-    let Some(src) = member(ctx, &source) else {
+    let Some(src) = ctx.member(&source) else {
         return Ok(hold(format!(
             "Waiting until {source} can be reached to start moving its data."
         )));
@@ -413,7 +415,7 @@ struct Side<'a> {
 
 /// Reads a side; `None` when it cannot be reached or its Pods cannot be listed.
 async fn side<'a>(ctx: &'a Context, cluster: &'a str, ns: &str, move_id: &str) -> Option<Side<'a>> {
-    let m = member(ctx, cluster)?;
+    let m = ctx.member(cluster)?;
     match m.move_pods(ns, move_id).await {
         Ok(pods) => Some(Side {
             pods: pods.iter().map(view).collect(),
@@ -644,7 +646,16 @@ async fn run(
                 } else {
                     Pass::Stage
                 };
-                if let Err(e) = prepare(ctx, rw, &m, src, &dests, image).await {
+                // claims, keys and the server are checked only when a mover Pod must start
+                let starting = matches!(
+                    progress::progress(&src.pods, Pass::Serve),
+                    Progress::Start(_)
+                ) || ds.iter().any(|d| {
+                    dests.get(d).is_some_and(|s| {
+                        matches!(progress::progress(&s.pods, pass), Progress::Start(_))
+                    })
+                });
+                if starting && let Err(e) = prepare(ctx, rw, &m, src, &dests, image).await {
                     st.message = format!("Preparing the copy: {e}");
                     writes.push(e);
                     continue;
@@ -1106,6 +1117,16 @@ async fn stop_writers(
         else {
             continue;
         };
+        // a writer already stopped is not written again (the stop is re-checked while fencing)
+        match src.live(ns, &f.kind, &f.name).await {
+            Ok(Some(live)) if objects::holds(&live, &stop) => continue,
+            Ok(None) => continue,
+            Err(e) => {
+                writes.push(e);
+                continue;
+            }
+            Ok(Some(_)) => {}
+        }
         if let Err(e) = src.patch_writers(ns, &f.kind, &f.name, &stop).await {
             writes.push(e);
         }
@@ -1116,7 +1137,7 @@ async fn stop_writers(
 /// restore was sent.
 async fn unfence(ctx: &Context, rw: &ResidentWorkload, m: &mut DataMove) {
     let ns = rw.namespace().unwrap_or_default();
-    let Some(src) = member(ctx, &m.spec.source) else {
+    let Some(src) = ctx.member(&m.spec.source) else {
         return;
     };
     let mut st = m.status.clone().unwrap_or_default();

@@ -340,6 +340,19 @@ impl Context {
         Ok(())
     }
 
+    /// The member `cluster` when the last probe reached it (a client exists): every write of
+    /// the workload controllers goes through it (fenced, counted).
+    pub fn member<'a>(&'a self, cluster: &'a str) -> Option<crate::fleet::member::Member<'a>> {
+        self.fleet
+            .client(cluster)
+            .map(|client| crate::fleet::member::Member {
+                name: cluster,
+                client,
+                metrics: &self.metrics,
+                fence: &self.fence,
+            })
+    }
+
     /// The countries of `rw` that `cluster`'s admission policy (as last written there) still
     /// refuses; when there are some, the member is probed again so its policy follows the edit
     /// (and the workload is woken once it does).

@@ -31,7 +31,7 @@ use crate::api::{
 };
 use crate::desired;
 use crate::facts::{self, StatusSource};
-use crate::fleet::member::{Member, MemberError, ObjectDrift};
+use crate::fleet::member::{MemberError, ObjectDrift};
 use crate::placement::{Decision, Engine, Mode};
 
 const CONTROLLER: &str = "workload";
@@ -105,15 +105,6 @@ fn desired_on(
         desired::strip_fields(o, &rw.spec.ignored_fields(&o.kind, &o.name));
     }
     Ok(objects)
-}
-
-fn member<'a>(ctx: &'a Context, cluster: &'a str) -> Option<Member<'a>> {
-    ctx.fleet.client(cluster).map(|client| Member {
-        name: cluster,
-        client,
-        metrics: &ctx.metrics,
-        fence: &ctx.fence,
-    })
 }
 
 /// The members a write may go to now: the last probe reached them.
@@ -214,7 +205,7 @@ async fn place_on(
             return out;
         }
     };
-    let Some(m) = member(ctx, cluster) else {
+    let Some(m) = ctx.member(cluster) else {
         placement.message = unreachable_message(ctx, cluster);
         placement.objects = previous.map(|p| p.objects.clone()).unwrap_or_default();
         return out;
@@ -322,7 +313,7 @@ async fn place_on(
 async fn refresh_evidence(ctx: &Context, rw: &ResidentWorkload, placement: &mut Placement) {
     let cluster = placement.cluster.as_str();
     let (Some(m), Some(conn), Some(mc)) = (
-        member(ctx, cluster),
+        ctx.member(cluster),
         ctx.fleet
             .get(cluster)
             .filter(|c| !c.node_regions.is_empty()),
@@ -443,7 +434,7 @@ async fn evict_from(
 ) -> Option<Placement> {
     let cluster = previous.cluster.as_str();
     let mut kept = previous.clone();
-    let Some(m) = member(ctx, cluster) else {
+    let Some(m) = ctx.member(cluster) else {
         kept.state = state::UNKNOWN.into();
         kept.message = format!(
             "{} Its copy is kept until it can be removed.",
@@ -498,7 +489,7 @@ async fn refresh_retained(
     previous: &Placement,
 ) -> Option<Placement> {
     let cluster = previous.cluster.as_str();
-    let Some(m) = member(ctx, cluster) else {
+    let Some(m) = ctx.member(cluster) else {
         // unreachable: the volumes are still there as far as anyone knows
         return Some(previous.clone());
     };
@@ -711,7 +702,7 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
     let mut observed: Vec<(String, ObjectDrift)> = Vec::new();
     if !enforce {
         for p in placements.iter().filter(|p| p.state != state::RETAINED) {
-            let Some(m) = member(&ctx, &p.cluster) else {
+            let Some(m) = ctx.member(&p.cluster) else {
                 continue;
             };
             let Ok(objects) = desired_on(&ctx, &rw, &p.cluster, &sourced) else {

@@ -192,9 +192,32 @@ pub fn fence(kind: &str, live: &Value) -> Result<Option<Fence>, String> {
     }
 }
 
+/// Whether `live` already has every field a merge `patch` sets (pure): a fence already in
+/// place needs no write.
+pub fn holds(live: &Value, patch: &Value) -> bool {
+    match patch {
+        Value::Object(fields) => fields
+            .iter()
+            .all(|(k, v)| holds(live.get(k).unwrap_or(&Value::Null), v)),
+        other => live == other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fence_in_place_holds() {
+        let stop = json!({"spec": {"replicas": 0}});
+        assert!(holds(&json!({"spec": {"replicas": 0, "x": 1}}), &stop));
+        assert!(!holds(&json!({"spec": {"replicas": 2}}), &stop));
+        assert!(!holds(&json!({"spec": {}}), &stop));
+        assert!(holds(
+            &json!({"spec": {"suspend": true}}),
+            &json!({"spec": {"suspend": true}})
+        ));
+    }
 
     #[test]
     fn mover_pods_mount_every_claim_under_data_and_run_where_the_workload_may() {

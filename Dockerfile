@@ -18,6 +18,7 @@ RUN mkdir -p src benches \
     && cargo build --release --locked --bin residency-operator \
     && rm -rf src benches
 COPY src ./src
+COPY data ./data
 COPY benches ./benches
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --bin residency-operator \

@@ -14,6 +14,7 @@ pub mod facts;
 pub mod fleet;
 pub mod http;
 pub mod leader;
+pub mod location;
 pub mod metrics;
 pub mod mover;
 pub mod placement;

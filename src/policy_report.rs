@@ -30,6 +30,8 @@ pub fn result(w: &ResidentWorkload) -> (&'static str, String) {
     match compliant {
         Some(c) if c.status == "False" => ("fail", c.message.clone()),
         Some(c) if c.status == "True" && !drifted => ("pass", c.message.clone()),
+        // the location cannot be proven: neither pass nor fail
+        Some(c) if c.status == "Unknown" && !drifted => ("warn", c.message.clone()),
         Some(_) if drifted => (
             "warn",
             conditions::find(conds, types::DRIFTED)

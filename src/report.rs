@@ -50,6 +50,15 @@ pub struct CountryReport {
     /// workload from -> to: phase, files, bytes, digest, when`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub moves: Vec<String>,
+    /// Copies whose location nothing proves (a volume without node affinity, a Pod on a node
+    /// of unknown region): `cluster: namespace/workload: what`, sorted. Not violations, not
+    /// proof.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unverifiable: Vec<String>,
+    /// Volumes counted inside on their member's word (a StorageClass it vouches for):
+    /// `cluster: namespace/workload: what`, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vouched: Vec<String>,
 }
 
 /// One cluster holding a country's data.
@@ -64,6 +73,9 @@ pub struct Holding {
     pub verified: bool,
     /// The node regions the cluster attests.
     pub attested_regions: Vec<String>,
+    /// Who places each attested region, from the region catalogue: `eu-central-2 (aws:
+    /// Zurich, CH)`, or `ru-central-1 (self-declared)` for a region no cloud provider lists.
+    pub region_sources: Vec<String>,
     /// `namespace/name (state)` of each workload with a copy there.
     pub workloads: Vec<String>,
     /// Regions of the nodes the Pods run on (from the placements' evidence).
@@ -85,9 +97,22 @@ fn holding(cluster: &str, mc: Option<&MemberCluster>) -> Holding {
         attested_regions: mc
             .map(|m| m.spec.attestation.node_regions.clone())
             .unwrap_or_default(),
+        region_sources: mc
+            .and_then(|m| m.status.as_ref())
+            .map(|s| s.regions.iter().map(region_source).collect())
+            .unwrap_or_default(),
         workloads: Vec::new(),
         node_regions: Vec::new(),
         volume_regions: Vec::new(),
+    }
+}
+
+/// `eu-central-2 (aws: Zurich, CH)` or `ru-central-1 (self-declared)`.
+fn region_source(r: &crate::api::member_cluster::AttestedRegion) -> String {
+    use crate::api::member_cluster::RegionSource;
+    match r.source {
+        RegionSource::SelfDeclared => format!("{} (self-declared)", r.name),
+        RegionSource::Catalogue => format!("{} ({})", r.name, r.listed_by.join("; ")),
     }
 }
 
@@ -156,6 +181,8 @@ pub fn build(
         clusters.iter().map(|c| (c.name_any(), c)).collect();
     let mut by_country: BTreeMap<String, (BTreeMap<String, Holding>, Vec<String>)> =
         BTreeMap::new();
+    // per country: unverifiable and vouched copies
+    let mut unproven: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
     for w in workloads {
         let Some(status) = &w.status else { continue };
         let id = format!("{}/{}", w.namespace().unwrap_or_default(), w.name_any());
@@ -180,6 +207,17 @@ pub fn build(
                             p.cluster
                         ));
                     }
+                    let u = unproven.entry(country.to_string()).or_default();
+                    u.0.extend(
+                        ev.unverifiable
+                            .iter()
+                            .map(|x| format!("{}: {id}: {x}", p.cluster)),
+                    );
+                    u.1.extend(
+                        ev.vouched
+                            .iter()
+                            .map(|x| format!("{}: {id}: {x}", p.cluster)),
+                    );
                 }
                 if let Some(v) = verdict.filter(|v| v.verdict == "Forbidden") {
                     entry.1.push(format!(
@@ -336,7 +374,14 @@ pub fn build(
             .collect();
         report.violation_count +=
             violations.len() + unlisted.get(&country).copied().unwrap_or_default();
+        let (mut unverifiable, mut vouched) = unproven.remove(&country).unwrap_or_default();
+        for v in [&mut unverifiable, &mut vouched] {
+            v.sort();
+            v.dedup();
+        }
         report.countries.push(CountryReport {
+            unverifiable,
+            vouched,
             forgotten: forgotten
                 .remove(&country)
                 .unwrap_or_default()
@@ -378,11 +423,22 @@ pub fn text(report: &Report) -> String {
     for c in &report.countries {
         let _ = writeln!(out, "{} ({})", c.country, c.name);
         for h in &c.clusters {
+            let self_declared: Vec<&str> = h
+                .region_sources
+                .iter()
+                .filter(|r| r.ends_with("(self-declared)"))
+                .filter_map(|r| r.split(' ').next())
+                .collect();
+            let location = if self_declared.is_empty() {
+                h.location.clone()
+            } else {
+                format!("{} ({} self-declared)", h.location, self_declared.join(","))
+            };
             let _ = writeln!(
                 out,
                 "  {:<8} {:<14} {:<10} nodes {:<14} volumes {:<14} {}",
                 h.cluster,
-                h.location,
+                location,
                 if h.verified { "verified" } else { "UNVERIFIED" },
                 regions(&h.node_regions),
                 regions(&h.volume_regions),
@@ -391,6 +447,12 @@ pub fn text(report: &Report) -> String {
         }
         for v in &c.violations {
             let _ = writeln!(out, "  VIOLATION {v}");
+        }
+        for u in &c.unverifiable {
+            let _ = writeln!(out, "  UNVERIFIABLE {u}");
+        }
+        for v in &c.vouched {
+            let _ = writeln!(out, "  VOUCHED {v}");
         }
         for h in &c.history {
             let _ = writeln!(out, "  HISTORY {h}");
@@ -424,7 +486,11 @@ pub fn markdown(report: &Report) -> String {
                 h.cluster,
                 h.location,
                 if h.verified { "yes" } else { "**no**" },
-                regions(&h.attested_regions),
+                if h.region_sources.is_empty() {
+                    regions(&h.attested_regions)
+                } else {
+                    h.region_sources.join("<br>")
+                },
                 regions(&h.node_regions),
                 regions(&h.volume_regions),
                 h.workloads.join("<br>")
@@ -432,6 +498,12 @@ pub fn markdown(report: &Report) -> String {
         }
         for v in &c.violations {
             let _ = writeln!(out, "\n- **Violation:** {v}");
+        }
+        for u in &c.unverifiable {
+            let _ = writeln!(out, "\n- **Unverifiable** (location not proven): {u}");
+        }
+        for v in &c.vouched {
+            let _ = writeln!(out, "\n- Vouched for by its member (self-declared): {v}");
         }
         if !c.history.is_empty() {
             out.push_str("\nWhere its data was where a policy forbids it:\n\n");
@@ -483,7 +555,7 @@ mod tests {
                     Vec::new()
                 },
                 volume_regions: vec![region.into()],
-                outside: Vec::new(),
+                ..Default::default()
             }),
         }
     }
@@ -655,5 +727,77 @@ mod tests {
         );
         assert!(text(&r).contains("  FORGOTTEN msk-2: 2 object(s)"));
         assert!(markdown(&r).contains("**Unverifiable** (cluster removed): msk-2"));
+    }
+
+    #[test]
+    fn unproven_copies_and_self_declared_regions_are_said_as_such() {
+        let mut zrh = cluster("zrh-1", "CH", "zurich", "eu-central-2");
+        zrh.status.as_mut().unwrap().regions = serde_json::from_value(json!([
+            {"name": "eu-central-2", "source": "Catalogue", "listedBy": ["aws: Zurich, CH"], "country": "CH"}
+        ]))
+        .unwrap();
+        let mut msk = cluster("msk-1", "RU", "moscow", "ru-central-1");
+        msk.status.as_mut().unwrap().regions =
+            serde_json::from_value(json!([{"name": "ru-central-1", "source": "SelfDeclared"}]))
+                .unwrap();
+        let mut w: ResidentWorkload = serde_json::from_value(json!({
+            "apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload",
+            "metadata": {"name": "store", "namespace": "t"},
+            "spec": {"role": "Storage", "countries": ["TO"],
+                     "manifests": [{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "d"}}]}
+        }))
+        .unwrap();
+        let mut on_nfs = placement("zrh-1", "Ready", "eu-central-2");
+        on_nfs.evidence.as_mut().unwrap().unverifiable =
+            vec!["PersistentVolume nfs (claim d) has no node affinity".into()];
+        let mut vouched = placement("msk-1", "Ready", "ru-central-1");
+        vouched.evidence.as_mut().unwrap().vouched = vec![
+            "PersistentVolume ceph (claim d): StorageClass ceph, vouched for by the member".into(),
+        ];
+        w.status = Some(crate::api::ResidentWorkloadStatus {
+            placements: vec![on_nfs, vouched],
+            ..Default::default()
+        });
+        let r = build(&[zrh, msk], &[w], &[], &[]);
+        let to = &r.countries[0];
+        assert_eq!(
+            to.unverifiable,
+            ["zrh-1: t/store: PersistentVolume nfs (claim d) has no node affinity"]
+        );
+        assert_eq!(
+            to.vouched,
+            [
+                "msk-1: t/store: PersistentVolume ceph (claim d): StorageClass ceph, vouched for by the member"
+            ]
+        );
+        assert!(to.violations.is_empty(), "unproven is not a violation");
+        assert_eq!(r.violation_count, 0);
+        assert_eq!(
+            to.clusters[0].region_sources,
+            ["ru-central-1 (self-declared)"]
+        );
+        assert_eq!(
+            to.clusters[1].region_sources,
+            ["eu-central-2 (aws: Zurich, CH)"]
+        );
+        let t = text(&r);
+        assert!(
+            t.contains("  msk-1    RU/moscow (ru-central-1 self-declared)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("  UNVERIFIABLE zrh-1: t/store: PersistentVolume nfs"),
+            "{t}"
+        );
+        assert!(
+            t.contains("  VOUCHED msk-1: t/store: PersistentVolume ceph"),
+            "{t}"
+        );
+        let m = markdown(&r);
+        assert!(m.contains("| ru-central-1 (self-declared) |"), "{m}");
+        assert!(
+            m.contains("**Unverifiable** (location not proven): zrh-1: t/store"),
+            "{m}"
+        );
     }
 }

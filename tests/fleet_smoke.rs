@@ -1,5 +1,6 @@
 //! Smoke tests of the fleet itself: every member runs Pods on nodes of its own region and binds
-//! PVCs to volumes of its own region; the management cluster serves CRDs.
+//! PVCs to volumes located in its own region (through the nodes they are pinned to); the
+//! management cluster serves CRDs.
 
 mod common;
 
@@ -11,6 +12,9 @@ use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVo
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use residency_operator::fleet::topology::Fact;
+use residency_operator::location::affinity::locate;
+use residency_operator::location::topology::Topology;
 use serde_json::json;
 
 const REGION: &str = "topology.kubernetes.io/region";
@@ -97,7 +101,8 @@ async fn smoke_member(fleet: &Fleet, member: &Member) -> Result<(), String> {
         }
     }
 
-    // The PVC binds to a volume whose node affinity names the member's region.
+    // The PVC binds to a volume located in the member's region: through the nodes its node
+    // affinity matches (hostname-pinned here, as kind's local-path volumes are).
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     let volume = eventually(&format!("{c}: PVC Bound"), TIMEOUT, || async {
         let p = pvcs.get("smoke-data").await.map_err(|e| e.to_string())?;
@@ -112,21 +117,32 @@ async fn smoke_member(fleet: &Fleet, member: &Member) -> Result<(), String> {
         .get(&volume)
         .await
         .map_err(|e| format!("{c}: get pv {volume}: {e}"))?;
-    let regions: Vec<String> = pv
+    let terms = pv
         .spec
         .and_then(|s| s.node_affinity)
         .and_then(|a| a.required)
         .map(|r| r.node_selector_terms)
-        .unwrap_or_default()
-        .into_iter()
-        .flat_map(|t| t.match_expressions.unwrap_or_default())
-        .filter(|e| e.key == REGION)
-        .flat_map(|e| e.values.unwrap_or_default())
-        .collect();
-    if regions != [member.region.clone()] {
+        .unwrap_or_default();
+    let topology = Topology::new(
+        nodes
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| format!("{c}: list nodes: {e}"))?
+            .items
+            .iter()
+            .filter_map(
+                |n| match residency_operator::fleet::topology::node_fact(n) {
+                    Some((_, Fact::Node(f))) => Some(f),
+                    _ => None,
+                },
+            ),
+    );
+    let located = locate(&topology, &terms);
+    let regions: Vec<&String> = located.regions.iter().collect();
+    if regions != [&member.region] || located.unlocated.is_some() {
         return Err(format!(
-            "{c}: PVC bound to {volume}, whose node affinity names regions {regions:?}, expected ['{}']",
-            member.region
+            "{c}: PVC bound to {volume}, located in regions {regions:?} ({:?}), expected ['{}']",
+            located.unlocated, member.region
         ));
     }
 

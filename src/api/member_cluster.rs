@@ -95,11 +95,25 @@ pub struct Location {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Attestation {
-    /// The `topology.kubernetes.io/region` values every node must carry, e.g. `eu-central-2`.
-    /// A node with another region (or none) makes the cluster unverified: it then receives no
-    /// new data (fail closed).
+    /// The regions every node must be in, as nodes carry them in `topology.kubernetes.io/region`,
+    /// e.g. `eu-central-2` (AWS), `europe-west6` (Google Cloud), `switzerlandnorth` (Azure). A
+    /// node without a region label is placed through its `topology.kubernetes.io/zone` (the
+    /// region the member's other nodes of that zone carry). A node elsewhere (or of unknown
+    /// region), or whose `spec.providerID` names another zone than its labels, makes the cluster
+    /// unverified: it then receives no new data (fail closed). Each region is checked against
+    /// the operator's catalogue of cloud regions: one the catalogue puts in another country than
+    /// `location.country` makes the cluster unverified; one no provider lists is accepted as
+    /// self-declared (`status.regions`).
     #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 63)))]
     pub node_regions: Vec<NodeRegion>,
+    /// StorageClasses whose volumes the member vouches are in its attested regions although
+    /// nothing pins them to a node (network storage such as NFS or Ceph in the same data
+    /// centre). Their volumes count as inside, marked as vouched (self-declared) in the
+    /// workloads' evidence and in `report`; a volume whose node affinity reaches outside is
+    /// outside all the same. Without this, such volumes are `unverifiable`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    pub vouched_storage_classes: Vec<String>,
 }
 
 /// A node region label value.
@@ -160,9 +174,15 @@ pub struct MemberClusterStatus {
     /// Number of nodes seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_count: Option<i32>,
-    /// Nodes outside the attested regions (at most 20 names).
+    /// Nodes outside the attested regions, or whose provider ID contradicts their labels (at
+    /// most 20 names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unverified_nodes: Vec<String>,
+    /// What the region catalogue says of each attested region: the provider and place that
+    /// put it in the declared country, in another one, or none (self-declared).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub regions: Vec<AttestedRegion>,
     /// What the member holds, from the operator's watches of it: every object labelled with a
     /// country (`country.residency.io/<CODE>=true`), whoever made it. Readable with access to
     /// the management cluster only; `report` reads it.
@@ -172,6 +192,33 @@ pub struct MemberClusterStatus {
     /// (condition `PreventionEnforced` says whether they are in force).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prevention: Option<PreventionStatus>,
+}
+
+/// One attested region, as the region catalogue knows it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AttestedRegion {
+    /// The region, e.g. `eu-central-2`.
+    pub name: String,
+    /// `Catalogue` (a cloud provider lists it) or `SelfDeclared` (none does: a private region,
+    /// on the member's own word).
+    pub source: RegionSource,
+    /// Providers that list it, with where: `aws: Zurich, CH` (several when the name is shared).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listed_by: Vec<String>,
+    /// The country the catalogue puts it in (absent when self-declared). When it is not the
+    /// declared `location.country`, the cluster is not verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+}
+
+/// Where an attested region's location comes from.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionSource {
+    /// The operator's region catalogue lists it.
+    Catalogue,
+    /// No provider lists it: the member's own word.
+    SelfDeclared,
 }
 
 /// The countries a member's API server refuses or warns about.

@@ -424,19 +424,35 @@ pub struct Placement {
     pub evidence: Option<LocationEvidence>,
 }
 
-/// The location proof of one copy, read from the member.
+/// The location proof of one copy, from the member's nodes, Pods and volumes.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct LocationEvidence {
-    /// `topology.kubernetes.io/region` of the nodes the workload's Pods run on, sorted.
+    /// Regions of the nodes the workload's Pods run on (a node's `topology.kubernetes.io/region`
+    /// label, or its zone's region on the member's other nodes), sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub node_regions: Vec<String>,
-    /// Regions named by the node affinity of the workload's PersistentVolumes, sorted.
+    /// Regions of the workload's PersistentVolumes: where the nodes their node affinity matches
+    /// are (any keys: hostname, zone, a CSI driver's zone key), plus the regions and zones it
+    /// names, sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_regions: Vec<String>,
     /// Pods and volumes outside the member's attested regions (at most 20).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
     pub outside: Vec<String>,
+    /// Pods and volumes whose location nothing proves (at most 20): a volume without node
+    /// affinity (network storage) or whose affinity matches no node, a Pod on a node without a
+    /// region. Not outside, not proven inside.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub unverifiable: Vec<String>,
+    /// Volumes counted inside on the member's word: their StorageClass is one the MemberCluster
+    /// vouches for (`spec.attestation.vouchedStorageClasses`) and nothing places them elsewhere
+    /// (at most 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub vouched: Vec<String>,
 }
 
 /// Readiness of one placed object.

@@ -339,6 +339,7 @@ mod tests {
                 },
                 attestation: Attestation {
                     node_regions: vec!["eu-central-2".into()],
+                    vouched_storage_classes: Vec::new(),
                 },
                 connection,
                 storage_class_name: None,

@@ -1,26 +1,29 @@
 //! The MemberCluster reconciler: connect, probe, attest the location, report.
 //!
-//! Every `probe_interval` it connects to the member (its own cluster, or a kubeconfig Secret in
-//! the operator's namespace), reads `/version` and the nodes' region labels, and records
-//! whether the member is reachable and where its nodes are. Status is written only when it
-//! changes. Credentials are never logged.
+//! Every `probe_interval` (and at once when a node's labels or provider ID change) it connects
+//! to the member (its own cluster, or a kubeconfig Secret in the operator's namespace), reads
+//! `/version`, attests the location from the member's node watch cache
+//! ([`crate::location::attest`]: region catalogue, node regions and zones, provider IDs), and
+//! records whether the member is reachable and where its nodes are. Status is written only when
+//! it changes; a location that stops being verified is a Warning Event. Credentials are never
+//! logged.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::{Context, Error, Result};
 use crate::api::conditions::{self, Desired, Status, types};
 use crate::api::{MemberCluster, MemberClusterStatus};
-use crate::fleet::attest::{self, NodeInfo, REGION_LABEL};
 use crate::fleet::kubeconfig::config_from_kubeconfig;
 use crate::fleet::registry::Connection;
+use crate::location::attest;
 
 const CONTROLLER: &str = "cluster";
 
@@ -236,6 +239,7 @@ async fn cleanup(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
     }
     ctx.fleet.remove(&name);
     ctx.labelled.remove_member(&name);
+    ctx.topology.remove_member(&name);
     ctx.metrics.inventory(&name, &[]);
     // the policies no longer see that member's objects
     for p in ctx.policies.state() {
@@ -314,6 +318,7 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
         ..Default::default()
     };
     let mut reached = None;
+    let mut next_probe = ctx.settings.probe_interval;
     let mut desired = match connect(&ctx, &mc).await {
         Err(refused) => {
             ctx.fleet.set(
@@ -323,7 +328,6 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
                     reachable: false,
                     fingerprint: String::new(),
                     last_error: Some(refused.message.clone()),
-                    node_regions: Default::default(),
                     watches: None,
                 },
             );
@@ -341,7 +345,7 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
             client,
             watch_client,
             fingerprint,
-        }) => match probe(&client).await {
+        }) => match client.apiserver_version().await {
             Err(e) => {
                 let message = format!("Cannot reach the API server: {e}");
                 ctx.fleet.set(
@@ -352,18 +356,13 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
                         watches: watches_for(&ctx, &name, &fingerprint, &watch_client),
                         fingerprint,
                         last_error: Some(e.to_string()),
-                        // what was seen before still describes the nodes best
-                        node_regions: ctx
-                            .fleet
-                            .get(&name)
-                            .map(|c| c.node_regions)
-                            .unwrap_or_default(),
                     },
                 );
                 // keep what was observed before: the cluster did not change, we just cannot see it
                 status.kubernetes_version = previous.kubernetes_version.clone();
                 status.observed_node_regions = previous.observed_node_regions.clone();
                 status.node_count = previous.node_count;
+                status.regions = previous.regions.clone();
                 vec![
                     Desired::new(types::READY, Status::False, "Unreachable", message),
                     Desired::new(
@@ -374,11 +373,8 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
                     ),
                 ]
             }
-            Ok((version, nodes)) => {
-                let node_regions = nodes
-                    .iter()
-                    .map(|n| (n.name.clone(), n.region.clone()))
-                    .collect();
+            Ok(version) => {
+                let version = version.git_version;
                 reached = Some(client.clone());
                 ctx.fleet.set(
                     &name,
@@ -388,28 +384,49 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
                         watches: watches_for(&ctx, &name, &fingerprint, &watch_client),
                         fingerprint,
                         last_error: None,
-                        node_regions,
                     },
                 );
-                let a = attest::attest(&mc.spec.attestation.node_regions, &nodes);
                 status.kubernetes_version = Some(version.clone());
-                status.observed_node_regions = a.observed_regions.clone();
-                status.node_count = Some(i32::try_from(a.node_count).unwrap_or(i32::MAX));
-                status.unverified_nodes = a.unverified_nodes.clone();
-                vec![
-                    Desired::new(
-                        types::READY,
-                        Status::True,
-                        "Connected",
-                        format!("Reachable; Kubernetes {version}."),
-                    ),
-                    Desired::new(
-                        types::LOCATION_VERIFIED,
-                        Status::from(a.verified),
-                        a.reason,
-                        a.message,
-                    ),
-                ]
+                let ready = Desired::new(
+                    types::READY,
+                    Status::True,
+                    "Connected",
+                    format!("Reachable; Kubernetes {version}."),
+                );
+                let verified = match listed_nodes(&ctx, &name).await {
+                    Ok(topology) => {
+                        let a = attest::attest(
+                            mc.spec.location.country.as_str(),
+                            &mc.spec.attestation.node_regions,
+                            &topology,
+                            &crate::location::catalogue::BUILTIN,
+                        );
+                        status.observed_node_regions = a.observed_regions.clone();
+                        status.node_count = Some(i32::try_from(a.node_count).unwrap_or(i32::MAX));
+                        status.unverified_nodes = a.unverified_nodes.clone();
+                        status.regions = a.regions.iter().map(attest::region_status).collect();
+                        Desired::new(
+                            types::LOCATION_VERIFIED,
+                            Status::from(a.verified),
+                            a.reason.as_str(),
+                            a.message,
+                        )
+                    }
+                    Err(why) => {
+                        // not listed yet: what was seen before still describes the nodes best
+                        status.observed_node_regions = previous.observed_node_regions.clone();
+                        status.node_count = previous.node_count;
+                        status.regions = previous.regions.clone();
+                        next_probe = NODES_RETRY;
+                        Desired::new(
+                            types::LOCATION_VERIFIED,
+                            Status::Unknown,
+                            "NodesNotListed",
+                            format!("The member's nodes have not been listed yet: {why}"),
+                        )
+                    }
+                };
+                vec![ready, verified]
             }
         },
     };
@@ -451,8 +468,63 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
         )
         .await?;
     }
+    announce_location(&ctx, &mc, &previous, &status).await;
     ctx.metrics.reconciled(CONTROLLER, start.elapsed());
-    Ok(Action::requeue(ctx.settings.probe_interval))
+    Ok(Action::requeue(next_probe))
+}
+
+/// How soon a member whose nodes are not listed yet is probed again.
+const NODES_RETRY: Duration = Duration::from_secs(1);
+/// How long a probe waits for a new member's node watch to list its nodes.
+const NODES_WAIT: Duration = Duration::from_secs(5);
+
+/// The member's nodes from its watch cache, once listed (waiting up to [`NODES_WAIT`] for a
+/// watch just started); why not otherwise.
+async fn listed_nodes(
+    ctx: &Context,
+    name: &str,
+) -> std::result::Result<Arc<crate::location::topology::Topology>, String> {
+    let deadline = Instant::now() + NODES_WAIT;
+    loop {
+        let seen = ctx.topology.read(name, |m| match m {
+            Some(m) if m.nodes_synced() => Ok(m.topology.clone()),
+            Some(m) => Err(m
+                .node_error()
+                .unwrap_or("the node watch is starting")
+                .to_string()),
+            None => Err("the node watch is starting".to_string()),
+        });
+        match seen {
+            Ok(t) => return Ok(t),
+            Err(why) if Instant::now() >= deadline => return Err(why),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// A Warning Event when the member's location stops being verified (or is not verified when
+/// first probed), naming why.
+async fn announce_location(
+    ctx: &Context,
+    mc: &MemberCluster,
+    previous: &MemberClusterStatus,
+    status: &MemberClusterStatus,
+) {
+    let now = conditions::find(&status.conditions, types::LOCATION_VERIFIED);
+    let before = conditions::find(&previous.conditions, types::LOCATION_VERIFIED);
+    if let Some(c) = now
+        && c.status == Status::False.as_str()
+        && before.is_none_or(|b| b.status != c.status || b.reason != c.reason)
+    {
+        ctx.publish_event(
+            &mc.object_ref(&()),
+            None,
+            kube::runtime::events::EventType::Warning,
+            &c.reason,
+            &format!("Location not verified: {}", c.message),
+        )
+        .await;
+    }
 }
 
 /// Logs, counts and requeues with backoff.
@@ -587,6 +659,15 @@ fn watches_for(
         ctx.policy_events.clone(),
         ctx.member_events.clone(),
     );
+    tasks.extend(crate::fleet::topology::start(
+        watch_client.clone(),
+        ctx.topology.clone(),
+        crate::fleet::topology::Triggers {
+            cluster: name.to_string(),
+            workloads: ctx.member_events.clone(),
+            members: ctx.cluster_events.clone(),
+        },
+    ));
     tasks.extend(crate::fleet::prevention::watch(
         watch_client.clone(),
         name,
@@ -605,22 +686,6 @@ fn connection_reason(category: &str) -> &'static str {
         "no_current_context" | "missing_entry" | "parse" => "InvalidKubeconfig",
         _ => "InvalidKubeconfig",
     }
-}
-
-/// Reads the version and the nodes' regions. Any failure means "unreachable".
-async fn probe(client: &Client) -> Result<(String, Vec<NodeInfo>), kube::Error> {
-    let version = client.apiserver_version().await?;
-    let nodes: Api<Node> = Api::all(client.clone());
-    let list = nodes.list_metadata(&ListParams::default()).await?;
-    let infos = list
-        .items
-        .iter()
-        .map(|n| NodeInfo {
-            name: n.name_any(),
-            region: n.labels().get(REGION_LABEL).cloned(),
-        })
-        .collect();
-    Ok((version.git_version, infos))
 }
 
 #[cfg(test)]

@@ -154,6 +154,9 @@ pub struct Context {
     pub backoff: Backoff,
     /// Objects on the members labelled with a country (hand-made ones included).
     pub labelled: Arc<crate::fleet::labelled::Index>,
+    /// Each member's nodes, volumes, StorageClasses and placed Pods and claims (location
+    /// evidence).
+    pub topology: Arc<crate::fleet::topology::Index>,
     /// Policies to re-evaluate because labelled objects changed on a member.
     pub policy_events:
         tokio::sync::mpsc::Sender<kube::runtime::reflector::ObjectRef<ResidencyPolicy>>,

@@ -136,6 +136,7 @@ pub async fn run(
         backoff: Backoff::default(),
         member_events,
         labelled: Arc::new(crate::fleet::labelled::Index::default()),
+        topology: Arc::new(crate::fleet::topology::Index::default()),
         reports: Default::default(),
         policy_events: policy_retrigger,
         fence,

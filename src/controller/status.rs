@@ -215,6 +215,26 @@ pub fn conditions(decision: &Decision, placements: &[Placement]) -> Vec<Desired>
                 "On {cluster}, {what}: outside the regions the cluster attests. Move it to a node or volume in an attested region."
             ),
         )
+    } else if let Some((cluster, what, more)) = placements.iter().find_map(|p| {
+        p.evidence.as_ref().and_then(|e| {
+            e.unverifiable
+                .first()
+                .map(|u| (p.cluster.clone(), u.clone(), e.unverifiable.len() - 1))
+        })
+    }) {
+        Desired::new(
+            types::COMPLIANT,
+            Status::Unknown,
+            "LocationUnverifiable",
+            format!(
+                "On {cluster}, {what}{}: where it lies cannot be proven from the member's nodes. Pin the volume to nodes (node affinity), or have the MemberCluster vouch for its StorageClass (spec.attestation.vouchedStorageClasses).",
+                if more > 0 {
+                    format!(" (and {more} more)")
+                } else {
+                    String::new()
+                }
+            ),
+        )
     } else {
         Desired::new(
             types::COMPLIANT,
@@ -607,6 +627,69 @@ mod tests {
         assert_eq!(
             (c[3].status, c[3].reason.as_str()),
             (Status::True, "Compliant")
+        );
+    }
+
+    #[test]
+    fn outside_beats_unverifiable_which_is_unknown_not_false() {
+        use crate::api::resident_workload::LocationEvidence;
+        let d = decision("CH", true);
+        let with = |cluster: &str, outside: &[&str], unverifiable: &[&str]| {
+            let mut p = placement(cluster, state::READY);
+            p.evidence = Some(LocationEvidence {
+                outside: outside.iter().map(|s| s.to_string()).collect(),
+                unverifiable: unverifiable.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            });
+            p
+        };
+        let nfs = [
+            with(
+                "zrh-1",
+                &[],
+                &["PersistentVolume a (claim x) has no node affinity"],
+            ),
+            with(
+                "zrh-2",
+                &[],
+                &["PersistentVolume b (claim x) has no node affinity", "c"],
+            ),
+        ];
+        let c = conditions(&d, &nfs);
+        assert_eq!(
+            (c[3].status, c[3].reason.as_str()),
+            (Status::Unknown, "LocationUnverifiable")
+        );
+        assert!(
+            c[3].message.starts_with(
+                "On zrh-1, PersistentVolume a (claim x) has no node affinity: where it lies cannot be proven"
+            ),
+            "{}",
+            c[3].message
+        );
+        assert_eq!(
+            c[0].status,
+            Status::True,
+            "an unproven location does not make it unready"
+        );
+        let two = conditions(&d, &nfs[1..]);
+        assert!(
+            two[3].message.contains("(and 1 more)"),
+            "{}",
+            two[3].message
+        );
+        let outside = [
+            nfs[0].clone(),
+            with(
+                "zrh-2",
+                &["PersistentVolume b (claim x) in region eu-central-1"],
+                &[],
+            ),
+        ];
+        let c = conditions(&d, &outside);
+        assert_eq!(
+            (c[3].status, c[3].reason.as_str()),
+            (Status::False, "OutsideAttestedRegion")
         );
     }
 

@@ -290,7 +290,7 @@ async fn place_on(
             placement.objects = placed.objects;
             // the location proof: where the Pods and volumes of this copy are
             placement.evidence = previous.and_then(|p| p.evidence.clone());
-            refresh_evidence(ctx, rw, placement).await;
+            refresh_evidence(ctx, rw, placement);
         }
         Err(e) if e.is_connectivity() => {
             ctx.fleet.mark_unreachable(cluster, e.source.to_string());
@@ -308,30 +308,28 @@ async fn place_on(
     out
 }
 
-/// Reads where a copy physically is (reads only; only once a probe has read the member's
-/// nodes: until then the last proof is kept).
-async fn refresh_evidence(ctx: &Context, rw: &ResidentWorkload, placement: &mut Placement) {
+/// Where a copy physically is, from the member's watch caches ([`crate::location::evidence`];
+/// no request to the member). Until the caches have listed everything, the last proof is kept.
+fn refresh_evidence(ctx: &Context, rw: &ResidentWorkload, placement: &mut Placement) {
     let cluster = placement.cluster.as_str();
-    let (Some(m), Some(conn), Some(mc)) = (
-        ctx.member(cluster),
-        ctx.fleet
-            .get(cluster)
-            .filter(|c| !c.node_regions.is_empty()),
-        ctx.clusters.get(&ObjectRef::new(cluster)),
-    ) else {
+    let Some(mc) = ctx.clusters.get(&ObjectRef::new(cluster)) else {
         return;
     };
-    match m
-        .evidence(
-            &rw.namespace().unwrap_or_default(),
-            &rw.name_any(),
-            &conn.node_regions,
-            &mc.spec.attestation.node_regions,
-        )
-        .await
-    {
-        Ok(ev) => placement.evidence = Some(ev),
-        Err(e) => warn!(cluster, error = %e, "could not read the location evidence"),
+    let (namespace, name) = (rw.namespace().unwrap_or_default(), rw.name_any());
+    let found = ctx.topology.read(cluster, |m| {
+        let m = m.filter(|m| m.synced())?;
+        let (pods, claims) = m.copy_of(&namespace, &name);
+        let member = crate::location::evidence::Member {
+            topology: &m.topology,
+            attested: &mc.spec.attestation.node_regions,
+            vouched: &mc.spec.attestation.vouched_storage_classes,
+            volumes: &m.volumes,
+            classes: &m.classes,
+        };
+        Some(crate::location::evidence::evidence(&member, &pods, &claims))
+    });
+    if let Some(ev) = found {
+        placement.evidence = Some(ev);
     }
 }
 
@@ -404,9 +402,9 @@ async fn held(
                 "{cluster} is allowed but {}: it keeps its copy and gets no changes until it is eligible again.",
                 because.join(", ")
             );
-            refresh_evidence(ctx, rw, &mut p).await;
+            refresh_evidence(ctx, rw, &mut p);
         }
-        Hold::NotEnforced => refresh_evidence(ctx, rw, &mut p).await,
+        Hold::NotEnforced => refresh_evidence(ctx, rw, &mut p),
         Hold::ClusterRemoved => {
             p.state = state::UNKNOWN.into();
             p.message = format!(

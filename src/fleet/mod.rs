@@ -1,12 +1,13 @@
-//! The fleet of member clusters: connections and location attestation.
+//! The fleet of member clusters: connections, member I/O and the member watches (the caches
+//! inventory, drift and location evidence read).
 
-pub mod attest;
 pub mod datamove;
 pub mod kubeconfig;
 pub mod labelled;
 pub mod member;
 pub mod prevention;
 pub mod registry;
+pub mod topology;
 pub mod watch;
 
 /// Identifies the operator to API servers (`User-Agent: residency-operator/<version> (<instance>)`),

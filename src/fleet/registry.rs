@@ -21,8 +21,6 @@ pub struct Connection {
     pub fingerprint: String,
     /// Why the member is not reachable, when it is not.
     pub last_error: Option<String>,
-    /// The region label of every node seen by the last successful probe.
-    pub node_regions: std::collections::BTreeMap<String, Option<String>>,
     /// The watches of placed objects on the member (drift detection), while connected.
     pub watches: Option<std::sync::Arc<super::watch::Watches>>,
 }

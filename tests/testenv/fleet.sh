@@ -14,8 +14,8 @@
 #   zrh-2   CH/zurich member, same region
 #   msk-1   RU/moscow member, nodes in region ru-central-1
 # Every member also runs kube-controller-manager, kube-scheduler and kwok with two fake nodes, a
-# default StorageClass `standard` and pre-created PersistentVolumes whose node affinity names the
-# member's region, so Deployments and StatefulSets get Running Pods and PVCs bind; and one real
+# default StorageClass `standard` and pre-created PersistentVolumes pinned to a fake node by
+# hostname (as kind's local-path volumes are), so Deployments and StatefulSets get Running Pods and PVCs bind; and one real
 # node (tests/testenv/nodes.sh: kubelet, containerd, CNI) where Pods that tolerate its taint
 # really run, with real volumes (StorageClass `real-local`).
 #
@@ -230,7 +230,9 @@ EOF
     --manage-all-nodes=false --manage-nodes-with-label-selector type=kwok
 }
 
-# seed_member NAME REGION: fake nodes, the default StorageClass and pre-created PVs
+# seed_member NAME REGION: fake nodes, the default StorageClass and pre-created PVs. The PVs are
+# pinned to a node by its hostname, as kind's local-path provisioner pins its volumes: the
+# operator locates them through the node they name, with nothing region-specific in them.
 seed_member() {
   local name="$1" region="$2" f="$STATE/seed/$1.yaml" zone i
   mkdir -p "$STATE/seed"
@@ -266,20 +268,15 @@ metadata:
 provisioner: kubernetes.io/no-provisioner
 volumeBindingMode: Immediate
 reclaimPolicy: Retain
-allowedTopologies:
-- matchLabelExpressions:
-  - key: topology.kubernetes.io/region
-    values: [$region]
 EOF
   for ((i = 1; i <= PVS; i++)); do
+    zone=$([[ $((i % 2)) -eq 1 ]] && echo a || echo b)
     cat >>"$f" <<EOF
 ---
 apiVersion: v1
 kind: PersistentVolume
 metadata:
   name: $name-pv-$(printf %03d "$i")
-  labels:
-    topology.kubernetes.io/region: $region
 spec:
   capacity: {storage: 10Gi}
   accessModes: [ReadWriteOnce]
@@ -290,9 +287,9 @@ spec:
     required:
       nodeSelectorTerms:
       - matchExpressions:
-        - key: topology.kubernetes.io/region
+        - key: kubernetes.io/hostname
           operator: In
-          values: [$region]
+          values: [$name-node-$zone]
 EOF
   done
   # --server-side: a seed that is already there is not an error (idempotent)

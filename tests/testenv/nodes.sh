@@ -26,7 +26,7 @@
 # IfNotPresent. Each real node is tainted residency.io/real-node=true:NoSchedule, so only Pods
 # that tolerate it run there (the kwok nodes keep the rest), and carries its member's region and
 # zone labels. Volumes: StorageClass `real-local`, local PersistentVolumes that are directories
-# under the fleet's state, with node affinity naming the real node and the region.
+# under the fleet's state, with node affinity naming the real node (by hostname).
 #
 # Settings: those of fleet.sh (RESIDENCY_FLEET_DIR, RESIDENCY_FLEET_PORT_BASE), and
 #   RESIDENCY_REAL_PVS   real PersistentVolumes per member (default 4)
@@ -254,8 +254,6 @@ apiVersion: v1
 kind: PersistentVolume
 metadata:
   name: $name-real-pv-$i
-  labels:
-    topology.kubernetes.io/region: $region
 spec:
   capacity: {storage: 1Gi}
   accessModes: [ReadWriteOnce]
@@ -267,7 +265,6 @@ spec:
       nodeSelectorTerms:
       - matchExpressions:
         - {key: kubernetes.io/hostname, operator: In, values: [$name-real]}
-        - {key: topology.kubernetes.io/region, operator: In, values: [$region]}
 EOF
   done
   kc "$name" apply --server-side --field-manager residency-fleet -f "$f" >/dev/null

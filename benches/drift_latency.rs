@@ -90,7 +90,7 @@ async fn main() {
             {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "kittitian"},
              "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "k"}},
                "template": {"metadata": {"labels": {"app": "k"}},
-                 "spec": {"containers": [{"name": "c", "image": "registry.example/app:1"}]}}}}]}});
+                 "spec": {"containers": [{"name": "c", "image": "registry.example/app:1", "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}}]}}}}]}});
     workloads
         .patch(
             "kittitian",

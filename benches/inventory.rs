@@ -87,9 +87,9 @@ async fn wait_counts(mgmt: &Client, want: &[i32], what: &str) -> Duration {
 /// labelled objects seen and the bytes of their metadata.
 async fn plain_listing(members: &[Client]) -> (usize, usize) {
     use kube::core::PartialObjectMeta;
-    let mut kinds: Vec<ApiResource> = residency_operator::api::resident_workload::ALLOWED_KINDS
+    let mut kinds: Vec<ApiResource> = residency_operator::kinds::PLACEABLE
         .iter()
-        .filter_map(|(v, k)| residency_operator::desired::api_resource(v, k))
+        .filter_map(|k| residency_operator::desired::api_resource(&k.api_version(), k.kind))
         .collect();
     kinds.push(ApiResource::erase::<
         k8s_openapi::api::core::v1::PersistentVolume,

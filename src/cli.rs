@@ -1,4 +1,5 @@
-//! Command-line interface: `run`, `crds`, `report`, `plan` and the data `mover`.
+//! Command-line interface: `run`, `crds`, `report`, `plan`, `join`/`unjoin` and the data
+//! `mover`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -48,6 +49,12 @@ pub enum Command {
     /// by hand): manifests, serving a volume, pulling it, making a move's keys.
     #[command(subcommand)]
     Mover(MoverCommand),
+    /// Join a member cluster with a least-privilege identity: create it on the member (its
+    /// ServiceAccount, roles and guard policy), obtain its credential and store it as the
+    /// member's kubeconfig Secret (and MemberCluster with --country) on the management cluster.
+    Join(crate::join::JoinArgs),
+    /// Remove what `join` created (never the workloads' objects or data).
+    Unjoin(crate::join::UnjoinArgs),
     /// Validate MemberClusters, ResidencyPolicies and ResidentWorkloads from YAML files and print
     /// where each workload would be placed. Exit code: 0 all placeable, 1 some workload
     /// unplaceable or in conflict, 2 invalid input.
@@ -217,6 +224,20 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Mover(cmd) => mover(cmd),
+        Command::Join(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(crate::join::join(args))?;
+            Ok(0)
+        }
+        Command::Unjoin(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(crate::join::unjoin(args))?;
+            Ok(0)
+        }
         Command::Plan { files, output } => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();

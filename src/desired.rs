@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::ResidentWorkload;
 use crate::api::labels;
-use crate::api::resident_workload::{ALLOWED_KINDS, Role, VolumePolicy, kind_allowed};
+use crate::api::resident_workload::{Role, VolumePolicy};
 
 /// Annotation holding the hash of the desired content of a placed object.
 pub const HASH_ANNOTATION: &str = "residency.io/desired-hash";
@@ -30,25 +30,6 @@ const DROPPED_METADATA: &[&str] = &[
     "ownerReferences",
     "deletionTimestamp",
     "deletionGracePeriodSeconds",
-];
-
-/// Apply order of the kinds; deletion uses the reverse.
-const APPLY_ORDER: &[&str] = &[
-    "ServiceAccount",
-    "Secret",
-    "ConfigMap",
-    "PersistentVolumeClaim",
-    "Service",
-    "NetworkPolicy",
-    "PodDisruptionBudget",
-    "Deployment",
-    "StatefulSet",
-    "DaemonSet",
-    "Job",
-    "CronJob",
-    "Pod",
-    "HorizontalPodAutoscaler",
-    "Ingress",
 ];
 
 /// The longest valid label value (the workload name and namespace become label values).
@@ -92,11 +73,8 @@ pub enum BuildError {
         /// What is wrong.
         reason: String,
     },
-    /// A manifest's apiVersion/kind is not one of the placeable kinds.
-    #[error(
-        "manifest {index} ({kind} '{name}', apiVersion '{api_version}') cannot be placed: only these namespaced kinds are supported: {allowed}",
-        allowed = allowed_kinds_list()
-    )]
+    /// A manifest's kind is refused ([`crate::kinds`]).
+    #[error("manifest {index} ({kind} '{name}', apiVersion '{api_version}'): {reason}")]
     ForbiddenKind {
         /// Position of the manifest in `spec.manifests`.
         index: usize,
@@ -106,6 +84,8 @@ pub enum BuildError {
         kind: String,
         /// Its name.
         name: String,
+        /// Why it is refused.
+        reason: String,
     },
     /// A manifest names a namespace other than the workload's.
     #[error(
@@ -150,14 +130,6 @@ impl BuildError {
             BuildError::DuplicateManifest { .. } => "duplicate_manifest",
         }
     }
-}
-
-fn allowed_kinds_list() -> String {
-    ALLOWED_KINDS
-        .iter()
-        .map(|(v, k)| format!("{k} ({v})"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Builds the objects to place on one member for `workload`, in apply order.
@@ -259,6 +231,7 @@ pub fn build_with_secrets(
     let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
     let mut out = Vec::with_capacity(workload.spec.manifests.len());
     let extra: Vec<_> = sourced.iter().map(SourcedSecret::manifest).collect();
+    let all_manifests: Vec<&Value> = workload.spec.manifests.iter().map(|m| &m.0).collect();
     for (index, manifest) in workload.spec.manifests.iter().chain(&extra).enumerate() {
         let api_version = manifest.api_version().to_string();
         let kind = manifest.kind().to_string();
@@ -272,12 +245,15 @@ pub fn build_with_secrets(
         if !manifest.0.is_object() {
             return Err(invalid("it is not an object"));
         }
-        if !kind_allowed(&api_version, &kind) {
+        if let Some(reason) = crate::kinds::refusal(&api_version, &kind, &manifest.0)
+            .or_else(|| crate::kinds::rbac_refusal(&manifest.0, &all_manifests))
+        {
             return Err(BuildError::ForbiddenKind {
                 index,
                 api_version,
                 kind,
                 name: obj_name,
+                reason,
             });
         }
         if obj_name.is_empty() {
@@ -337,12 +313,9 @@ pub fn build_with_secrets(
     Ok(out)
 }
 
-/// Position of `kind` in the apply order (unknown kinds last); deletion uses the reverse.
+/// Position of `kind` in the apply order (other kinds last); deletion uses the reverse.
 pub fn apply_rank(kind: &str) -> usize {
-    APPLY_ORDER
-        .iter()
-        .position(|k| *k == kind)
-        .unwrap_or(APPLY_ORDER.len())
+    crate::kinds::apply_rank(kind)
 }
 
 /// Hex SHA-256 of the canonical JSON (keys sorted at every level) of `object`, ignoring its
@@ -547,46 +520,45 @@ fn set_annotation(object: &mut Value, key: &str, value: &str) -> Result<(), Stri
     Ok(())
 }
 
-/// The v1 Namespace the operator creates on a member for a workload's namespace.
-pub fn namespace_object(namespace: &str) -> Value {
+/// The Pod Security Admission labels of a namespace at `level` (enforce, warn and audit, at the
+/// latest version of the standards).
+pub fn pod_security_labels(level: &str) -> BTreeMap<String, String> {
+    ["enforce", "warn", "audit"]
+        .iter()
+        .flat_map(|mode| {
+            [
+                (
+                    format!("pod-security.kubernetes.io/{mode}"),
+                    level.to_string(),
+                ),
+                (
+                    format!("pod-security.kubernetes.io/{mode}-version"),
+                    "latest".to_string(),
+                ),
+            ]
+        })
+        .collect()
+}
+
+/// The v1 Namespace the operator creates on a member for a workload's namespace, with the
+/// member's Pod Security level (`pod_security`: `restricted`, `baseline` or `privileged`).
+pub fn namespace_object(namespace: &str, pod_security: &str) -> Value {
+    let mut labels: BTreeMap<String, String> = pod_security_labels(pod_security);
+    labels.insert(labels::MANAGED_BY.into(), labels::MANAGED_BY_VALUE.into());
     serde_json::json!({
         "apiVersion": "v1",
         "kind": "Namespace",
-        "metadata": {
-            "name": namespace,
-            "labels": { labels::MANAGED_BY: labels::MANAGED_BY_VALUE },
-        },
+        "metadata": {"name": namespace, "labels": labels},
     })
 }
 
-/// The API resource (with its plural) of a placeable `apiVersion`/`kind`; `None` for kinds
-/// outside [`ALLOWED_KINDS`].
+/// The API resource (with its plural) of a well-known placeable `apiVersion`/`kind`
+/// ([`crate::kinds::PLACEABLE`]); `None` for any other kind (a member's discovery resolves those).
 pub fn api_resource(api_version: &str, kind: &str) -> Option<ApiResource> {
-    if !kind_allowed(api_version, kind) {
-        return None;
-    }
-    let plural = match kind {
-        "ConfigMap" => "configmaps",
-        "PersistentVolumeClaim" => "persistentvolumeclaims",
-        "Pod" => "pods",
-        "Secret" => "secrets",
-        "Service" => "services",
-        "ServiceAccount" => "serviceaccounts",
-        "DaemonSet" => "daemonsets",
-        "Deployment" => "deployments",
-        "StatefulSet" => "statefulsets",
-        "CronJob" => "cronjobs",
-        "Job" => "jobs",
-        "HorizontalPodAutoscaler" => "horizontalpodautoscalers",
-        "Ingress" => "ingresses",
-        "NetworkPolicy" => "networkpolicies",
-        "PodDisruptionBudget" => "poddisruptionbudgets",
-        _ => return None,
-    };
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let k = crate::kinds::placeable(api_version, kind)?;
     Some(ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(group, version, kind),
-        plural,
+        &GroupVersionKind::gvk(k.group, k.version, k.kind),
+        k.plural,
     ))
 }
 
@@ -873,15 +845,18 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("manifest 1"), "{msg}");
         assert!(msg.contains("ClusterRole 'admin-ish'"), "{msg}");
+        assert!(msg.contains("cluster-scoped"), "{msg}");
 
-        // Right kind, wrong apiVersion.
-        let hpa = json!({
-            "apiVersion": "autoscaling/v1",
-            "kind": "HorizontalPodAutoscaler",
-            "metadata": {"name": "web"}
-        });
-        let err = build(&workload(Role::Processing, vec![hpa]), None).unwrap_err();
-        assert_eq!(err.category(), "forbidden_kind");
+        // any other namespaced kind, a user's own included, is built like the others
+        let widget = json!({"apiVersion": "example.com/v1", "kind": "Widget",
+            "metadata": {"name": "w"}, "spec": {"size": 3}});
+        let objects = build(
+            &workload(Role::Processing, vec![widget, deployment("web")]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(objects[1].kind, "Widget", "after the well-known kinds");
+        assert_identity(&objects[1].object["metadata"]["labels"]);
     }
 
     #[test]
@@ -1050,60 +1025,54 @@ mod tests {
                 ("Ingress", "web"),
             ]
         );
-        // Every allowed kind has a rank.
-        for (_, kind) in ALLOWED_KINDS {
-            assert!(apply_rank(kind) < APPLY_ORDER.len(), "{kind} unranked");
+        // Every well-known kind has a rank; other kinds come last.
+        for k in crate::kinds::PLACEABLE {
+            assert!(
+                apply_rank(k.kind) < crate::kinds::PLACEABLE.len(),
+                "{k:?} unranked"
+            );
         }
+        assert_eq!(apply_rank("Widget"), crate::kinds::PLACEABLE.len());
     }
 
     #[test]
-    fn api_resource_for_every_allowed_kind() {
-        let mut mapped = 0;
-        for (api_version, kind) in ALLOWED_KINDS {
-            let ar = api_resource(api_version, kind).unwrap_or_else(|| panic!("{kind} unmapped"));
-            assert_eq!(ar.api_version, *api_version);
-            assert_eq!(ar.kind, *kind);
+    fn api_resource_for_every_well_known_kind() {
+        for k in crate::kinds::PLACEABLE {
+            let ar = api_resource(&k.api_version(), k.kind)
+                .unwrap_or_else(|| panic!("{} unmapped", k.kind));
+            assert_eq!(ar.api_version, k.api_version());
+            assert_eq!(ar.kind, k.kind);
             assert!(ar.plural.ends_with('s'));
-            assert_eq!(ar.plural, ar.plural.to_lowercase());
-            mapped += 1;
         }
-        assert_eq!(mapped, 15);
-
-        let pvc = api_resource("v1", "PersistentVolumeClaim").unwrap();
-        assert_eq!((pvc.group.as_str(), pvc.version.as_str()), ("", "v1"));
-        assert_eq!(pvc.plural, "persistentvolumeclaims");
         let np = api_resource("networking.k8s.io/v1", "NetworkPolicy").unwrap();
         assert_eq!(np.group, "networking.k8s.io");
         assert_eq!(np.plural, "networkpolicies");
-        assert_eq!(
-            api_resource("policy/v1", "PodDisruptionBudget")
-                .unwrap()
-                .plural,
-            "poddisruptionbudgets"
-        );
-        assert_eq!(
-            api_resource("autoscaling/v2", "HorizontalPodAutoscaler")
-                .unwrap()
-                .plural,
-            "horizontalpodautoscalers"
-        );
         assert_eq!(
             api_resource("networking.k8s.io/v1", "Ingress")
                 .unwrap()
                 .plural,
             "ingresses"
         );
-        assert_eq!(
-            api_resource("batch/v1", "CronJob").unwrap().plural,
-            "cronjobs"
-        );
-        assert!(api_resource("rbac.authorization.k8s.io/v1", "Role").is_none());
+        // other kinds and versions: the member's discovery says
+        assert!(api_resource("example.com/v1", "Widget").is_none());
         assert!(api_resource("autoscaling/v1", "HorizontalPodAutoscaler").is_none());
     }
 
     #[test]
     fn namespace_object_and_selector() {
-        let ns = namespace_object("finance");
+        let ns = namespace_object("finance", "restricted");
+        assert_eq!(
+            ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+            "restricted"
+        );
+        assert_eq!(
+            ns["metadata"]["labels"]["pod-security.kubernetes.io/warn"],
+            "restricted"
+        );
+        assert_eq!(
+            ns["metadata"]["labels"]["pod-security.kubernetes.io/audit-version"],
+            "latest"
+        );
         assert_eq!(ns["apiVersion"], "v1");
         assert_eq!(ns["kind"], "Namespace");
         assert_eq!(ns["metadata"]["name"], "finance");

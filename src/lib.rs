@@ -3,6 +3,7 @@
 //! each country's data lives.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admission;
 pub mod api;
 pub mod cli;
@@ -13,6 +14,8 @@ pub mod drift;
 pub mod facts;
 pub mod fleet;
 pub mod http;
+pub mod join;
+pub mod kinds;
 pub mod leader;
 pub mod location;
 pub mod metrics;

@@ -42,13 +42,13 @@ pub fn result(w: &ResidentWorkload) -> (&'static str, String) {
     }
 }
 
-/// `apiVersion` of a member object's kind (the placeable kinds and PVs).
-fn api_version(kind: &str) -> &'static str {
-    crate::api::resident_workload::ALLOWED_KINDS
+/// `apiVersion` of a member object's kind (the well-known placeable kinds and PVs).
+fn api_version(kind: &str) -> String {
+    crate::kinds::PLACEABLE
         .iter()
-        .find(|(_, k)| *k == kind)
-        .map(|(v, _)| *v)
-        .unwrap_or("v1")
+        .find(|k| k.kind == kind)
+        .map(|k| k.api_version())
+        .unwrap_or_else(|| "v1".into())
 }
 
 /// The PolicyReport of `namespace` for its workloads and the forbidden copies of member

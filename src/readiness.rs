@@ -30,26 +30,67 @@ impl Readiness {
     }
 }
 
-/// Evaluates the readiness of the live object `live` of kind `kind`.
+/// Evaluates the readiness of the live object `live` of `apiVersion`/`kind` (the rule comes
+/// from [`crate::kinds::readiness`]).
 ///
 /// - Deployment: the controller observed the current generation, all replicas are updated and
-///   available, no old replicas remain, and the `Available` condition is `True`.
+///   available, no old replicas remain, and the `Available` condition is `True` (a
+///   `ReplicaFailure` condition - Pods the member refuses, e.g. by Pod Security - is named).
 /// - StatefulSet: current generation observed, all replicas ready and updated.
 /// - DaemonSet: current generation observed and every scheduled pod ready.
 /// - PersistentVolumeClaim: phase `Bound`.
 /// - Job: condition `Complete=True` (`Failed=True` is reported as a failure).
 /// - Pod: phase `Succeeded`, or `Running` with condition `Ready=True`.
-/// - Every other kind is ready as soon as it exists.
-pub fn evaluate(kind: &str, live: &Value) -> Readiness {
-    match kind {
-        "Deployment" => deployment(live),
-        "StatefulSet" => statefulset(live),
-        "DaemonSet" => daemonset(live),
-        "PersistentVolumeClaim" => pvc(live),
-        "Job" => job(live),
-        "Pod" => pod(live),
-        _ => Readiness::ready(),
+/// - Every other kind, users' custom resources included, by the Kubernetes status conventions
+///   (kstatus): not ready while `status.observedGeneration` is behind `metadata.generation`, or
+///   while a `Stalled` or `Reconciling` condition is `True`; then its `Ready` condition, else its
+///   `Available` condition, decides; an object that reports no such condition is ready as soon
+///   as it exists.
+pub fn evaluate(api_version: &str, kind: &str, live: &Value) -> Readiness {
+    use crate::kinds::Readiness as Rule;
+    match crate::kinds::readiness(crate::kinds::group_of(api_version), kind) {
+        Rule::Deployment => deployment(live),
+        Rule::StatefulSet => statefulset(live),
+        Rule::DaemonSet => daemonset(live),
+        Rule::Claim => pvc(live),
+        Rule::Job => job(live),
+        Rule::Pod => pod(live),
+        Rule::Conventions => conventions(live),
     }
+}
+
+/// kstatus: observedGeneration, Stalled, Reconciling, then Ready or Available.
+fn conventions(live: &Value) -> Readiness {
+    if let (Some(generation), Some(observed)) = (
+        int(live, "/metadata/generation"),
+        int(live, "/status/observedGeneration"),
+    ) && observed < generation
+    {
+        return Readiness::not_ready(format!(
+            "waiting for its controller to observe generation {generation} (it has observed {observed})"
+        ));
+    }
+    for (kind, what) in [("Stalled", "stalled"), ("Reconciling", "reconciling")] {
+        if condition_true(live, kind)
+            && let Some(c) = condition(live, kind)
+        {
+            return Readiness::not_ready(format!("{what}: {}", condition_detail(c)));
+        }
+    }
+    for kind in ["Ready", "Available"] {
+        if let Some(c) = condition(live, kind) {
+            return if condition_true(live, kind) {
+                Readiness::ready()
+            } else {
+                Readiness::not_ready(format!(
+                    "condition {kind} is {}: {}",
+                    c.get("status").and_then(Value::as_str).unwrap_or("unset"),
+                    condition_detail(c)
+                ))
+            };
+        }
+    }
+    Readiness::ready()
 }
 
 fn int(value: &Value, pointer: &str) -> Option<i64> {
@@ -126,6 +167,14 @@ fn deployment(live: &Value) -> Readiness {
         return Readiness::not_ready(format!(
             "{} old replicas pending termination",
             total - updated
+        ));
+    }
+    if condition_true(live, "ReplicaFailure")
+        && let Some(c) = condition(live, "ReplicaFailure")
+    {
+        return Readiness::not_ready(format!(
+            "{available} of {replicas} replicas available; its Pods cannot be created: {}",
+            condition_detail(c)
         ));
     }
     if available < replicas {
@@ -261,7 +310,7 @@ mod tests {
                 ]
             }),
         );
-        assert_eq!(evaluate("Deployment", &live), Readiness::ready());
+        assert_eq!(evaluate("apps/v1", "Deployment", &live), Readiness::ready());
     }
 
     #[test]
@@ -275,7 +324,7 @@ mod tests {
             }),
         );
         assert_eq!(
-            evaluate("Deployment", &partial),
+            evaluate("apps/v1", "Deployment", &partial),
             Readiness::not_ready("1 of 2 replicas available")
         );
 
@@ -285,7 +334,7 @@ mod tests {
             json!({"replicas": 2, "updatedReplicas": 2, "availableReplicas": 2,
                    "conditions": [available("True")]}),
         );
-        let r = evaluate("Deployment", &stale);
+        let r = evaluate("apps/v1", "Deployment", &stale);
         assert!(!r.ready);
         assert!(r.message.contains("generation 4"), "{}", r.message);
 
@@ -296,7 +345,7 @@ mod tests {
                    "conditions": [available("True")]}),
         );
         assert_eq!(
-            evaluate("Deployment", &rolling),
+            evaluate("apps/v1", "Deployment", &rolling),
             Readiness::not_ready("1 of 2 replicas updated")
         );
 
@@ -307,7 +356,7 @@ mod tests {
                    "conditions": [available("True")]}),
         );
         assert_eq!(
-            evaluate("Deployment", &old_left),
+            evaluate("apps/v1", "Deployment", &old_left),
             Readiness::not_ready("1 old replicas pending termination")
         );
 
@@ -318,7 +367,7 @@ mod tests {
                    "conditions": [available("False")]}),
         );
         assert_eq!(
-            evaluate("Deployment", &unavailable),
+            evaluate("apps/v1", "Deployment", &unavailable),
             Readiness::not_ready("condition Available is not True")
         );
 
@@ -330,7 +379,7 @@ mod tests {
                                    "reason": "ProgressDeadlineExceeded",
                                    "message": "ReplicaSet \"web-5d\" has timed out progressing."}]}),
         );
-        let r = evaluate("Deployment", &stalled);
+        let r = evaluate("apps/v1", "Deployment", &stalled);
         assert!(!r.ready);
         assert!(
             r.message
@@ -343,7 +392,7 @@ mod tests {
             "metadata": {"name": "web", "generation": 1},
             "spec": {}
         });
-        assert!(!evaluate("Deployment", &fresh).ready);
+        assert!(!evaluate("apps/v1", "Deployment", &fresh).ready);
     }
 
     #[test]
@@ -354,14 +403,14 @@ mod tests {
             "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
                        "availableReplicas": 1, "conditions": [available("True")]}
         });
-        assert!(evaluate("Deployment", &live).ready);
+        assert!(evaluate("apps/v1", "Deployment", &live).ready);
         let none = json!({
             "metadata": {"name": "web", "generation": 1},
             "spec": {},
             "status": {"observedGeneration": 1, "conditions": [available("True")]}
         });
         assert_eq!(
-            evaluate("Deployment", &none),
+            evaluate("apps/v1", "Deployment", &none),
             Readiness::not_ready("0 of 1 replicas updated")
         );
     }
@@ -378,6 +427,7 @@ mod tests {
         };
         assert!(
             evaluate(
+                "apps/v1",
                 "StatefulSet",
                 &sts(
                     json!({"observedGeneration": 2, "replicas": 3, "readyReplicas": 3,
@@ -388,6 +438,7 @@ mod tests {
         );
         assert_eq!(
             evaluate(
+                "apps/v1",
                 "StatefulSet",
                 &sts(
                     json!({"observedGeneration": 2, "replicas": 3, "readyReplicas": 2,
@@ -398,6 +449,7 @@ mod tests {
         );
         assert_eq!(
             evaluate(
+                "apps/v1",
                 "StatefulSet",
                 &sts(
                     json!({"observedGeneration": 2, "replicas": 3, "readyReplicas": 3,
@@ -409,6 +461,7 @@ mod tests {
         // updatedReplicas absent: readiness alone decides.
         assert!(
             evaluate(
+                "apps/v1",
                 "StatefulSet",
                 &sts(json!({"observedGeneration": 2, "replicas": 3, "readyReplicas": 3}))
             )
@@ -416,6 +469,7 @@ mod tests {
         );
         assert!(
             !evaluate(
+                "apps/v1",
                 "StatefulSet",
                 &sts(json!({"observedGeneration": 1, "replicas": 3, "readyReplicas": 3}))
             )
@@ -428,7 +482,7 @@ mod tests {
                      "rollingUpdate": {"partition": 2}}},
             "status": {"observedGeneration": 2, "readyReplicas": 3, "updatedReplicas": 1}
         });
-        assert!(evaluate("StatefulSet", &partitioned).ready);
+        assert!(evaluate("apps/v1", "StatefulSet", &partitioned).ready);
     }
 
     #[test]
@@ -443,6 +497,7 @@ mod tests {
         };
         assert!(
             evaluate(
+                "apps/v1",
                 "DaemonSet",
                 &ds(json!({"observedGeneration": 1, "desiredNumberScheduled": 3,
                            "currentNumberScheduled": 3, "numberReady": 3,
@@ -452,6 +507,7 @@ mod tests {
         );
         assert_eq!(
             evaluate(
+                "apps/v1",
                 "DaemonSet",
                 &ds(json!({"observedGeneration": 1, "desiredNumberScheduled": 3,
                            "numberReady": 1}))
@@ -461,13 +517,14 @@ mod tests {
         // No node to schedule on: nothing to wait for.
         assert!(
             evaluate(
+                "apps/v1",
                 "DaemonSet",
                 &ds(json!({"observedGeneration": 1, "desiredNumberScheduled": 0,
                            "numberReady": 0}))
             )
             .ready
         );
-        assert!(!evaluate("DaemonSet", &ds(json!({}))).ready);
+        assert!(!evaluate("apps/v1", "DaemonSet", &ds(json!({}))).ready);
     }
 
     #[test]
@@ -480,13 +537,13 @@ mod tests {
                 "status": {"phase": phase}
             })
         };
-        assert!(evaluate("PersistentVolumeClaim", &claim("Bound")).ready);
+        assert!(evaluate("v1", "PersistentVolumeClaim", &claim("Bound")).ready);
         assert_eq!(
-            evaluate("PersistentVolumeClaim", &claim("Pending")),
+            evaluate("v1", "PersistentVolumeClaim", &claim("Pending")),
             Readiness::not_ready("phase Pending")
         );
         assert_eq!(
-            evaluate("PersistentVolumeClaim", &claim("Lost")),
+            evaluate("v1", "PersistentVolumeClaim", &claim("Lost")),
             Readiness::not_ready("phase Lost")
         );
     }
@@ -502,6 +559,7 @@ mod tests {
         };
         assert!(
             evaluate(
+                "batch/v1",
                 "Job",
                 &job(json!([
                     {"type": "SuccessCriteriaMet", "status": "True"},
@@ -512,6 +570,7 @@ mod tests {
         );
         assert_eq!(
             evaluate(
+                "batch/v1",
                 "Job",
                 &job(
                     json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
@@ -524,6 +583,7 @@ mod tests {
         );
         assert_eq!(
             evaluate(
+                "batch/v1",
                 "Job",
                 &json!({"metadata": {"name": "migrate"}, "status": {"active": 1}})
             ),
@@ -531,6 +591,7 @@ mod tests {
         );
         assert_eq!(
             evaluate(
+                "batch/v1",
                 "Job",
                 &job(json!([{"type": "Suspended", "status": "True"}]))
             ),
@@ -550,20 +611,20 @@ mod tests {
                 ]}
             })
         };
-        assert!(evaluate("Pod", &pod("Running", "True")).ready);
-        assert!(evaluate("Pod", &pod("Succeeded", "False")).ready);
+        assert!(evaluate("v1", "Pod", &pod("Running", "True")).ready);
+        assert!(evaluate("v1", "Pod", &pod("Succeeded", "False")).ready);
         assert_eq!(
-            evaluate("Pod", &pod("Running", "False")),
+            evaluate("v1", "Pod", &pod("Running", "False")),
             Readiness::not_ready("running, not ready")
         );
         assert_eq!(
-            evaluate("Pod", &pod("Pending", "False")),
+            evaluate("v1", "Pod", &pod("Pending", "False")),
             Readiness::not_ready("phase Pending")
         );
         let evicted = json!({"status": {"phase": "Failed", "reason": "Evicted",
                                         "message": "The node was low on resource: memory."}});
         assert_eq!(
-            evaluate("Pod", &evicted),
+            evaluate("v1", "Pod", &evicted),
             Readiness::not_ready("failed: Evicted: The node was low on resource: memory.")
         );
     }
@@ -582,10 +643,68 @@ mod tests {
             "Ingress",
             "CronJob",
         ] {
-            assert_eq!(evaluate(kind, &live), Readiness::ready(), "{kind}");
+            assert_eq!(evaluate("v1", kind, &live), Readiness::ready(), "{kind}");
         }
         // A LoadBalancer Service without an address is still "existing": ready.
         let svc = json!({"spec": {"type": "LoadBalancer"}, "status": {"loadBalancer": {}}});
-        assert!(evaluate("Service", &svc).ready);
+        assert!(evaluate("v1", "Service", &svc).ready);
+    }
+
+    #[test]
+    fn other_kinds_follow_the_status_conventions() {
+        let widget = |status: Value| {
+            json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                   "metadata": {"name": "w", "generation": 3}, "status": status})
+        };
+        let eval = |status: Value| evaluate("example.com/v1", "Widget", &widget(status));
+        // nothing reported: ready when it exists
+        assert!(
+            evaluate(
+                "example.com/v1",
+                "Widget",
+                &json!({"metadata": {"name": "w"}})
+            )
+            .ready
+        );
+        assert!(eval(json!({})).ready);
+        let cond =
+            |t: &str, s: &str| json!({"type": t, "status": s, "reason": "R", "message": "m"});
+        assert!(
+            eval(json!({"observedGeneration": 3, "conditions": [cond("Ready", "True")]})).ready
+        );
+        assert_eq!(
+            eval(json!({"observedGeneration": 3, "conditions": [cond("Ready", "False")]})),
+            Readiness::not_ready("condition Ready is False: R: m")
+        );
+        assert_eq!(
+            eval(json!({"observedGeneration": 2, "conditions": [cond("Ready", "True")]})),
+            Readiness::not_ready(
+                "waiting for its controller to observe generation 3 (it has observed 2)"
+            )
+        );
+        assert!(eval(json!({"conditions": [cond("Available", "True")]})).ready);
+        assert!(!eval(json!({"conditions": [cond("Available", "Unknown")]})).ready);
+        assert_eq!(
+            eval(json!({"conditions": [cond("Ready", "True"), cond("Reconciling", "True")]})),
+            Readiness::not_ready("reconciling: R: m")
+        );
+        assert_eq!(
+            eval(json!({"conditions": [cond("Stalled", "True")]})),
+            Readiness::not_ready("stalled: R: m")
+        );
+        // a kind named like a built-in in another group follows the conventions
+        assert!(evaluate("example.com/v1", "Deployment", &json!({"status": {}})).ready);
+    }
+
+    #[test]
+    fn a_deployment_whose_pods_are_refused_says_why() {
+        let live = json!({"metadata": {"generation": 1},
+            "spec": {"replicas": 1},
+            "status": {"observedGeneration": 1, "replicas": 0, "updatedReplicas": 1,
+              "conditions": [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                "message": "pods \"web-1\" is forbidden: violates PodSecurity \"restricted:latest\": privileged"}]}});
+        let r = evaluate("apps/v1", "Deployment", &live);
+        assert!(!r.ready);
+        assert!(r.message.contains("its Pods cannot be created: FailedCreate: pods \"web-1\" is forbidden: violates PodSecurity"), "{}", r.message);
     }
 }

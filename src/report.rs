@@ -112,6 +112,7 @@ fn region_source(r: &crate::api::member_cluster::AttestedRegion) -> String {
     use crate::api::member_cluster::RegionSource;
     match r.source {
         RegionSource::SelfDeclared => format!("{} (self-declared)", r.name),
+        RegionSource::NotListed => format!("{} (not a region of the nodes' provider)", r.name),
         RegionSource::Catalogue => format!("{} ({})", r.name, r.listed_by.join("; ")),
     }
 }

@@ -110,6 +110,7 @@ fn store(ns: &str, name: &str, country: &str, shape: &Shape) -> Value {
                             "terminationGracePeriodSeconds": shape.stop_delay + 20,
                             "containers": [{
                                 "name": "store", "image": common::real::TEST_IMAGE, "imagePullPolicy": "Never",
+                                "securityContext": common::restricted(),
                                 "command": ["/bin/busybox", "sh", "-c", STORE],
                                 "env": env,
                                 "readinessProbe": {"exec": {"command": ["/bin/busybox", "test", "-f", "/data/.seeded"]},

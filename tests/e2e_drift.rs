@@ -43,7 +43,7 @@ fn workload(name: &str, country: &str, drift: Option<Value>) -> Value {
             {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
              "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
                "template": {"metadata": {"labels": {"app": name}},
-                 "spec": {"containers": [{"name": "c", "image": "registry.example/app:1"}]}}}}]}});
+                 "spec": {"containers": [{"name": "c", "image": "registry.example/app:1", "securityContext": common::restricted()}]}}}}]}});
     if let Some(d) = drift {
         w["spec"]["drift"] = d;
     }

@@ -194,7 +194,7 @@ async fn writes_introducing_a_forbidden_country_are_refused_on_the_member() {
         "metadata": {"name": "tv-app", "labels": {"country.residency.io/TV": "true"}},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "tv"}},
                  "template": {"metadata": {"labels": {"app": "tv"}},
-                              "spec": {"containers": [{"name": "c", "image": "registry.example/app:1"}]}}}
+                              "spec": {"containers": [{"name": "c", "image": "registry.example/app:1", "securityContext": common::restricted()}]}}}
     }))
     .unwrap();
     let m = refusal(
@@ -246,7 +246,7 @@ async fn writes_introducing_a_forbidden_country_are_refused_on_the_member() {
     let pods = Api::<Pod>::namespaced(msk1.clone(), ns);
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "plain-pod"},
-        "spec": {"containers": [{"name": "c", "image": "registry.example/app:1"}]}
+        "spec": {"containers": [{"name": "c", "image": "registry.example/app:1", "securityContext": common::restricted()}]}
     }))
     .unwrap();
     pods.create(&PostParams::default(), &pod).await.unwrap();

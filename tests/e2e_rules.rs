@@ -369,7 +369,7 @@ async fn an_invalid_workload_is_refused_and_nothing_is_applied() {
         .expect_err("a ClusterRoleBinding must be refused");
     assert!(
         err.to_string()
-            .contains("ClusterRoleBinding (rbac.authorization.k8s.io/v1) cannot be placed"),
+            .contains("ClusterRoleBinding (rbac.authorization.k8s.io/v1) is cluster-scoped"),
         "{err}"
     );
 
@@ -556,7 +556,7 @@ async fn a_hand_made_object_labelled_with_a_country_is_reported_on_the_policy() 
             "metadata": {"name": name, "labels": {"country.residency.io/CK": "true"}},
             "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
                      "template": {"metadata": {"labels": {"app": name}},
-                                  "spec": {"containers": [{"name": "c", "image": "registry.example/app:1"}]}}}
+                                  "spec": {"containers": [{"name": "c", "image": "registry.example/app:1", "securityContext": common::restricted()}]}}}
         }))
         .unwrap()
     };

@@ -1166,9 +1166,20 @@ async fn service_account_rbac_is_least_privilege() {
         access("create", "rbac.authorization.k8s.io", "clusterroles", ""),
     )
     .await;
-    sa.assert_denied(
+    // placeable RoleBindings, yes; but nothing it does not hold itself can be granted
+    sa.assert_allowed(
         &client,
         access("create", "rbac.authorization.k8s.io", "rolebindings", other),
+    )
+    .await;
+    sa.assert_denied(
+        &client,
+        access("bind", "rbac.authorization.k8s.io", "clusterroles", ""),
+    )
+    .await;
+    sa.assert_denied(
+        &client,
+        access("escalate", "rbac.authorization.k8s.io", "roles", other),
     )
     .await;
     sa.assert_denied(&client, access("delete", residency, "memberclusters", ""))

@@ -20,9 +20,9 @@ const T: Duration = Duration::from_secs(120);
 /// The writer's script: appends `token` to its volume, prints the whole file, serves HTTP.
 fn writer_script(token: &str) -> String {
     format!(
-        "echo {token} >> /data/log && /bin/busybox cat /data/log && mkdir -p /www && \
-         echo served-by-$(/bin/busybox hostname) > /www/index.html && \
-         exec /bin/busybox httpd -f -p 8080 -h /www"
+        "echo {token} >> /data/log && /bin/busybox cat /data/log && mkdir -p /data/www && \
+         echo served-by-$(/bin/busybox hostname) > /data/www/index.html && \
+         exec /bin/busybox httpd -f -p 8080 -h /data/www"
     )
 }
 

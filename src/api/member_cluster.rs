@@ -55,6 +55,40 @@ pub struct MemberClusterSpec {
     /// then only found after they exist (detection runs either way).
     #[serde(default)]
     pub prevention: Prevention,
+    /// The Pod Security Admission level of the namespaces the operator creates on this member
+    /// for workloads (labels `pod-security.kubernetes.io/enforce`, `warn` and `audit`):
+    /// `Restricted` (the default: no privileged Pods, no host paths, host namespaces or added
+    /// capabilities, non-root, a seccomp profile), `Baseline` (no privileged Pods, host paths,
+    /// host namespaces or extra capabilities) or `Privileged` (no restriction). The member's API
+    /// server refuses Pods above the level; the workload's status shows its message. Namespaces
+    /// the operator did not create are never relabelled.
+    #[serde(default)]
+    pub pod_security: PodSecurity,
+}
+
+/// A Pod Security Standard.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum PodSecurity {
+    /// Hardened: non-root, no privilege escalation, capabilities dropped, a seccomp profile.
+    #[default]
+    Restricted,
+    /// No known privilege escalation: no privileged Pods, host paths or host namespaces.
+    Baseline,
+    /// Unrestricted.
+    Privileged,
+}
+
+impl PodSecurity {
+    /// The level as the `pod-security.kubernetes.io/*` labels spell it.
+    pub fn level(self) -> &'static str {
+        match self {
+            PodSecurity::Restricted => "restricted",
+            PodSecurity::Baseline => "baseline",
+            PodSecurity::Privileged => "privileged",
+        }
+    }
 }
 
 /// Whether the operator keeps admission policies on a member.
@@ -165,6 +199,10 @@ pub struct MemberClusterStatus {
     /// region).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The resourceVersion of the kubeconfig Secret the last probe connected with (`join
+    /// --rotate` waits for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_version: Option<String>,
     /// The member's Kubernetes version (`/version`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes_version: Option<String>,
@@ -200,8 +238,8 @@ pub struct MemberClusterStatus {
 pub struct AttestedRegion {
     /// The region, e.g. `eu-central-2`.
     pub name: String,
-    /// `Catalogue` (a cloud provider lists it) or `SelfDeclared` (none does: a private region,
-    /// on the member's own word).
+    /// `Catalogue` (a cloud provider lists it), `SelfDeclared` (none does: a private region, on
+    /// the member's own word) or `NotListed` (the nodes' own provider has no such region).
     pub source: RegionSource,
     /// Providers that list it, with where: `aws: Zurich, CH` (several when the name is shared).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -219,6 +257,9 @@ pub enum RegionSource {
     Catalogue,
     /// No provider lists it: the member's own word.
     SelfDeclared,
+    /// The member's nodes are at a cloud provider (their provider IDs say) that has no region of
+    /// that name: the cluster is not verified.
+    NotListed,
 }
 
 /// The countries a member's API server refuses or warns about.

@@ -6,6 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use super::CountryCode;
 
@@ -207,32 +208,6 @@ pub enum VolumePolicy {
     Purge,
 }
 
-/// Kinds a manifest may have, as `apiVersion` and `kind`.
-pub const ALLOWED_KINDS: &[(&str, &str)] = &[
-    ("v1", "ConfigMap"),
-    ("v1", "PersistentVolumeClaim"),
-    ("v1", "Pod"),
-    ("v1", "Secret"),
-    ("v1", "Service"),
-    ("v1", "ServiceAccount"),
-    ("apps/v1", "DaemonSet"),
-    ("apps/v1", "Deployment"),
-    ("apps/v1", "StatefulSet"),
-    ("batch/v1", "CronJob"),
-    ("batch/v1", "Job"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler"),
-    ("networking.k8s.io/v1", "Ingress"),
-    ("networking.k8s.io/v1", "NetworkPolicy"),
-    ("policy/v1", "PodDisruptionBudget"),
-];
-
-/// Whether `apiVersion`/`kind` may be placed.
-pub fn kind_allowed(api_version: &str, kind: &str) -> bool {
-    ALLOWED_KINDS
-        .iter()
-        .any(|(v, k)| *v == api_version && *k == kind)
-}
-
 /// An embedded namespaced Kubernetes object (apiVersion, kind, metadata.name and the rest).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(transparent)]
@@ -259,17 +234,6 @@ impl Manifest {
     }
 }
 
-/// CEL: the (apiVersion, kind) pair is in [`ALLOWED_KINDS`] (a map lookup keeps the
-/// estimated cost within the API server's budget).
-fn allowed_kinds_cel() -> String {
-    let map = ALLOWED_KINDS
-        .iter()
-        .map(|(v, k)| format!("'{k}': '{v}'"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!("self.kind in {{{map}}} && {{{map}}}[self.kind] == self.apiVersion")
-}
-
 impl JsonSchema for Manifest {
     fn schema_name() -> Cow<'static, str> {
         "Manifest".into()
@@ -280,14 +244,30 @@ impl JsonSchema for Manifest {
     }
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let mut rules = vec![
+            json!({
+                "rule": "has(self.metadata.name) && self.metadata.name != ''",
+                "message": "every manifest needs metadata.name"
+            }),
+            json!({
+                "rule": "!has(self.metadata.namespace)",
+                "message": "omit metadata.namespace: manifests are placed in the ResidentWorkload's namespace on each member"
+            }),
+        ];
+        rules.extend(
+            crate::kinds::cel_rules()
+                .into_iter()
+                .map(|(rule, message)| json!({"rule": rule, "messageExpression": message})),
+        );
         json_schema!({
-            "description": "An embedded namespaced Kubernetes object (apiVersion, kind, metadata.name and the rest of the object).",
+            "description": "An embedded namespaced Kubernetes object (apiVersion, kind, metadata.name and the rest of the object): any namespaced kind the members serve, users' own custom resources included, except cluster-scoped kinds, quotas, limit ranges, endpoints, events, bindings and RBAC other than Roles and RoleBindings that cannot escalate.",
             "type": "object",
             "x-kubernetes-preserve-unknown-fields": true,
             "required": ["apiVersion", "kind", "metadata"],
             "properties": {
                 "apiVersion": {"type": "string", "minLength": 1, "maxLength": 64},
                 "kind": {"type": "string", "minLength": 1, "maxLength": 63},
+                "type": {"type": "string", "maxLength": 253, "description": "A Secret's type."},
                 "metadata": {
                     "type": "object",
                     "x-kubernetes-preserve-unknown-fields": true,
@@ -299,20 +279,7 @@ impl JsonSchema for Manifest {
                     }
                 }
             },
-            "x-kubernetes-validations": [
-                {
-                    "rule": "has(self.metadata.name) && self.metadata.name != ''",
-                    "message": "every manifest needs metadata.name"
-                },
-                {
-                    "rule": "!has(self.metadata.namespace)",
-                    "message": "omit metadata.namespace: manifests are placed in the ResidentWorkload's namespace on each member"
-                },
-                {
-                    "rule": allowed_kinds_cel(),
-                    "messageExpression": "self.kind + ' (' + self.apiVersion + ') cannot be placed: cluster-scoped and RBAC kinds are refused, and only these namespaced kinds are supported: Deployment, StatefulSet, DaemonSet, Job, CronJob, Pod, Service, ConfigMap, Secret, PersistentVolumeClaim, ServiceAccount, NetworkPolicy, PodDisruptionBudget, HorizontalPodAutoscaler (autoscaling/v2), Ingress'"
-                }
-            ]
+            "x-kubernetes-validations": rules
         })
     }
 }
@@ -459,6 +426,10 @@ pub struct LocationEvidence {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectStatus {
+    /// apiVersion, e.g. `apps/v1` (absent in records made before it was kept: then a well-known
+    /// kind's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
     /// Kind, e.g. `Deployment`.
     pub kind: String,
     /// Name.

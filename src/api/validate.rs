@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::member_cluster::MemberClusterSpec;
 use super::residency_policy::ResidencyPolicySpec;
-use super::resident_workload::{ALLOWED_KINDS, ResidentWorkloadSpec, kind_allowed};
+use super::resident_workload::ResidentWorkloadSpec;
 use super::{MemberCluster, ResidencyPolicy, ResidentWorkload};
 
 /// One problem with an object: where (a field path such as `spec.manifests[1].kind`) and what.
@@ -261,23 +261,13 @@ fn resident_workload_spec(e: &mut Errors, spec: &ResidentWorkloadSpec) {
                 "omit metadata.namespace: manifests are placed in the ResidentWorkload's namespace on each member",
             );
         }
-        if !m.api_version().is_empty()
-            && !m.kind().is_empty()
-            && !kind_allowed(m.api_version(), m.kind())
-        {
-            let allowed = ALLOWED_KINDS
-                .iter()
-                .map(|(_, k)| *k)
-                .collect::<Vec<_>>()
-                .join(", ");
-            e.add(
-                format!("{p}.kind"),
-                format!(
-                    "{} ({}) cannot be placed: cluster-scoped and RBAC kinds are refused, and only these namespaced kinds are supported: {allowed}",
-                    m.kind(),
-                    m.api_version()
-                ),
-            );
+        if !m.api_version().is_empty() && !m.kind().is_empty() {
+            let all: Vec<&serde_json::Value> = spec.manifests.iter().map(|m| &m.0).collect();
+            if let Some(why) = crate::kinds::refusal(m.api_version(), m.kind(), &m.0)
+                .or_else(|| crate::kinds::rbac_refusal(&m.0, &all))
+            {
+                e.add(format!("{p}.kind"), why);
+            }
         }
         if !m.kind().is_empty()
             && !m.name().is_empty()
@@ -345,6 +335,7 @@ mod tests {
                 storage_class_name: None,
                 schedulable: true,
                 prevention: Default::default(),
+                pod_security: Default::default(),
             },
         )
     }

@@ -91,6 +91,9 @@ pub async fn sync(
         client: client.clone(),
         metrics: &ctx.metrics,
         fence: &ctx.fence,
+        discovery: &ctx.discovery,
+        pod_security: Default::default(),
+        access: ctx.fleet.get(&name).and_then(|c| c.access),
     };
     let (refused, warned) = admission::summary(&refusals);
     let had = |a: Action| {
@@ -361,6 +364,9 @@ pub async fn remove_all(ctx: &Context, cluster: &str, client: &Client) {
         client: client.clone(),
         metrics: &ctx.metrics,
         fence: &ctx.fence,
+        discovery: &ctx.discovery,
+        pod_security: Default::default(),
+        access: ctx.fleet.get(cluster).and_then(|c| c.access),
     };
     for action in [Action::Deny, Action::Warn] {
         for kind in [AdmissionKind::Binding, AdmissionKind::Policy] {

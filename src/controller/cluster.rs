@@ -23,6 +23,7 @@ use crate::api::conditions::{self, Desired, Status, types};
 use crate::api::{MemberCluster, MemberClusterStatus};
 use crate::fleet::kubeconfig::config_from_kubeconfig;
 use crate::fleet::registry::Connection;
+use crate::fleet::topology::Nodes;
 use crate::location::attest;
 
 const CONTROLLER: &str = "cluster";
@@ -329,6 +330,8 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
                     fingerprint: String::new(),
                     last_error: Some(refused.message.clone()),
                     watches: None,
+                    access: None,
+                    secrets_cluster_wide: false,
                 },
             );
             vec![
@@ -345,17 +348,22 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
             client,
             watch_client,
             fingerprint,
+            access,
+            secret_version,
         }) => match client.apiserver_version().await {
             Err(e) => {
                 let message = format!("Cannot reach the API server: {e}");
+                let secrets = previous_secrets(&ctx, &name);
                 ctx.fleet.set(
                     &name,
                     Connection {
                         client: Some(client),
                         reachable: false,
-                        watches: watches_for(&ctx, &name, &fingerprint, &watch_client),
+                        watches: watches_for(&ctx, &name, &fingerprint, &watch_client, secrets),
                         fingerprint,
                         last_error: Some(e.to_string()),
+                        access,
+                        secrets_cluster_wide: secrets,
                     },
                 );
                 // keep what was observed before: the cluster did not change, we just cannot see it
@@ -375,58 +383,147 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
             }
             Ok(version) => {
                 let version = version.git_version;
-                reached = Some(client.clone());
+                let (lacking, secrets) = match review_access(&client, access.as_ref()).await {
+                    Ok(r) => r,
+                    Err(kube::Error::Api(s)) if s.code == 403 => (
+                        vec![format!(
+                            "create selfsubjectrulesreviews.authorization.k8s.io (check its own permissions at every probe): {}",
+                            s.message
+                        )],
+                        false,
+                    ),
+                    Err(e) => {
+                        warn!(cluster = %name, error = %e, "cannot review the member identity's permissions");
+                        (vec![], previous_secrets(&ctx, &name))
+                    }
+                };
+                let forbidden = (!lacking.is_empty()).then(|| {
+                    let shown = lacking.len().min(8);
+                    format!(
+                        "The member's identity lacks {} permission(s) the operator needs; nothing is written there until it has them (run join again): {}{}",
+                        lacking.len(),
+                        lacking[..shown].join("; "),
+                        if lacking.len() > shown {
+                            format!("; and {} more", lacking.len() - shown)
+                        } else {
+                            String::new()
+                        }
+                    )
+                });
+                if forbidden.is_none() {
+                    reached = Some(client.clone());
+                }
+                status.credential_version = secret_version;
                 ctx.fleet.set(
                     &name,
                     Connection {
                         client: Some(client),
-                        reachable: true,
-                        watches: watches_for(&ctx, &name, &fingerprint, &watch_client),
+                        reachable: forbidden.is_none(),
+                        watches: watches_for(&ctx, &name, &fingerprint, &watch_client, secrets),
                         fingerprint,
-                        last_error: None,
+                        last_error: forbidden.clone(),
+                        access,
+                        secrets_cluster_wide: secrets,
                     },
                 );
                 status.kubernetes_version = Some(version.clone());
-                let ready = Desired::new(
-                    types::READY,
-                    Status::True,
-                    "Connected",
-                    format!("Reachable; Kubernetes {version}."),
-                );
-                let verified = match listed_nodes(&ctx, &name).await {
-                    Ok(topology) => {
-                        let a = attest::attest(
-                            mc.spec.location.country.as_str(),
-                            &mc.spec.attestation.node_regions,
-                            &topology,
-                            &crate::location::catalogue::BUILTIN,
-                        );
-                        status.observed_node_regions = a.observed_regions.clone();
-                        status.node_count = Some(i32::try_from(a.node_count).unwrap_or(i32::MAX));
-                        status.unverified_nodes = a.unverified_nodes.clone();
-                        status.regions = a.regions.iter().map(attest::region_status).collect();
-                        Desired::new(
-                            types::LOCATION_VERIFIED,
-                            Status::from(a.verified),
-                            a.reason.as_str(),
-                            a.message,
-                        )
-                    }
-                    Err(why) => {
-                        // not listed yet: what was seen before still describes the nodes best
-                        status.observed_node_regions = previous.observed_node_regions.clone();
-                        status.node_count = previous.node_count;
-                        status.regions = previous.regions.clone();
-                        next_probe = NODES_RETRY;
-                        Desired::new(
-                            types::LOCATION_VERIFIED,
-                            Status::Unknown,
-                            "NodesNotListed",
-                            format!("The member's nodes have not been listed yet: {why}"),
-                        )
-                    }
-                };
-                vec![ready, verified]
+                if let Some(message) = forbidden {
+                    status.observed_node_regions = previous.observed_node_regions.clone();
+                    status.node_count = previous.node_count;
+                    status.unverified_nodes = previous.unverified_nodes.clone();
+                    status.regions = previous.regions.clone();
+                    let kept = conditions::find(&previous.conditions, types::LOCATION_VERIFIED);
+                    vec![
+                        Desired::new(types::READY, Status::False, "Forbidden", message),
+                        match kept {
+                            Some(c) => Desired::new(
+                                types::LOCATION_VERIFIED,
+                                conditions::status_of(c),
+                                c.reason.clone(),
+                                c.message.clone(),
+                            ),
+                            None => Desired::new(
+                                types::LOCATION_VERIFIED,
+                                Status::Unknown,
+                                "Forbidden",
+                                "The member's identity lacks permissions the attestation needs.",
+                            ),
+                        },
+                    ]
+                } else {
+                    let ready = Desired::new(
+                        types::READY,
+                        Status::True,
+                        "Connected",
+                        format!("Reachable; Kubernetes {version}."),
+                    );
+                    let verified = match listed_nodes(&ctx, &name).await {
+                        Nodes::Listed(topology) => {
+                            let a = attest::attest(
+                                mc.spec.location.country.as_str(),
+                                &mc.spec.attestation.node_regions,
+                                &topology,
+                                &crate::location::catalogue::BUILTIN,
+                            );
+                            status.observed_node_regions = a.observed_regions.clone();
+                            status.node_count =
+                                Some(i32::try_from(a.node_count).unwrap_or(i32::MAX));
+                            status.unverified_nodes = a.unverified_nodes.clone();
+                            status.regions = a.regions.iter().map(attest::region_status).collect();
+                            Desired::new(
+                                types::LOCATION_VERIFIED,
+                                Status::from(a.verified),
+                                a.reason.as_str(),
+                                a.message,
+                            )
+                        }
+                        not_listed => {
+                            // what was seen before still describes the nodes best
+                            status.observed_node_regions = previous.observed_node_regions.clone();
+                            status.node_count = previous.node_count;
+                            status.unverified_nodes = previous.unverified_nodes.clone();
+                            status.regions = previous.regions.clone();
+                            next_probe = NODES_RETRY;
+                            let kept =
+                                conditions::find(&previous.conditions, types::LOCATION_VERIFIED)
+                                    .filter(|c| {
+                                        c.reason != "Unreachable" && c.reason != "NotConnected"
+                                    });
+                            match (not_listed, kept) {
+                                // a watch restarting (a new connection, the operator restarted):
+                                // the last attestation stands until the nodes are listed again
+                                (Nodes::NotYet(_), Some(c)) => Desired::new(
+                                    types::LOCATION_VERIFIED,
+                                    conditions::status_of(c),
+                                    c.reason.clone(),
+                                    c.message.clone(),
+                                ),
+                                (Nodes::NotYet(why), None) => Desired::new(
+                                    types::LOCATION_VERIFIED,
+                                    Status::Unknown,
+                                    "NodesNotListed",
+                                    format!(
+                                        "The member's nodes have not been listed yet{}.",
+                                        why.map(|w| format!(": {w}")).unwrap_or_default()
+                                    ),
+                                ),
+                                (failing, _) => Desired::new(
+                                    types::LOCATION_VERIFIED,
+                                    Status::Unknown,
+                                    "NodesNotListed",
+                                    format!(
+                                        "The member's nodes cannot be listed (its node watch keeps failing), so what was seen before may be stale: {}",
+                                        match failing {
+                                            Nodes::Failing(e) => e,
+                                            _ => String::new(),
+                                        }
+                                    ),
+                                ),
+                            }
+                        }
+                    };
+                    vec![ready, verified]
+                }
             }
         },
     };
@@ -478,26 +575,20 @@ const NODES_RETRY: Duration = Duration::from_secs(1);
 /// How long a probe waits for a new member's node watch to list its nodes.
 const NODES_WAIT: Duration = Duration::from_secs(5);
 
-/// The member's nodes from its watch cache, once listed (waiting up to [`NODES_WAIT`] for a
-/// watch just started); why not otherwise.
-async fn listed_nodes(
-    ctx: &Context,
-    name: &str,
-) -> std::result::Result<Arc<crate::location::topology::Topology>, String> {
+/// The member's nodes from its watch cache (waiting up to [`NODES_WAIT`] for a watch just
+/// started to list them).
+async fn listed_nodes(ctx: &Context, name: &str) -> Nodes {
     let deadline = Instant::now() + NODES_WAIT;
     loop {
-        let seen = ctx.topology.read(name, |m| match m {
-            Some(m) if m.nodes_synced() => Ok(m.topology.clone()),
-            Some(m) => Err(m
-                .node_error()
-                .unwrap_or("the node watch is starting")
-                .to_string()),
-            None => Err("the node watch is starting".to_string()),
-        });
+        let seen = ctx
+            .topology
+            .read(name, |m| m.map(|m| m.nodes()))
+            .unwrap_or(Nodes::NotYet(None));
         match seen {
-            Ok(t) => return Ok(t),
-            Err(why) if Instant::now() >= deadline => return Err(why),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Nodes::NotYet(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            other => return other,
         }
     }
 }
@@ -546,6 +637,8 @@ struct Connected {
     client: Client,
     watch_client: Client,
     fingerprint: String,
+    access: Option<crate::fleet::registry::Access>,
+    secret_version: Option<String>,
 }
 
 async fn connect(ctx: &Context, mc: &MemberCluster) -> Result<Connected, Refused> {
@@ -555,6 +648,8 @@ async fn connect(ctx: &Context, mc: &MemberCluster) -> Result<Connected, Refused
             client: ctx.client.clone(),
             watch_client: ctx.client.clone(),
             fingerprint: "local".into(),
+            access: None,
+            secret_version: None,
         });
     }
     let Some(secret_ref) = mc.spec.connection.kubeconfig_secret_ref.as_ref() else {
@@ -587,6 +682,8 @@ async fn connect(ctx: &Context, mc: &MemberCluster) -> Result<Connected, Refused
         secret_ref.key,
         mc.metadata.generation.unwrap_or_default()
     );
+    let access = access_of(&secret);
+    let secret_version = secret.resource_version();
     if let Some(existing) = ctx.fleet.get(&name)
         && existing.fingerprint == fingerprint
         && let Some(client) = existing.client
@@ -596,6 +693,8 @@ async fn connect(ctx: &Context, mc: &MemberCluster) -> Result<Connected, Refused
             watch_client: client.clone(),
             client,
             fingerprint,
+            access,
+            secret_version,
         });
     }
     let Some(bytes) = secret
@@ -635,7 +734,79 @@ async fn connect(ctx: &Context, mc: &MemberCluster) -> Result<Connected, Refused
         client: build(config)?,
         watch_client: build(watch_config)?,
         fingerprint,
+        access,
+        secret_version,
     })
+}
+
+/// What the last probe found: whether Secrets may be listed in every namespace.
+fn previous_secrets(ctx: &Context, name: &str) -> bool {
+    ctx.fleet.get(name).is_some_and(|c| c.secrets_cluster_wide)
+}
+
+/// The identity `join` made, from the annotations of the kubeconfig Secret it wrote.
+fn access_of(secret: &Secret) -> Option<crate::fleet::registry::Access> {
+    let a = secret.annotations();
+    let (namespace, service_account) = a
+        .get(crate::access::SERVICE_ACCOUNT_ANNOTATION)?
+        .split_once('/')?;
+    Some(crate::fleet::registry::Access {
+        namespace: namespace.to_string(),
+        service_account: service_account.to_string(),
+        workload_role: a
+            .get(crate::access::WORKLOAD_ROLE_ANNOTATION)
+            .cloned()
+            .unwrap_or_else(|| crate::access::WORKLOAD_ROLE.to_string()),
+    })
+}
+
+/// What the member lets the operator's identity do: a SelfSubjectRulesReview (in the
+/// identity's namespace, or `default`) checked against the cluster-wide needs. `Ok` holds the
+/// needs it lacks (empty when it lacks none, or when the member's authorizer cannot list its
+/// rules completely: then the first refused request tells) and whether Secrets may be listed in
+/// every namespace.
+async fn review_access(
+    client: &Client,
+    access: Option<&crate::fleet::registry::Access>,
+) -> std::result::Result<(Vec<String>, bool), kube::Error> {
+    use k8s_openapi::api::authorization::v1::{SelfSubjectRulesReview, SelfSubjectRulesReviewSpec};
+    let namespace = access.map_or("default", |a| a.namespace.as_str());
+    let review = SelfSubjectRulesReview {
+        spec: SelfSubjectRulesReviewSpec {
+            namespace: Some(namespace.to_string()),
+        },
+        ..Default::default()
+    };
+    let api: Api<SelfSubjectRulesReview> = Api::all(client.clone());
+    let done = api
+        .create(&kube::api::PostParams::default(), &review)
+        .await?;
+    let Some(status) = done.status else {
+        return Ok((vec![], false));
+    };
+    let rules: Vec<crate::access::Rule> = status
+        .resource_rules
+        .into_iter()
+        .map(|r| crate::access::Rule {
+            verbs: r.verbs,
+            groups: r.api_groups.unwrap_or_default(),
+            resources: r.resources.unwrap_or_default(),
+            names: r.resource_names.unwrap_or_default(),
+        })
+        .collect();
+    let secrets = crate::access::secrets_cluster_wide(&rules);
+    if status.incomplete {
+        return Ok((vec![], secrets));
+    }
+    let mut grant = crate::access::Grant::new();
+    if let Some(a) = access {
+        grant.namespace = a.namespace.clone();
+        grant.service_account = a.service_account.clone();
+    }
+    Ok((
+        crate::access::missing(&crate::access::needs(&grant), &rules),
+        secrets,
+    ))
 }
 
 /// The member's watches: the running ones while the connection is unchanged, new ones otherwise
@@ -645,19 +816,21 @@ fn watches_for(
     name: &str,
     fingerprint: &str,
     watch_client: &Client,
+    secrets_cluster_wide: bool,
 ) -> Option<std::sync::Arc<crate::fleet::watch::Watches>> {
+    // Secrets are watched in every namespace only when the identity may (else per workload
+    // namespace, as workloads are placed): another answer starts the watches anew
+    let fingerprint = &format!("{fingerprint}/secrets-cluster-wide={secrets_cluster_wide}");
     if let Some(w) = ctx.fleet.get(name).and_then(|c| c.watches)
-        && w.fingerprint == fingerprint
+        && w.fingerprint == *fingerprint
     {
         return Some(w);
     }
     let mut tasks = crate::fleet::labelled::start(
         watch_client.clone(),
         name,
-        ctx.labelled.clone(),
-        ctx.policies.clone(),
-        ctx.policy_events.clone(),
-        ctx.member_events.clone(),
+        &ctx.sinks(),
+        secrets_cluster_wide,
     );
     tasks.extend(crate::fleet::topology::start(
         watch_client.clone(),
@@ -673,7 +846,12 @@ fn watches_for(
         name,
         ctx.cluster_events.clone(),
     ));
-    let watches = crate::fleet::watch::Watches::new(fingerprint.to_string(), tasks);
+    // a new connection: what the member serves is asked again, and its caches are listed anew
+    // (nothing the previous connection saw is trusted)
+    ctx.discovery.forget(name);
+    ctx.topology.remove_member(name);
+    let watches =
+        crate::fleet::watch::Watches::new(fingerprint.to_string(), watch_client.clone(), tasks);
     Some(std::sync::Arc::new(watches))
 }
 

@@ -157,6 +157,8 @@ pub struct Context {
     /// Each member's nodes, volumes, StorageClasses and placed Pods and claims (location
     /// evidence).
     pub topology: Arc<crate::fleet::topology::Index>,
+    /// Which kinds each member serves.
+    pub discovery: crate::fleet::discovery::Discovery,
     /// Policies to re-evaluate because labelled objects changed on a member.
     pub policy_events:
         tokio::sync::mpsc::Sender<kube::runtime::reflector::ObjectRef<ResidencyPolicy>>,
@@ -282,6 +284,53 @@ impl Context {
             .collect()
     }
 
+    /// Where the member watches report.
+    pub fn sinks(&self) -> crate::fleet::labelled::Sinks {
+        crate::fleet::labelled::Sinks {
+            index: self.labelled.clone(),
+            policies: self.policies.clone(),
+            policy_tx: self.policy_events.clone(),
+            workloads_tx: self.member_events.clone(),
+        }
+    }
+
+    /// Watches the kinds `resources` on `cluster` (drift and inventory of kinds beyond the
+    /// well-known ones), each once per connection.
+    ///
+    /// Secrets, when the member's identity may not list them in every namespace, are watched
+    /// in `namespace` (the workload's) instead.
+    pub fn watch_kinds(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        resources: &[kube::core::ApiResource],
+    ) {
+        let Some(connection) = self.fleet.get(cluster) else {
+            return;
+        };
+        let Some(watches) = connection.watches else {
+            return;
+        };
+        let secrets = (!connection.secrets_cluster_wide)
+            .then(|| kube::core::ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()));
+        let each = resources
+            .iter()
+            .map(|ar| (ar, None))
+            .chain(secrets.iter().map(|ar| (ar, Some(namespace))));
+        for (ar, ns) in each {
+            let key = format!("{}/{}@{}", ar.api_version, ar.kind, ns.unwrap_or(""));
+            watches.ensure(&key, || {
+                crate::fleet::labelled::watch_kind(
+                    watches.client.clone(),
+                    cluster,
+                    ar.clone(),
+                    ns,
+                    self.sinks(),
+                )
+            });
+        }
+    }
+
     /// What the operator last wrote of the admission object `key`.
     pub fn admission_written(&self, key: &str) -> Option<crate::admission::Written> {
         let m = self.admission.lock().unwrap_or_else(|e| e.into_inner());
@@ -346,13 +395,21 @@ impl Context {
     /// The member `cluster` when the last probe reached it (a client exists): every write of
     /// the workload controllers goes through it (fenced, counted).
     pub fn member<'a>(&'a self, cluster: &'a str) -> Option<crate::fleet::member::Member<'a>> {
+        let access = self.fleet.get(cluster).and_then(|c| c.access);
         self.fleet
             .client(cluster)
             .map(|client| crate::fleet::member::Member {
+                access,
                 name: cluster,
                 client,
                 metrics: &self.metrics,
                 fence: &self.fence,
+                discovery: &self.discovery,
+                pod_security: self
+                    .clusters
+                    .get(&kube::runtime::reflector::ObjectRef::new(cluster))
+                    .map(|mc| mc.spec.pod_security)
+                    .unwrap_or_default(),
             })
     }
 

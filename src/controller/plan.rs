@@ -442,6 +442,7 @@ mod tests {
 
     fn objects(with_pvc: bool) -> Vec<ObjectStatus> {
         let mut o = vec![ObjectStatus {
+            api_version: None,
             kind: "StatefulSet".into(),
             name: "db".into(),
             ready: true,
@@ -449,6 +450,7 @@ mod tests {
         }];
         if with_pvc {
             o.push(ObjectStatus {
+                api_version: None,
                 kind: PVC.into(),
                 name: "data".into(),
                 ready: true,

@@ -137,6 +137,7 @@ pub async fn run(
         member_events,
         labelled: Arc::new(crate::fleet::labelled::Index::default()),
         topology: Arc::new(crate::fleet::topology::Index::default()),
+        discovery: Default::default(),
         reports: Default::default(),
         policy_events: policy_retrigger,
         fence,

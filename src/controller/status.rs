@@ -46,6 +46,19 @@ pub fn stale_objects(
     stale
 }
 
+/// The recorded `apiVersion` of each object of a placement (kind, name).
+pub fn object_versions(placement: &Placement) -> crate::fleet::member::Versions {
+    placement
+        .objects
+        .iter()
+        .filter_map(|o| {
+            o.api_version
+                .clone()
+                .map(|v| ((o.kind.clone(), o.name.clone()), v))
+        })
+        .collect()
+}
+
 /// At most this many drift entries are kept in status.
 pub const MAX_DRIFT_ENTRIES: usize = 20;
 
@@ -233,6 +246,20 @@ pub fn conditions(decision: &Decision, placements: &[Placement]) -> Vec<Desired>
                 } else {
                     String::new()
                 }
+            ),
+        )
+    } else if let Some(p) = placements
+        .iter()
+        .find(|p| p.evidence.is_none() && (p.state == state::READY || p.state == state::APPLIED))
+    {
+        // no proof yet is no proof: the member's caches have not listed everything
+        Desired::new(
+            types::COMPLIANT,
+            Status::Unknown,
+            "EvidencePending",
+            format!(
+                "Where the copy on {} lies is not proven yet: the member's nodes, volumes and Pods have not all been listed.",
+                p.cluster
             ),
         )
     } else {
@@ -568,6 +595,7 @@ mod tests {
             state: st.into(),
             message: String::new(),
             objects: vec![ObjectStatus {
+                api_version: None,
                 kind: "Deployment".into(),
                 name: "d".into(),
                 ready: st == state::READY,
@@ -577,7 +605,7 @@ mod tests {
                     "1 of 2 replicas available".into()
                 },
             }],
-            evidence: None,
+            evidence: Some(Default::default()),
         }
     }
 
@@ -691,6 +719,19 @@ mod tests {
             (c[3].status, c[3].reason.as_str()),
             (Status::False, "OutsideAttestedRegion")
         );
+    }
+
+    #[test]
+    fn a_copy_without_proof_yet_is_not_compliant_yet() {
+        let d = decision("CH", true);
+        let mut pending = placement("zrh-2", state::READY);
+        pending.evidence = None;
+        let c = conditions(&d, &[placement("zrh-1", state::READY), pending]);
+        assert_eq!(
+            (c[3].status, c[3].reason.as_str()),
+            (Status::Unknown, "EvidencePending")
+        );
+        assert!(c[3].message.contains("zrh-2"), "{}", c[3].message);
     }
 
     #[test]

@@ -246,6 +246,8 @@ async fn place_on(
                 rw.spec.adopt_existing,
             )
             .await?;
+        // drift of kinds beyond the well-known ones is watched once they are placed
+        ctx.watch_kinds(cluster, &ns, &placed.resources);
         if rw.spec.role == Role::Storage && previous.is_none_or(|p| p.state == state::RETAINED) {
             // placed here again: the volumes it left behind are in use again
             let reclaimed = m.reclaim_volumes(&ns, &rw.name_any()).await?;
@@ -255,7 +257,13 @@ async fn place_on(
         }
         if !stale.is_empty() {
             let retained = m
-                .prune(&ns, &rw.name_any(), &stale, rw.spec.volume_policy)
+                .prune(
+                    &ns,
+                    &rw.name_any(),
+                    &stale,
+                    &previous.map(status::object_versions).unwrap_or_default(),
+                    rw.spec.volume_policy,
+                )
                 .await?;
             if !retained.is_empty() {
                 warn!(
@@ -441,7 +449,11 @@ async fn evict_from(
         return Some(kept);
     };
     let ns = rw.namespace().unwrap_or_default();
-    match m.evict(delete, &ns, &rw.name_any(), volumes).await {
+    let versions = status::object_versions(previous);
+    match m
+        .evict(delete, &versions, &ns, &rw.name_any(), volumes)
+        .await
+    {
         Ok(retained) if retained.is_empty() => None,
         Ok(retained) => Some(retained_placement(cluster, retained)),
         Err(e) => {
@@ -470,6 +482,7 @@ fn retained_placement(cluster: &str, pvcs: Vec<String>) -> Placement {
         objects: pvcs
             .into_iter()
             .map(|name| ObjectStatus {
+                api_version: Some("v1".into()),
                 kind: "PersistentVolumeClaim".into(),
                 name,
                 ready: false,

@@ -32,13 +32,52 @@ pub enum Role {
     Manifest,
 }
 
-/// Where a mover Pod may run: the workload's pod template's scheduling constraints.
+/// Where a mover Pod may run, and as whom: the workload's pod template's scheduling
+/// constraints and user.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Scheduling {
     /// `spec.nodeSelector` of the workload's pod template.
     pub node_selector: Option<Value>,
     /// `spec.tolerations` of the workload's pod template.
     pub tolerations: Option<Value>,
+    /// The user the workload's Pods run as, when they run as non-root.
+    pub non_root: Option<NonRoot>,
+}
+
+/// A non-root identity of the workload's Pods: the mover runs as the same user, so it reads
+/// what they wrote and writes what they will read, and passes the `restricted` Pod Security
+/// standard like them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NonRoot {
+    /// `runAsUser` (pod or first container); `None`: the image's own user.
+    pub user: Option<i64>,
+    /// `runAsGroup`.
+    pub group: Option<i64>,
+    /// `fsGroup`.
+    pub fs_group: Option<i64>,
+}
+
+/// The user of `spec` (a pod spec): non-root when `runAsNonRoot` is true or `runAsUser` is
+/// above 0, at pod level or in the first container.
+fn non_root(spec: &Value) -> Option<NonRoot> {
+    let pod = spec.get("securityContext");
+    let container = spec.pointer("/containers/0/securityContext");
+    let field = |name: &str| {
+        container
+            .and_then(|c| c.get(name))
+            .or_else(|| pod.and_then(|p| p.get(name)))
+            .cloned()
+    };
+    let user = field("runAsUser").and_then(|v| v.as_i64());
+    let asked = field("runAsNonRoot").and_then(|v| v.as_bool()) == Some(true);
+    if user == Some(0) || !(asked || user.is_some_and(|u| u > 0)) {
+        return None;
+    }
+    Some(NonRoot {
+        user,
+        group: field("runAsGroup").and_then(|v| v.as_i64()),
+        fs_group: pod.and_then(|p| p.get("fsGroup")).and_then(|v| v.as_i64()),
+    })
 }
 
 impl Scheduling {
@@ -52,6 +91,7 @@ impl Scheduling {
         Scheduling {
             node_selector: spec.and_then(|s| s.get("nodeSelector")).cloned(),
             tolerations: spec.and_then(|s| s.get("tolerations")).cloned(),
+            non_root: spec.and_then(non_root),
         }
     }
 }
@@ -113,8 +153,15 @@ pub fn mover_pod(
         .collect();
     if !matches!(role, Role::Manifest) {
         mounts.push(json!({"name": "keys", "mountPath": KEYS, "readOnly": true}));
+        // the kubelet writes the files as root: a mover running as the workload's user reads
+        // them through the other-read bit (the volume is mounted in this one container only)
+        let mode = if scheduling.non_root.is_some() {
+            0o444
+        } else {
+            0o400
+        };
         volumes.push(
-            json!({"name": "keys", "secret": {"secretName": keys_secret, "defaultMode": 0o400}}),
+            json!({"name": "keys", "secret": {"secretName": keys_secret, "defaultMode": mode}}),
         );
     }
     let mut spec = json!({
@@ -132,6 +179,7 @@ pub fn mover_pod(
                 "allowPrivilegeEscalation": false,
                 "readOnlyRootFilesystem": true,
                 "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
             },
             "volumeMounts": mounts,
         }],
@@ -139,6 +187,26 @@ pub fn mover_pod(
     });
     if *role == Role::Serve {
         spec["containers"][0]["ports"] = json!([{"name": "mover", "containerPort": PORT}]);
+    }
+    if let Some(who) = &scheduling.non_root {
+        // as the workload's user, within the restricted Pod Security standard
+        let sc = &mut spec["containers"][0]["securityContext"];
+        sc["runAsNonRoot"] = json!(true);
+        sc["capabilities"] = json!({"drop": ["ALL"]});
+        match who.user {
+            Some(u) => sc["runAsUser"] = json!(u),
+            None => {
+                if let Some(o) = sc.as_object_mut() {
+                    o.remove("runAsUser");
+                }
+            }
+        }
+        if let Some(g) = who.group {
+            sc["runAsGroup"] = json!(g);
+        }
+        if let Some(g) = who.fs_group {
+            spec["securityContext"] = json!({"fsGroup": g});
+        }
     }
     if let Some(ns) = &scheduling.node_selector {
         spec["nodeSelector"] = ns.clone();
@@ -206,6 +274,41 @@ pub fn holds(live: &Value, patch: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn movers_of_a_non_root_workload_run_as_its_user_within_restricted() {
+        let sts = json!({"kind": "StatefulSet", "spec": {"template": {"spec": {
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "fsGroup": 2000},
+            "containers": [{"name": "db", "securityContext": {"runAsGroup": 3000}}]}}}});
+        let sched = Scheduling::of(&sts);
+        assert_eq!(
+            sched.non_root,
+            Some(NonRoot {
+                user: Some(1000),
+                group: Some(3000),
+                fs_group: Some(2000)
+            })
+        );
+        let pod = mover_pod("m", "mv1", "img:1", &Role::Manifest, &[], "keys", &sched);
+        let sc = &pod["spec"]["containers"][0]["securityContext"];
+        assert_eq!(sc["runAsNonRoot"], true);
+        assert_eq!(sc["runAsUser"], 1000);
+        assert_eq!(sc["runAsGroup"], 3000);
+        assert_eq!(sc["capabilities"], json!({"drop": ["ALL"]}));
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(pod["spec"]["securityContext"]["fsGroup"], 2000);
+        let serve = mover_pod("m", "mv1", "img:1", &Role::Serve, &[], "keys", &sched);
+        assert_eq!(
+            serve["spec"]["volumes"][0]["secret"]["defaultMode"], 0o444,
+            "readable by the workload's user"
+        );
+        // a root workload: the mover is root too (a restricted namespace refuses both)
+        let root = json!({"spec": {"template": {"spec": {"containers": [{"name": "c"}]}}}});
+        assert_eq!(Scheduling::of(&root).non_root, None);
+        let as_root = json!({"spec": {"template": {"spec": {"securityContext": {"runAsUser": 0, "runAsNonRoot": true}}}}});
+        assert_eq!(Scheduling::of(&as_root).non_root, None);
+    }
 
     #[test]
     fn a_fence_in_place_holds() {

@@ -19,10 +19,10 @@ fn gone(e: &MemberError) -> bool {
 
 impl Member<'_> {
     fn dynamic(&self, namespace: &str, kind: &str) -> Result<Api<DynamicObject>, MemberError> {
-        let ar = crate::api::resident_workload::ALLOWED_KINDS
+        let ar = crate::kinds::PLACEABLE
             .iter()
-            .find(|(_, k)| *k == kind)
-            .and_then(|(v, _)| desired::api_resource(v, kind))
+            .find(|k| k.kind == kind)
+            .and_then(|k| desired::api_resource(&k.api_version(), kind))
             .ok_or_else(|| MemberError {
                 cluster: self.name.to_string(),
                 action: format!("find the API of {kind}"),

@@ -16,7 +16,6 @@ use kube::{Client, ResourceExt};
 use tokio::sync::mpsc::Sender;
 use tokio::task::JoinHandle;
 
-use crate::api::resident_workload::ALLOWED_KINDS;
 use crate::api::{ResidencyPolicy, ResidentWorkload, labels};
 use crate::desired;
 
@@ -98,12 +97,12 @@ impl Index {
     }
 
     /// Forgets every object of `kind` on `cluster` (before a fresh list).
-    fn clear_kind(&self, cluster: &str, kind: &str) -> BTreeSet<String> {
+    fn clear_kind(&self, cluster: &str, kind: &str, namespace: Option<&str>) -> BTreeSet<String> {
         let mut m = self.members.write().unwrap_or_else(|e| e.into_inner());
         let mut gone = BTreeSet::new();
         if let Some(objects) = m.get_mut(cluster) {
             objects.retain(|k, v| {
-                if k.0 == kind {
+                if k.0 == kind && namespace.is_none_or(|ns| k.1 == ns) {
                     gone.extend(v.countries.iter().cloned());
                     false
                 } else {
@@ -155,89 +154,120 @@ fn labelled(meta: &PartialObjectMeta<DynamicObject>) -> Labelled {
     }
 }
 
-/// Starts one metadata watch per placeable kind (and PersistentVolumes) on a member. Each
-/// event updates the country index (re-evaluating the policies of the countries involved) and,
-/// for an object the operator placed, triggers its workload (drift detection). Dropping the
-/// handles stops them.
+/// Where a member watch reports: the country index, the policies to re-evaluate and the
+/// workloads to reconcile.
+#[derive(Clone)]
+pub struct Sinks {
+    /// The country index.
+    pub index: std::sync::Arc<Index>,
+    /// The policies, to find those of the countries involved.
+    pub policies: Store<ResidencyPolicy>,
+    /// Policy reconciles.
+    pub policy_tx: Sender<ObjectRef<ResidencyPolicy>>,
+    /// Workload reconciles.
+    pub workloads_tx: Sender<ObjectRef<ResidentWorkload>>,
+}
+
+/// Starts one metadata watch per well-known placeable kind (and PersistentVolumes) on a
+/// member; Secrets only when `secrets_cluster_wide` (the identity may list them in every
+/// namespace; else [`watch_kind`] watches them per workload namespace). Dropping the handles
+/// stops them.
 pub fn start(
     client: Client,
     cluster: &str,
-    index: std::sync::Arc<Index>,
-    policies: Store<ResidencyPolicy>,
-    tx: Sender<ObjectRef<ResidencyPolicy>>,
-    workloads_tx: Sender<ObjectRef<ResidentWorkload>>,
+    sinks: &Sinks,
+    secrets_cluster_wide: bool,
 ) -> Vec<JoinHandle<()>> {
-    let mut resources: Vec<ApiResource> = ALLOWED_KINDS
+    let mut resources: Vec<ApiResource> = crate::kinds::PLACEABLE
         .iter()
-        .filter_map(|(v, k)| desired::api_resource(v, k))
+        .filter(|k| secrets_cluster_wide || k.kind != "Secret")
+        .filter_map(|k| desired::api_resource(&k.api_version(), k.kind))
         .collect();
     resources.push(ApiResource::erase::<
         k8s_openapi::api::core::v1::PersistentVolume,
     >(&()));
     resources
         .into_iter()
-        .map(|ar| {
-            let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), &ar);
-            let stream = watcher(api, watcher::Config::default())
-                .backoff(super::watch::WatchBackoff::default());
-            let (index, policies, tx) = (index.clone(), policies.clone(), tx.clone());
-            let workloads_tx = workloads_tx.clone();
-            let cluster = cluster.to_string();
-            let kind = ar.kind.clone();
-            tokio::spawn(async move {
-                let mut stream = std::pin::pin!(stream);
-                while let Some(event) = stream.next().await {
-                    if let Ok(
-                        watcher::Event::Apply(o)
-                        | watcher::Event::InitApply(o)
-                        | watcher::Event::Delete(o),
-                    ) = &event
-                        && let Some(w) = super::watch::workload_of(o.labels())
-                        && workloads_tx.send(w).await.is_err()
-                    {
-                        return; // the controller is gone
-                    }
-                    let changed: BTreeSet<String> = match event {
-                        Ok(watcher::Event::Init) => index.clear_kind(&cluster, &kind),
-                        Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                            let key = (
-                                kind.clone(),
-                                o.namespace().unwrap_or_default(),
-                                o.name_any(),
-                            );
-                            index.update(&cluster, key, Some(labelled(&o)))
-                        }
-                        Ok(watcher::Event::Delete(o)) => {
-                            let key = (
-                                kind.clone(),
-                                o.namespace().unwrap_or_default(),
-                                o.name_any(),
-                            );
-                            index.update(&cluster, key, None)
-                        }
-                        Ok(watcher::Event::InitDone) => {
-                            index.listed(&cluster);
-                            BTreeSet::new()
-                        }
-                        Err(_) => BTreeSet::new(),
-                    };
-                    if changed.is_empty() {
-                        continue;
-                    }
-                    for p in policies.state() {
-                        if p.spec
-                            .countries
-                            .iter()
-                            .any(|c| changed.contains(c.as_str()))
-                            && tx.send(ObjectRef::from_obj(p.as_ref())).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-            })
-        })
+        .map(|ar| watch_kind(client.clone(), cluster, ar, None, sinks.clone()))
         .collect()
+}
+
+/// A metadata watch of one kind on a member (any kind, a workload's own custom resources
+/// included), in every namespace or in `namespace`. Each event updates the country index
+/// (re-evaluating the policies of the countries involved) and, for an object the operator
+/// placed, triggers its workload (drift detection).
+pub fn watch_kind(
+    client: Client,
+    cluster: &str,
+    ar: ApiResource,
+    namespace: Option<&str>,
+    sinks: Sinks,
+) -> JoinHandle<()> {
+    let api: Api<PartialObjectMeta<DynamicObject>> = match namespace {
+        Some(ns) => Api::namespaced_with(client, ns, &ar),
+        None => Api::all_with(client, &ar),
+    };
+    let namespace = namespace.map(str::to_string);
+    let stream =
+        watcher(api, watcher::Config::default()).backoff(super::watch::WatchBackoff::default());
+    let Sinks {
+        index,
+        policies,
+        policy_tx: tx,
+        workloads_tx,
+    } = sinks;
+    let cluster = cluster.to_string();
+    let kind = ar.kind.clone();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            if let Ok(
+                watcher::Event::Apply(o) | watcher::Event::InitApply(o) | watcher::Event::Delete(o),
+            ) = &event
+                && let Some(w) = super::watch::workload_of(o.labels())
+                && workloads_tx.send(w).await.is_err()
+            {
+                return; // the controller is gone
+            }
+            let changed: BTreeSet<String> = match event {
+                Ok(watcher::Event::Init) => index.clear_kind(&cluster, &kind, namespace.as_deref()),
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                    let key = (
+                        kind.clone(),
+                        o.namespace().unwrap_or_default(),
+                        o.name_any(),
+                    );
+                    index.update(&cluster, key, Some(labelled(&o)))
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    let key = (
+                        kind.clone(),
+                        o.namespace().unwrap_or_default(),
+                        o.name_any(),
+                    );
+                    index.update(&cluster, key, None)
+                }
+                Ok(watcher::Event::InitDone) => {
+                    index.listed(&cluster);
+                    BTreeSet::new()
+                }
+                Err(_) => BTreeSet::new(),
+            };
+            if changed.is_empty() {
+                continue;
+            }
+            for p in policies.state() {
+                if p.spec
+                    .countries
+                    .iter()
+                    .any(|c| changed.contains(c.as_str()))
+                    && tx.send(ObjectRef::from_obj(p.as_ref())).await.is_err()
+                {
+                    return;
+                }
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -40,6 +40,26 @@ pub enum Cause {
     /// The kind cannot be handled this way.
     #[error("unsupported kind {0}")]
     Kind(String),
+    /// The member does not serve the kind.
+    #[error(
+        "{kind} ({api_version}) is not served by this member: install its CustomResourceDefinition there, or leave the cluster out of the workload's policies"
+    )]
+    NotServed {
+        /// The manifest's apiVersion.
+        api_version: String,
+        /// Its kind.
+        kind: String,
+    },
+    /// The member serves the kind cluster-scoped.
+    #[error(
+        "{kind} ({api_version}) is cluster-scoped on this member: a workload places namespaced objects only"
+    )]
+    ClusterScoped {
+        /// The manifest's apiVersion.
+        api_version: String,
+        /// Its kind.
+        kind: String,
+    },
 }
 
 impl MemberError {
@@ -52,6 +72,8 @@ impl MemberError {
             Cause::Api(_) => "member_unreachable",
             Cause::Fenced => "fenced",
             Cause::Kind(_) => "member_unsupported_kind",
+            Cause::NotServed { .. } => "member_kind_not_served",
+            Cause::ClusterScoped { .. } => "member_kind_cluster_scoped",
         }
     }
 
@@ -82,6 +104,8 @@ pub struct Placed {
     /// Objects not applied because another workload (or nobody through the operator) owns
     /// them: `kind name: why`.
     pub conflicts: Vec<String>,
+    /// The resources of the kinds placed that are not well-known (to watch them for drift).
+    pub resources: Vec<kube::core::ApiResource>,
 }
 
 /// One member cluster, as seen by the workload controller.
@@ -94,9 +118,20 @@ pub struct Member<'a> {
     pub metrics: &'a Metrics,
     /// Asked before every write (leader election).
     pub fence: &'a crate::leader::Fence,
+    /// What each member serves.
+    pub discovery: &'a super::discovery::Discovery,
+    /// The Pod Security level of the namespaces the operator creates there.
+    pub pod_security: crate::api::member_cluster::PodSecurity,
+    /// The identity `join` made, when the member's credential is one: the operator binds
+    /// itself to its workloads role in each namespace it places into.
+    pub access: Option<super::registry::Access>,
 }
 
 const PVC: &str = "PersistentVolumeClaim";
+
+/// The `apiVersion` of each recorded object (kind, name), for the kinds that are not
+/// well-known.
+pub type Versions = std::collections::BTreeMap<(String, String), String>;
 
 fn params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
@@ -181,34 +216,215 @@ impl Member<'_> {
         Ok(Some(live))
     }
 
-    fn api(&self, obj: &DesiredObject) -> Api<DynamicObject> {
-        // desired objects are built only from ALLOWED_KINDS, which all have a resource
-        let ar = desired::api_resource(&obj.api_version, &obj.kind).unwrap_or_else(|| {
-            kube::core::ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&())
-        });
-        Api::namespaced_with(self.client.clone(), &obj.namespace, &ar)
+    /// The API of `apiVersion`/`kind` in `namespace`, from the member's discovery: an error when
+    /// the member does not serve the kind, or serves it cluster-scoped.
+    pub async fn api_of(
+        &self,
+        namespace: &str,
+        api_version: &str,
+        kind: &str,
+    ) -> Result<Api<DynamicObject>, MemberError> {
+        use super::discovery::Resolved;
+        let fail = |source| MemberError {
+            cluster: self.name.to_string(),
+            action: format!("find the API of {kind} ({api_version})"),
+            source,
+        };
+        match self
+            .discovery
+            .resolve(self.name, &self.client, api_version, kind)
+            .await
+            .map_err(|e| fail(Cause::Api(e)))?
+        {
+            Resolved::Namespaced(ar) => {
+                Ok(Api::namespaced_with(self.client.clone(), namespace, &ar))
+            }
+            Resolved::ClusterScoped => Err(fail(Cause::ClusterScoped {
+                api_version: api_version.into(),
+                kind: kind.into(),
+            })),
+            Resolved::NotServed => Err(fail(Cause::NotServed {
+                api_version: api_version.into(),
+                kind: kind.into(),
+            })),
+        }
     }
 
-    /// Creates the namespace when it is missing (never updates someone else's namespace).
+    /// The APIs of `objects`, in order; fails (before anything is written) on the first kind
+    /// the member does not serve namespaced.
+    async fn apis(
+        &self,
+        objects: &[DesiredObject],
+    ) -> Result<Vec<Api<DynamicObject>>, MemberError> {
+        let mut out = Vec::with_capacity(objects.len());
+        for obj in objects {
+            out.push(
+                self.api_of(&obj.namespace, &obj.api_version, &obj.kind)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The resources of the kinds of `objects` that are not well-known, as resolved.
+    async fn extra_resources(&self, objects: &[DesiredObject]) -> Vec<kube::core::ApiResource> {
+        let mut out: Vec<kube::core::ApiResource> = Vec::new();
+        for obj in objects
+            .iter()
+            .filter(|o| crate::kinds::placeable(&o.api_version, &o.kind).is_none())
+        {
+            if let Ok(super::discovery::Resolved::Namespaced(ar)) = self
+                .discovery
+                .resolve(self.name, &self.client, &obj.api_version, &obj.kind)
+                .await
+                && !out.contains(&ar)
+            {
+                out.push(ar);
+            }
+        }
+        out
+    }
+
+    /// The API of a recorded object (its kind and `apiVersion`), or `None` when its apiVersion
+    /// is not known (a record older than the field, of a kind that is not well-known) or the
+    /// member no longer serves it (nothing of that kind can be there).
+    async fn recorded_api(
+        &self,
+        namespace: &str,
+        api_version: Option<&str>,
+        kind: &str,
+    ) -> Result<Option<Api<DynamicObject>>, MemberError> {
+        let Some(v) = api_version.map(str::to_string).or_else(|| {
+            crate::kinds::PLACEABLE
+                .iter()
+                .find(|k| k.kind == kind)
+                .map(|k| k.api_version())
+        }) else {
+            tracing::warn!(
+                cluster = self.name,
+                kind,
+                "left alone: its apiVersion is not recorded"
+            );
+            return Ok(None);
+        };
+        match self.api_of(namespace, &v, kind).await {
+            Ok(api) => Ok(Some(api)),
+            Err(MemberError {
+                source: Cause::NotServed { .. } | Cause::ClusterScoped { .. },
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates the namespace when it is missing, with the member's Pod Security labels; a
+    /// namespace the operator created gets them when they differ (someone else's namespace is
+    /// never changed).
     pub async fn ensure_namespace(&self, namespace: &str) -> Result<(), MemberError> {
         let api: Api<Namespace> = Api::all(self.client.clone());
         let found = api
             .get_opt(namespace)
             .await
             .map_err(self.err(format!("get Namespace {namespace}")))?;
-        if found.is_none() {
+        let level = self.pod_security.level();
+        let write = match &found {
+            None => true,
+            Some(ns) => {
+                let l = ns.labels();
+                l.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGED_BY_VALUE)
+                    && desired::pod_security_labels(level)
+                        .iter()
+                        .any(|(k, v)| l.get(k) != Some(v))
+            }
+        };
+        if write {
             self.send(
-                format!("create Namespace {namespace}"),
+                format!("apply Namespace {namespace}"),
                 "apply",
                 api.patch(
                     namespace,
                     &params(),
-                    &Patch::Apply(desired::namespace_object(namespace)),
+                    &Patch::Apply(desired::namespace_object(namespace, level)),
                 ),
             )
             .await?;
         }
+        if let Some(access) = &self.access {
+            self.ensure_binding(namespace, access).await?;
+        }
         Ok(())
+    }
+
+    /// Binds the operator's identity to its workloads role in `namespace` (a RoleBinding the
+    /// member's guard policy allows only in namespaces the operator manages), when it is not
+    /// bound yet, and waits briefly until the member's authorizer honours it.
+    async fn ensure_binding(
+        &self,
+        namespace: &str,
+        access: &super::registry::Access,
+    ) -> Result<(), MemberError> {
+        use k8s_openapi::api::rbac::v1::RoleBinding;
+        let api: Api<RoleBinding> = Api::namespaced(self.client.clone(), namespace);
+        let name = crate::access::CLUSTER_ROLE;
+        let found = api
+            .get_opt(name)
+            .await
+            .map_err(self.err(format!("get RoleBinding {namespace}/{name}")))?;
+        let bound = found.is_some_and(|b| {
+            b.role_ref.name == access.workload_role
+                && b.subjects.unwrap_or_default().iter().any(|s| {
+                    s.kind == "ServiceAccount"
+                        && s.name == access.service_account
+                        && s.namespace.as_deref() == Some(access.namespace.as_str())
+                })
+        });
+        if bound {
+            return Ok(());
+        }
+        let binding = crate::access::workload_binding(
+            namespace,
+            &access.service_account,
+            &access.namespace,
+            &access.workload_role,
+        );
+        self.send(
+            format!("apply RoleBinding {namespace}/{name}"),
+            "apply",
+            api.patch(name, &params().force(), &Patch::Apply(binding)),
+        )
+        .await?;
+        // RBAC caches follow within moments; the first write should not meet a stale one
+        for _ in 0..20 {
+            if self.may_create_configmaps(namespace).await {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    async fn may_create_configmaps(&self, namespace: &str) -> bool {
+        use k8s_openapi::api::authorization::v1::{
+            ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+        };
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(namespace.to_string()),
+                    verb: Some("create".into()),
+                    resource: Some("configmaps".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<SelfSubjectAccessReview>::all(self.client.clone())
+            .create(&kube::api::PostParams::default(), &review)
+            .await
+            .ok()
+            .and_then(|r| r.status)
+            .is_some_and(|s| s.allowed)
     }
 
     /// Applies every object that is missing, whose live copy does not carry the desired hash
@@ -231,8 +447,8 @@ impl Member<'_> {
         let mut out = Vec::with_capacity(objects.len());
         let mut corrected = Vec::new();
         let mut conflicts = Vec::new();
-        for obj in objects {
-            let api = self.api(obj);
+        let apis = self.apis(objects).await?;
+        for (obj, api) in objects.iter().zip(apis) {
             let what = format!("{} {}", obj.kind, obj.name);
             let live = api
                 .get_opt(&obj.name)
@@ -248,6 +464,7 @@ impl Member<'_> {
             {
                 conflicts.push(format!("{what}: {why}"));
                 out.push(ObjectStatus {
+                    api_version: Some(obj.api_version.clone()),
                     kind: obj.kind.clone(),
                     name: obj.name.clone(),
                     ready: false,
@@ -306,8 +523,14 @@ impl Member<'_> {
                 });
             }
             let value = serde_json::to_value(&live).unwrap_or_default();
-            let r = readiness::evaluate(&obj.kind, &value);
+            let mut r = readiness::evaluate(&obj.api_version, &obj.kind, &value);
+            if !r.ready
+                && let Some(refused) = self.pods_refused(obj).await
+            {
+                r.message = format!("{}; the member refuses its Pods: {refused}", r.message);
+            }
             out.push(ObjectStatus {
+                api_version: Some(obj.api_version.clone()),
                 kind: obj.kind.clone(),
                 name: obj.name.clone(),
                 ready: r.ready,
@@ -318,7 +541,65 @@ impl Member<'_> {
             objects: out,
             corrected,
             conflicts,
+            resources: self.extra_resources(objects).await,
         })
+    }
+
+    /// Why the member refuses the Pods of `obj`'s pod template (Pod Security, admission
+    /// policies), asked with a dry-run create of such a Pod (nothing is stored); `None` when it
+    /// admits them, when `obj` has no pod template, or when the member cannot say.
+    async fn pods_refused(&self, obj: &DesiredObject) -> Option<String> {
+        let pointer = crate::kinds::pod_template_pointer(
+            crate::kinds::group_of(&obj.api_version),
+            &obj.kind,
+        )?;
+        let template = obj.object.pointer(pointer)?;
+        let mut spec = template.get("spec").cloned().unwrap_or(json!({}));
+        // a StatefulSet's Pods mount its claim templates
+        for t in obj
+            .object
+            .pointer("/spec/volumeClaimTemplates")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = t
+                .pointer("/metadata/name")
+                .and_then(serde_json::Value::as_str)?;
+            let volume = json!({"name": name,
+                "persistentVolumeClaim": {"claimName": format!("{name}-{}-0", obj.name)}});
+            match spec
+                .get_mut("volumes")
+                .and_then(serde_json::Value::as_array_mut)
+            {
+                Some(v) => v.push(volume),
+                None => spec["volumes"] = json!([volume]),
+            }
+        }
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": format!("{}-admission-check", obj.name),
+                "labels": template.pointer("/metadata/labels").cloned().unwrap_or(json!({})),
+            },
+            "spec": spec,
+        }))
+        .ok()?;
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.client.clone(), &obj.namespace);
+        let dry_run = kube::api::PostParams {
+            dry_run: true,
+            field_manager: Some(crate::api::FIELD_MANAGER.into()),
+        };
+        match pods.create(&dry_run, &pod).await {
+            // refused by admission (Pod Security, admission policies, webhooks)
+            Err(kube::Error::Api(s)) if s.code == 403 => Some(s.message),
+            Err(e) => {
+                tracing::debug!(cluster = self.name, object = %obj.name, error = %e, "could not ask whether its Pods are admitted");
+                None
+            }
+            Ok(_) => None,
+        }
     }
 
     /// Reads the objects and reports how they differ from `objects`, writing nothing (for
@@ -330,9 +611,9 @@ impl Member<'_> {
         ignore: &(dyn Fn(&str, &str) -> Vec<String> + Sync),
     ) -> Result<Vec<ObjectDrift>, MemberError> {
         let mut out = Vec::new();
-        for obj in objects {
-            let live = self
-                .api(obj)
+        let apis = self.apis(objects).await?;
+        for (obj, api) in objects.iter().zip(apis) {
+            let live = api
                 .get_opt(&obj.name)
                 .await
                 .map_err(self.err(format!("get {} {}", obj.kind, obj.name)))?;
@@ -367,11 +648,15 @@ impl Member<'_> {
         namespace: &str,
         workload: &str,
         stale: &[(String, String)],
+        versions: &Versions,
         volumes: VolumePolicy,
     ) -> Result<Vec<String>, MemberError> {
         let mut retained = Vec::new();
         for (kind, name) in stale {
-            let Some(api) = self.api_of(namespace, kind) else {
+            let version = versions
+                .get(&(kind.clone(), name.clone()))
+                .map(String::as_str);
+            let Some(api) = self.recorded_api(namespace, version, kind).await? else {
                 continue;
             };
             let what = format!("{kind} {name}");
@@ -415,6 +700,7 @@ impl Member<'_> {
     pub async fn evict(
         &self,
         recorded: &[(String, String)],
+        versions: &Versions,
         namespace: &str,
         workload: &str,
         volumes: VolumePolicy,
@@ -443,7 +729,10 @@ impl Member<'_> {
         let mut retained = Vec::new();
         if volumes == VolumePolicy::Retain {
             for (kind, name) in others.iter().filter(|(k, _)| k == "StatefulSet") {
-                let Some(api) = self.api_of(namespace, kind) else {
+                let version = versions
+                    .get(&(kind.clone(), name.clone()))
+                    .map(String::as_str);
+                let Some(api) = self.recorded_api(namespace, version, kind).await? else {
                     continue;
                 };
                 let keep = json!({"spec": {"persistentVolumeClaimRetentionPolicy":
@@ -471,7 +760,10 @@ impl Member<'_> {
             }
         }
         for (kind, name) in others {
-            let Some(api) = self.api_of(namespace, kind) else {
+            let version = versions
+                .get(&(kind.clone(), name.clone()))
+                .map(String::as_str);
+            let Some(api) = self.recorded_api(namespace, version, kind).await? else {
                 continue;
             };
             let what = format!("{kind} {name}");
@@ -500,14 +792,6 @@ impl Member<'_> {
             }
         }
         Ok(retained)
-    }
-
-    fn api_of(&self, namespace: &str, kind: &str) -> Option<Api<DynamicObject>> {
-        let (api_version, _) = crate::api::resident_workload::ALLOWED_KINDS
-            .iter()
-            .find(|(_, k)| *k == kind)?;
-        let ar = desired::api_resource(api_version, kind)?;
-        Some(Api::namespaced_with(self.client.clone(), namespace, &ar))
     }
 
     /// Takes the workload's retained PVCs on this member back into use (it is placed here again,

@@ -2,6 +2,7 @@
 //! inventory, drift and location evidence read).
 
 pub mod datamove;
+pub mod discovery;
 pub mod kubeconfig;
 pub mod labelled;
 pub mod member;

@@ -136,12 +136,17 @@ impl Member<'_> {
     }
 
     /// Whether the member's API server now accepts data of `countries`: a dry-run create (never
-    /// stored) of a ConfigMap labelled with them in `default`. `Ok(false)` when one of the
+    /// stored) of a ConfigMap labelled with them in `default` (or the joined identity's namespace). `Ok(false)` when one of the
     /// operator's admission policies refuses it (the API server has not caught up with the
     /// last write yet).
     pub async fn admission_accepts(&self, countries: &[String]) -> Result<bool, MemberError> {
+        // in the identity's own namespace when `join` made it (it may create there only)
+        let namespace = self
+            .access
+            .as_ref()
+            .map_or("default", |a| a.namespace.as_str());
         let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
-            Api::namespaced(self.client.clone(), "default");
+            Api::namespaced(self.client.clone(), namespace);
         let probe: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(serde_json::json!({
             "metadata": {
                 "generateName": "residency-admission-probe-",

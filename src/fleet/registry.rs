@@ -23,6 +23,23 @@ pub struct Connection {
     pub last_error: Option<String>,
     /// The watches of placed objects on the member (drift detection), while connected.
     pub watches: Option<std::sync::Arc<super::watch::Watches>>,
+    /// The identity `join` made (the kubeconfig Secret says so), when it is one: the operator
+    /// binds itself to its workloads role in each namespace it places into.
+    pub access: Option<Access>,
+    /// Whether the identity may list Secrets in every namespace (else Secrets are inventoried
+    /// in the workloads' namespaces only).
+    pub secrets_cluster_wide: bool,
+}
+
+/// A member identity made by `join`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// Namespace of its ServiceAccount.
+    pub namespace: String,
+    /// Its ServiceAccount.
+    pub service_account: String,
+    /// The ClusterRole it binds itself to in workload namespaces.
+    pub workload_role: String,
 }
 
 /// Every member connection, by MemberCluster name.

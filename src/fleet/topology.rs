@@ -1,16 +1,19 @@
 //! The watch caches that location evidence is computed from: each member's nodes,
-//! PersistentVolumes, StorageClasses, and the Pods and PersistentVolumeClaims the operator
+//! PersistentVolumes, StorageClasses and PersistentVolumeClaims, and the Pods the operator
 //! placed (by its `app.kubernetes.io/managed-by` label), each kept as the small projection the
 //! pure [`crate::location`] functions read. No list on any reconcile: the probe attests from
 //! the node cache, and a workload's evidence is computed from these caches.
 //!
-//! A change that matters triggers a reconcile: a node's labels or provider ID re-probe its
-//! member; a managed Pod's node, a managed claim's volume, or the volume bound to a managed
-//! claim trigger the claim's workload. Heartbeats and status updates that change none of this
-//! trigger nothing.
+//! A change that matters triggers a reconcile: a node's change re-probes its member and judges
+//! every copy there again; a managed Pod's node or volumes, a managed claim's volume, or the
+//! volume bound to a managed claim trigger its workload. Heartbeats and status updates that
+//! change none of this trigger nothing. A watch that keeps failing (its permission revoked, say)
+//! stops vouching for its cache after [`STALE_AFTER`]: evidence and attestation then say so
+//! instead of trusting what it last saw.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
@@ -29,13 +32,23 @@ use crate::location::topology::{NodeFacts, Topology};
 /// Key of an object: namespace ("" when cluster-scoped), name.
 pub type Key = (String, String);
 
-/// A managed Pod or claim: the workload it belongs to (`namespace/name`) and its facts.
+/// A managed Pod: the workload it belongs to (`namespace/name`) and its facts.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Owned<T> {
     /// `namespace/name` of its ResidentWorkload.
     pub workload: String,
     /// Its facts.
     pub facts: T,
+}
+
+/// A PersistentVolumeClaim: its facts, and the workload it belongs to when the operator placed
+/// it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Claim {
+    /// `namespace/name` of its ResidentWorkload, when the operator placed it.
+    pub workload: Option<String>,
+    /// Its facts.
+    pub facts: ClaimFacts,
 }
 
 /// A PersistentVolume: its facts and the claim bound to it.
@@ -58,7 +71,7 @@ pub enum Kind {
     Classes,
     /// Pods the operator placed.
     Pods,
-    /// PersistentVolumeClaims the operator placed.
+    /// PersistentVolumeClaims.
     Claims,
 }
 
@@ -81,8 +94,34 @@ pub struct MemberTopology {
     pub classes: BTreeMap<String, ClassFacts>,
     facts: BTreeMap<Kind, BTreeMap<Key, Fact>>,
     synced: BTreeSet<Kind>,
-    /// The last error of each watch that has not listed yet.
-    errors: BTreeMap<Kind, String>,
+    /// Watches failing now: since when, the last failure and when it came.
+    failing: BTreeMap<Kind, Failing>,
+}
+
+/// A run of watch errors without a success between them.
+#[derive(Clone, Debug)]
+struct Failing {
+    since: Instant,
+    last: Instant,
+    error: String,
+}
+
+/// A watch whose errors go on this long (each retry failing, e.g. its permission was revoked)
+/// no longer vouches for its cache: what it holds may be stale.
+const STALE_AFTER: Duration = Duration::from_secs(30);
+/// Errors closer together than this are one run (the watch retries every 5 s at most).
+const RETRY_GAP: Duration = Duration::from_secs(12);
+
+/// Whether the member's nodes can be relied on.
+#[derive(Clone, Debug)]
+pub enum Nodes {
+    /// Listed, and their watch is not failing.
+    Listed(Arc<Topology>),
+    /// Not listed yet (the watch is starting, or its first attempts failed: the error).
+    NotYet(Option<String>),
+    /// Their watch has failed for a while: nothing is listed, or the cache may be stale (the
+    /// error).
+    Failing(String),
 }
 
 /// A projection of one watched object.
@@ -96,8 +135,8 @@ pub enum Fact {
     Class(ClassFacts),
     /// A managed Pod.
     Pod(Owned<PodFacts>),
-    /// A managed claim.
-    Claim(Owned<ClaimFacts>),
+    /// A claim (every claim: a Pod may mount one the operator did not place).
+    Claim(Claim),
 }
 
 /// What a change asks for.
@@ -110,26 +149,62 @@ pub enum Trigger {
 }
 
 impl MemberTopology {
-    /// Whether every kind has been listed at least once.
+    /// Whether every kind has been listed, and no watch has been failing for a while: the
+    /// caches can be relied on.
     pub fn synced(&self) -> bool {
-        ALL_KINDS.iter().all(|k| self.synced.contains(k))
+        let now = Instant::now();
+        ALL_KINDS
+            .iter()
+            .all(|k| self.synced.contains(k) && !self.stale(*k, now))
     }
 
-    /// Whether the nodes have been listed at least once.
-    pub fn nodes_synced(&self) -> bool {
-        self.synced.contains(&Kind::Nodes)
+    fn stale(&self, kind: Kind, now: Instant) -> bool {
+        self.failing.get(&kind).is_some_and(|f| {
+            now.duration_since(f.last) < RETRY_GAP && now.duration_since(f.since) >= STALE_AFTER
+        })
     }
 
-    /// Why the nodes are not listed yet, when their watch failed.
-    pub fn node_error(&self) -> Option<&str> {
-        self.errors.get(&Kind::Nodes).map(String::as_str)
+    /// The member's nodes, if they can be relied on.
+    pub fn nodes(&self) -> Nodes {
+        self.nodes_at(Instant::now())
+    }
+
+    fn nodes_at(&self, now: Instant) -> Nodes {
+        let error = self.failing.get(&Kind::Nodes).map(|f| f.error.clone());
+        if self.stale(Kind::Nodes, now) {
+            Nodes::Failing(error.unwrap_or_default())
+        } else if !self.synced.contains(&Kind::Nodes) {
+            Nodes::NotYet(error)
+        } else {
+            Nodes::Listed(self.topology.clone())
+        }
+    }
+
+    /// A watch of `kind` failed at `now`.
+    fn failed(&mut self, kind: Kind, error: String, now: Instant) {
+        let f = self.failing.entry(kind).or_insert(Failing {
+            since: now,
+            last: now,
+            error: String::new(),
+        });
+        if now.duration_since(f.last) >= RETRY_GAP {
+            f.since = now; // a new run
+        }
+        f.last = now;
+        f.error = error;
+    }
+
+    /// A watch of `kind` delivered something: it works.
+    fn works(&mut self, kind: Kind) {
+        self.failing.remove(&kind);
     }
 
     fn of(&self, kind: Kind) -> impl Iterator<Item = (&Key, &Fact)> {
         self.facts.get(&kind).into_iter().flatten()
     }
 
-    /// The Pods and claims of the workload `namespace/name`.
+    /// The Pods of the workload `namespace/name`, and its claims: those the operator placed for
+    /// it and those its Pods mount.
     pub fn copy_of(&self, namespace: &str, name: &str) -> (Vec<PodFacts>, Vec<ClaimFacts>) {
         let workload = format!("{namespace}/{name}");
         let in_namespace = |kind| {
@@ -138,17 +213,25 @@ impl MemberTopology {
                 .into_iter()
                 .flat_map(|m| m.range((namespace.to_string(), String::new())..))
                 .take_while(|(k, _)| k.0 == namespace)
-                .map(|(_, f)| f)
         };
-        let pods = in_namespace(Kind::Pods)
-            .filter_map(|f| match f {
+        let pods: Vec<PodFacts> = in_namespace(Kind::Pods)
+            .filter_map(|(_, f)| match f {
                 Fact::Pod(o) if o.workload == workload => Some(o.facts.clone()),
                 _ => None,
             })
             .collect();
+        let mounted: BTreeSet<&str> = pods
+            .iter()
+            .flat_map(|p| p.claims.iter().map(String::as_str))
+            .collect();
         let claims = in_namespace(Kind::Claims)
-            .filter_map(|f| match f {
-                Fact::Claim(o) if o.workload == workload => Some(o.facts.clone()),
+            .filter_map(|((_, claim), f)| match f {
+                Fact::Claim(c)
+                    if c.workload.as_deref() == Some(workload.as_str())
+                        || mounted.contains(claim.as_str()) =>
+                {
+                    Some(c.facts.clone())
+                }
                 _ => None,
             })
             .collect();
@@ -204,7 +287,6 @@ impl MemberTopology {
     pub fn replace(&mut self, kind: Kind, objects: BTreeMap<Key, Fact>) -> BTreeSet<Trigger> {
         let before = self.facts.insert(kind, objects).unwrap_or_default();
         self.synced.insert(kind);
-        self.errors.remove(&kind);
         self.rebuild(kind);
         let now = self.facts.get(&kind).cloned().unwrap_or_default();
         let keys: BTreeSet<&Key> = before.keys().chain(now.keys()).collect();
@@ -215,21 +297,45 @@ impl MemberTopology {
     }
 
     fn triggers(&self, facts: [Option<&Fact>; 2]) -> BTreeSet<Trigger> {
-        facts
-            .into_iter()
-            .flatten()
-            .filter_map(|f| match f {
-                Fact::Node(_) => Some(Trigger::Member),
-                Fact::Pod(o) => Some(Trigger::Workload(o.workload.clone())),
-                Fact::Claim(o) => Some(Trigger::Workload(o.workload.clone())),
+        let mut out = BTreeSet::new();
+        for f in facts.into_iter().flatten() {
+            match f {
+                // a node changed: the member is probed again, and every copy there is judged
+                // again (its Pods' and volumes' places may have moved with it)
+                Fact::Node(_) => {
+                    out.insert(Trigger::Member);
+                    out.extend(self.workloads().into_iter().map(Trigger::Workload));
+                }
+                Fact::Pod(o) => {
+                    out.insert(Trigger::Workload(o.workload.clone()));
+                }
+                Fact::Claim(c) => {
+                    out.extend(c.workload.clone().map(Trigger::Workload));
+                }
                 Fact::Volume(v) => {
-                    let claim = v.claim.as_ref()?;
-                    match self.facts.get(&Kind::Claims)?.get(claim)? {
-                        Fact::Claim(o) => Some(Trigger::Workload(o.workload.clone())),
-                        _ => None,
+                    if let Some(Fact::Claim(c)) = v
+                        .claim
+                        .as_ref()
+                        .and_then(|k| self.facts.get(&Kind::Claims)?.get(k))
+                    {
+                        out.extend(c.workload.clone().map(Trigger::Workload));
                     }
                 }
-                Fact::Class(_) => None,
+                Fact::Class(_) => {}
+            }
+        }
+        out
+    }
+
+    /// The workloads with a Pod or claim on the member.
+    fn workloads(&self) -> BTreeSet<String> {
+        [Kind::Pods, Kind::Claims]
+            .iter()
+            .flat_map(|k| self.of(*k))
+            .filter_map(|(_, f)| match f {
+                Fact::Pod(o) => Some(o.workload.clone()),
+                Fact::Claim(c) => c.workload.clone(),
+                _ => None,
             })
             .collect()
     }
@@ -242,9 +348,17 @@ pub struct Index {
 }
 
 impl Index {
+    /// Runs `f` on the member's caches, made when missing (a first list, an error).
     fn with_member<R>(&self, cluster: &str, f: impl FnOnce(&mut MemberTopology) -> R) -> R {
         let mut m = self.members.write().unwrap_or_else(|e| e.into_inner());
         f(m.entry(cluster.to_string()).or_default())
+    }
+
+    /// Runs `f` on the member's caches when they exist (a change after the member was forgotten
+    /// is dropped).
+    fn update<R>(&self, cluster: &str, f: impl FnOnce(&mut MemberTopology) -> R) -> Option<R> {
+        let mut m = self.members.write().unwrap_or_else(|e| e.into_inner());
+        m.get_mut(cluster).map(f)
     }
 
     /// Runs `f` over one member's caches (`None` when it is not watched); keep `f` short.
@@ -312,27 +426,69 @@ fn workload_label<K: Resource>(o: &K) -> Option<String> {
     Some(format!("{}/{}", r.namespace.unwrap_or_default(), r.name))
 }
 
-/// The projection of a Pod the operator placed (`None` for one of no workload).
+/// The projection of a Pod the operator placed (`None` for one of no workload): its node, the
+/// claims it mounts (generic ephemeral volumes included: `<pod>-<volume>`) and the kinds of
+/// the network volumes it mounts directly.
 pub fn pod_fact(p: &Pod) -> Option<(Key, Fact)> {
+    let spec = p.spec.as_ref();
+    let volumes = spec.and_then(|s| s.volumes.clone()).unwrap_or_default();
+    let mut claims = Vec::new();
+    let mut inline = Vec::new();
+    for v in &volumes {
+        if let Some(c) = &v.persistent_volume_claim {
+            claims.push(c.claim_name.clone());
+        } else if v.ephemeral.is_some() {
+            claims.push(format!("{}-{}", p.name_any(), v.name));
+        } else if let Some(kind) = inline_network_volume(v) {
+            inline.push(format!("{kind} volume {}", v.name));
+        }
+    }
     Some((
         (p.namespace().unwrap_or_default(), p.name_any()),
         Fact::Pod(Owned {
             workload: workload_label(p)?,
             facts: PodFacts {
                 name: p.name_any(),
-                node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                node: spec.and_then(|s| s.node_name.clone()),
+                claims,
+                inline,
             },
         }),
     ))
 }
 
-/// The projection of a claim the operator placed (`None` for one of no workload).
+/// The kind of a Pod volume that keeps data somewhere no node places (network storage mounted
+/// directly), or `None` (claims, node-local and projected volumes).
+fn inline_network_volume(v: &k8s_openapi::api::core::v1::Volume) -> Option<&'static str> {
+    let kinds: [(&str, bool); 17] = [
+        ("nfs", v.nfs.is_some()),
+        ("iscsi", v.iscsi.is_some()),
+        ("cephfs", v.cephfs.is_some()),
+        ("rbd", v.rbd.is_some()),
+        ("glusterfs", v.glusterfs.is_some()),
+        ("csi", v.csi.is_some()),
+        ("fc", v.fc.is_some()),
+        ("azureFile", v.azure_file.is_some()),
+        ("azureDisk", v.azure_disk.is_some()),
+        ("awsElasticBlockStore", v.aws_elastic_block_store.is_some()),
+        ("gcePersistentDisk", v.gce_persistent_disk.is_some()),
+        ("cinder", v.cinder.is_some()),
+        ("portworxVolume", v.portworx_volume.is_some()),
+        ("quobyte", v.quobyte.is_some()),
+        ("storageos", v.storageos.is_some()),
+        ("vsphereVolume", v.vsphere_volume.is_some()),
+        ("flexVolume", v.flex_volume.is_some()),
+    ];
+    kinds.iter().find(|(_, set)| *set).map(|(k, _)| *k)
+}
+
+/// The projection of a claim.
 pub fn claim_fact(c: &PersistentVolumeClaim) -> Option<(Key, Fact)> {
     let spec = c.spec.as_ref();
     Some((
         (c.namespace().unwrap_or_default(), c.name_any()),
-        Fact::Claim(Owned {
-            workload: workload_label(c)?,
+        Fact::Claim(Claim {
+            workload: workload_label(c),
             facts: ClaimFacts {
                 name: c.name_any(),
                 volume: spec.and_then(|s| s.volume_name.clone()),
@@ -400,6 +556,7 @@ where
             let out = match event {
                 Ok(watcher::Event::Init) => {
                     listing = Some(BTreeMap::new());
+                    index.update(&cluster, |m| m.works(kind));
                     BTreeSet::new()
                 }
                 Ok(watcher::Event::InitApply(o)) => {
@@ -410,23 +567,33 @@ where
                 }
                 Ok(watcher::Event::InitDone) => {
                     let objects = listing.take().unwrap_or_default();
-                    index.with_member(&cluster, |m| m.replace(kind, objects))
+                    index.with_member(&cluster, |m| {
+                        m.works(kind);
+                        m.replace(kind, objects)
+                    })
                 }
                 Ok(watcher::Event::Apply(o)) => {
                     let key = (o.namespace().unwrap_or_default(), o.name_any());
                     let fact = project(&o).map(|(_, f)| f);
-                    index.with_member(&cluster, |m| m.apply(kind, key, fact))
+                    index
+                        .update(&cluster, |m| {
+                            m.works(kind);
+                            m.apply(kind, key, fact)
+                        })
+                        .unwrap_or_default()
                 }
                 Ok(watcher::Event::Delete(o)) => {
                     let key = (o.namespace().unwrap_or_default(), o.name_any());
-                    index.with_member(&cluster, |m| m.apply(kind, key, None))
+                    index
+                        .update(&cluster, |m| {
+                            m.works(kind);
+                            m.apply(kind, key, None)
+                        })
+                        .unwrap_or_default()
                 }
                 Err(e) => {
-                    index.with_member(&cluster, |m| {
-                        if !m.synced.contains(&kind) {
-                            m.errors.insert(kind, e.to_string());
-                        }
-                    });
+                    let error = e.to_string();
+                    index.with_member(&cluster, |m| m.failed(kind, error, Instant::now()));
                     BTreeSet::new()
                 }
             };
@@ -440,6 +607,7 @@ where
 /// Starts the five watches of a member. Dropping the handles stops them.
 pub fn start(client: Client, index: Arc<Index>, triggers: Triggers) -> Vec<JoinHandle<()>> {
     let all = watcher::Config::default();
+    let all_claims = all.clone();
     let managed = watcher::Config::default().labels(&format!(
         "{}={}",
         labels::MANAGED_BY,
@@ -480,7 +648,7 @@ pub fn start(client: Client, index: Arc<Index>, triggers: Triggers) -> Vec<JoinH
         ),
         spawn(
             Api::<PersistentVolumeClaim>::all(client),
-            managed,
+            all_claims,
             Kind::Claims,
             claim_fact,
             index,
@@ -508,9 +676,9 @@ mod tests {
         (ns.to_string(), name.to_string())
     }
 
-    fn claim(name: &str, volume: Option<&str>) -> Fact {
-        Fact::Claim(Owned {
-            workload: "ns/store".into(),
+    fn claim(name: &str, workload: Option<&str>, volume: Option<&str>) -> Fact {
+        Fact::Claim(Claim {
+            workload: workload.map(str::to_string),
             facts: ClaimFacts {
                 name: name.into(),
                 volume: volume.map(str::to_string),
@@ -519,114 +687,188 @@ mod tests {
         })
     }
 
+    fn pod(name: &str, workload: &str, node: Option<&str>, claims: &[&str]) -> Fact {
+        Fact::Pod(Owned {
+            workload: workload.into(),
+            facts: PodFacts {
+                name: name.into(),
+                node: node.map(str::to_string),
+                claims: claims.iter().map(|c| c.to_string()).collect(),
+                inline: vec![],
+            },
+        })
+    }
+
+    fn listed(m: &MemberTopology) -> bool {
+        matches!(m.nodes(), Nodes::Listed(_))
+    }
+
     #[test]
     fn only_changes_that_matter_trigger_and_the_topology_follows_the_nodes() {
         let mut m = MemberTopology::default();
-        assert!(!m.nodes_synced());
-        let listed = BTreeMap::from([(key("", "a"), node("a", "eu-central-2"))]);
+        assert!(matches!(m.nodes(), Nodes::NotYet(None)));
+        let nodes = BTreeMap::from([(key("", "a"), node("a", "eu-central-2"))]);
         assert_eq!(
-            m.replace(Kind::Nodes, listed.clone()),
+            m.replace(Kind::Nodes, nodes.clone()),
             BTreeSet::from([Trigger::Member])
         );
-        assert!(m.nodes_synced() && !m.synced());
+        assert!(listed(&m) && !m.synced());
         assert_eq!(m.topology.len(), 1);
         // the same list again (a relist after a watch restart): nothing changed
-        assert!(m.replace(Kind::Nodes, listed).is_empty());
+        assert!(m.replace(Kind::Nodes, nodes).is_empty());
         // a heartbeat: the same projection
         assert!(
             m.apply(Kind::Nodes, key("", "a"), Some(node("a", "eu-central-2")))
                 .is_empty()
         );
-        // a label flap: the member is probed again
+        // a label flap: the member is probed again, and the copies there are judged again
+        m.apply(
+            Kind::Pods,
+            key("ns", "p"),
+            Some(pod("p", "ns/w", Some("a"), &[])),
+        );
         assert_eq!(
             m.apply(Kind::Nodes, key("", "a"), Some(node("a", "eu-central-1"))),
-            BTreeSet::from([Trigger::Member])
+            BTreeSet::from([Trigger::Member, Trigger::Workload("ns/w".into())])
         );
         assert_eq!(
             m.topology.node("a").and_then(|n| n.region_label()),
             Some("eu-central-1")
         );
-        assert_eq!(
-            m.apply(Kind::Nodes, key("", "a"), None),
-            BTreeSet::from([Trigger::Member])
+        assert!(
+            m.apply(Kind::Nodes, key("", "a"), None)
+                .contains(&Trigger::Member)
         );
         assert!(m.topology.is_empty());
     }
 
     #[test]
-    fn a_volume_triggers_the_workload_of_its_claim_and_copies_are_per_workload() {
+    fn a_watch_that_keeps_failing_stops_vouching_for_its_cache() {
+        let mut m = MemberTopology::default();
+        let t0 = Instant::now();
+        m.failed(Kind::Nodes, "nodes is forbidden".into(), t0);
+        assert!(matches!(m.nodes_at(t0), Nodes::NotYet(Some(e)) if e == "nodes is forbidden"));
+        // retried every few seconds, failing every time: after a while, no longer just starting
+        let mut t = t0;
+        while t.duration_since(t0) < STALE_AFTER {
+            t += Duration::from_secs(5);
+            m.failed(Kind::Nodes, "nodes is forbidden".into(), t);
+        }
+        assert!(matches!(m.nodes_at(t), Nodes::Failing(e) if e == "nodes is forbidden"));
+        // a list that works
+        m.works(Kind::Nodes);
+        m.replace(
+            Kind::Nodes,
+            BTreeMap::from([(key("", "a"), node("a", "r"))]),
+        );
+        assert!(matches!(m.nodes_at(t), Nodes::Listed(_)));
+        // later errors, one now and then (connections dropped and resumed): still listed
+        m.failed(Kind::Nodes, "connection reset".into(), t);
+        let later = t + RETRY_GAP + Duration::from_secs(1);
+        m.failed(Kind::Nodes, "connection reset".into(), later);
+        assert!(matches!(m.nodes_at(later), Nodes::Listed(_)));
+        // failing on and on after it listed: stale
+        let mut u = later;
+        while u.duration_since(later) < STALE_AFTER {
+            u += Duration::from_secs(5);
+            m.failed(Kind::Nodes, "nodes is forbidden".into(), u);
+        }
+        assert!(matches!(m.nodes_at(u), Nodes::Failing(_)));
+        assert!(!m.synced());
+    }
+
+    #[test]
+    fn a_volume_triggers_the_workload_of_its_claim_and_copies_include_mounted_claims() {
         let mut m = MemberTopology::default();
         m.apply(
             Kind::Claims,
             key("ns", "data-0"),
-            Some(claim("data-0", None)),
+            Some(claim("data-0", Some("ns/store"), None)),
         );
-        let pv = |claim_ns: &str| {
+        let pv = |claim_ns: &str, claim_name: &str| {
             Fact::Volume(Volume {
                 facts: VolumeFacts {
                     storage_class: Some("standard".into()),
                     node_affinity: vec![],
                 },
-                claim: Some(key(claim_ns, "data-0")),
+                claim: Some(key(claim_ns, claim_name)),
             })
         };
         assert_eq!(
-            m.apply(Kind::Volumes, key("", "pv-1"), Some(pv("ns"))),
+            m.apply(Kind::Volumes, key("", "pv-1"), Some(pv("ns", "data-0"))),
             BTreeSet::from([Trigger::Workload("ns/store".into())])
         );
         assert!(m.volumes.contains_key("pv-1"));
         // a volume of someone else's claim triggers nobody
         assert!(
-            m.apply(Kind::Volumes, key("", "pv-2"), Some(pv("other")))
+            m.apply(Kind::Volumes, key("", "pv-2"), Some(pv("other", "data-0")))
                 .is_empty()
         );
         assert_eq!(
             m.apply(
                 Kind::Claims,
                 key("ns", "data-0"),
-                Some(claim("data-0", Some("pv-1")))
+                Some(claim("data-0", Some("ns/store"), Some("pv-1")))
             ),
             BTreeSet::from([Trigger::Workload("ns/store".into())])
+        );
+        // a claim nobody placed through the operator, mounted by the workload's Pod
+        m.apply(
+            Kind::Claims,
+            key("ns", "theirs"),
+            Some(claim("theirs", None, Some("pv-9"))),
+        );
+        m.apply(
+            Kind::Claims,
+            key("ns", "unused"),
+            Some(claim("unused", None, None)),
         );
         m.apply(
             Kind::Pods,
             key("ns", "store-0"),
-            Some(Fact::Pod(Owned {
-                workload: "ns/store".into(),
-                facts: PodFacts {
-                    name: "store-0".into(),
-                    node: Some("a".into()),
-                },
-            })),
+            Some(pod("store-0", "ns/store", Some("a"), &["theirs"])),
         );
         m.apply(
             Kind::Pods,
             key("ns", "other-0"),
-            Some(Fact::Pod(Owned {
-                workload: "ns/other".into(),
-                facts: PodFacts {
-                    name: "other-0".into(),
-                    node: None,
-                },
-            })),
+            Some(pod("other-0", "ns/other", None, &["unused"])),
         );
         m.apply(
             Kind::Pods,
             key("ns2", "store-0"),
-            Some(Fact::Pod(Owned {
-                workload: "ns2/store".into(),
-                facts: PodFacts {
-                    name: "store-0".into(),
-                    node: None,
-                },
-            })),
+            Some(pod("store-0", "ns2/store", None, &[])),
         );
         let (pods, claims) = m.copy_of("ns", "store");
         assert_eq!(pods.len(), 1);
         assert_eq!(pods[0].node.as_deref(), Some("a"));
-        assert_eq!(claims.len(), 1);
-        assert_eq!(claims[0].volume.as_deref(), Some("pv-1"));
+        let names: Vec<&str> = claims.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["data-0", "theirs"]);
         assert_eq!(m.copy_of("ns2", "store").0.len(), 1);
         assert!(m.copy_of("n", "store").0.is_empty());
+    }
+
+    #[test]
+    fn pods_name_their_claims_ephemeral_volumes_and_direct_network_volumes() {
+        let p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "w-0", "namespace": "ns", "labels": {
+                "app.kubernetes.io/managed-by": "residency-operator",
+                "residency.io/workload": "w", "residency.io/workload-namespace": "ns"}},
+            "spec": {"nodeName": "a", "containers": [], "volumes": [
+                {"name": "data", "persistentVolumeClaim": {"claimName": "data-w-0"}},
+                {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {}}}},
+                {"name": "share", "nfs": {"server": "nfs.invalid", "path": "/x"}},
+                {"name": "tmp", "emptyDir": {}},
+                {"name": "cfg", "configMap": {"name": "c"}}]}}))
+        .unwrap();
+        let Some((k, Fact::Pod(o))) = pod_fact(&p) else {
+            panic!("a managed Pod")
+        };
+        assert_eq!(k, key("ns", "w-0"));
+        assert_eq!(o.workload, "ns/w");
+        assert_eq!(o.facts.claims, ["data-w-0", "w-0-scratch"]);
+        assert_eq!(o.facts.inline, ["nfs volume share"]);
+        let mut unmanaged = p.clone();
+        unmanaged.metadata.labels = None;
+        assert!(pod_fact(&unmanaged).is_none());
     }
 }

@@ -62,19 +62,44 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
 pub struct Watches {
     /// The connection configuration they were started with.
     pub fingerprint: String,
+    /// The client they watch with.
+    pub client: kube::Client,
     tasks: Vec<JoinHandle<()>>,
+    /// Watches of kinds workloads placed there beyond the well-known ones (by `apiVersion/kind`).
+    kinds: std::sync::Mutex<BTreeMap<String, JoinHandle<()>>>,
 }
 
 impl Watches {
     /// Watch tasks started with the connection configuration `fingerprint`.
-    pub fn new(fingerprint: String, tasks: Vec<JoinHandle<()>>) -> Self {
-        Self { fingerprint, tasks }
+    pub fn new(fingerprint: String, client: kube::Client, tasks: Vec<JoinHandle<()>>) -> Self {
+        Self {
+            fingerprint,
+            client,
+            tasks,
+            kinds: Default::default(),
+        }
+    }
+
+    /// Starts the watch of `key` (an `apiVersion/kind`) with `start`, unless it runs already.
+    pub fn ensure(&self, key: &str, start: impl FnOnce() -> JoinHandle<()>) {
+        let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
+        if !kinds.contains_key(key) {
+            kinds.insert(key.to_string(), start());
+        }
     }
 }
 
 impl Drop for Watches {
     fn drop(&mut self) {
         for t in &self.tasks {
+            t.abort();
+        }
+        for t in self
+            .kinds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
             t.abort();
         }
     }

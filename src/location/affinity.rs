@@ -126,6 +126,10 @@ pub fn locate(topology: &Topology, terms: &[NodeSelectorTerm]) -> Located {
                             term_unlocated.get_or_insert(format!("{} {v}: {why}", r.key));
                         }
                     }
+                } else if !topology.nodes().any(|n| n.labels.get(&r.key) == Some(v)) {
+                    // a place the volume may be that no node of the member is at
+                    term_unlocated
+                        .get_or_insert(format!("{} {v}: no node of the member carries it", r.key));
                 }
             }
         }
@@ -341,10 +345,23 @@ mod tests {
             &t,
             &[term(vec![req("kubernetes.io/hostname", "In", &["old"])])],
         );
-        assert!(
-            gone.unlocated
-                .unwrap()
-                .starts_with("no node of the member matches")
+        assert_eq!(
+            gone.unlocated.as_deref(),
+            Some("kubernetes.io/hostname old: no node of the member carries it")
+        );
+        // one of its nodes is gone: the rest does not prove where it is
+        let half = locate(
+            &t,
+            &[term(vec![req(
+                "kubernetes.io/hostname",
+                "In",
+                &["zrh-a", "fra-gone"],
+            )])],
+        );
+        assert_eq!(half.regions, BTreeSet::from(["eu-central-2".to_string()]));
+        assert_eq!(
+            half.unlocated.as_deref(),
+            Some("kubernetes.io/hostname fra-gone: no node of the member carries it")
         );
         assert_eq!(
             locate(&t, &[]).unlocated.as_deref(),

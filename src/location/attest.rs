@@ -14,6 +14,8 @@ use std::collections::BTreeSet;
 use super::catalogue::{Catalogue, RegionFinding, RegionVerdict};
 use super::topology::{NodeRegion, Topology, identity_mismatch, provider_location};
 
+use std::fmt::Write;
+
 /// The most unverified node names kept in [`Attestation::unverified_nodes`].
 const MAX_UNVERIFIED_NODES: usize = 20;
 /// The most unverified nodes named in [`Attestation::message`].
@@ -26,6 +28,8 @@ pub enum Reason {
     RegionsMatch,
     /// An attested region is, by the region catalogue, in another country than the declared one.
     RegionInAnotherCountry,
+    /// The member's nodes are at a cloud provider that has no attested region of that name.
+    RegionNotListed,
     /// The member has no nodes.
     NoNodes,
     /// A node is outside the attested regions, or its region is unknown.
@@ -40,6 +44,7 @@ impl Reason {
         match self {
             Reason::RegionsMatch => "RegionsMatch",
             Reason::RegionInAnotherCountry => "RegionInAnotherCountry",
+            Reason::RegionNotListed => "RegionNotListed",
             Reason::NoNodes => "NoNodes",
             Reason::NodeOutsideAttestedRegions => "NodeOutsideAttestedRegions",
             Reason::NodeIdentityMismatch => "NodeIdentityMismatch",
@@ -76,6 +81,7 @@ pub fn region_status(f: &RegionFinding) -> crate::api::member_cluster::AttestedR
         RegionVerdict::InCountry(e) => (RegionSource::Catalogue, vec![e]),
         RegionVerdict::OtherCountry(es) => (RegionSource::Catalogue, es.iter().collect()),
         RegionVerdict::SelfDeclared => (RegionSource::SelfDeclared, vec![]),
+        RegionVerdict::NotListed(_) => (RegionSource::NotListed, vec![]),
     };
     AttestedRegion {
         name: f.region.clone(),
@@ -129,7 +135,7 @@ pub fn attest(
         .collect();
     let mismatched: Vec<(&str, String)> = topology
         .nodes()
-        .filter_map(|n| identity_mismatch(n).map(|why| (n.name.as_str(), why)))
+        .filter_map(|n| identity_mismatch(n, catalogue).map(|why| (n.name.as_str(), why)))
         .collect();
 
     let node_count = topology.len();
@@ -166,6 +172,16 @@ pub fn attest(
 
     let mut problems: Vec<(Reason, String)> = Vec::new();
     for f in &regions {
+        if let RegionVerdict::NotListed(providers) = &f.verdict {
+            problems.push((
+                Reason::RegionNotListed,
+                format!(
+                    "attested region {} is not a region of {}, where the member's nodes are (their providerIDs say so): attest the provider's region names",
+                    f.region,
+                    providers.join(" or ")
+                ),
+            ));
+        }
         if let Some(c) = f.contradiction() {
             problems.push((
                 Reason::RegionInAnotherCountry,
@@ -235,10 +251,17 @@ pub fn attest(
         ),
     };
     if !self_declared.is_empty() {
-        message.push_str(&format!(
-            " (self-declared, no cloud provider lists: {})",
+        let _ = write!(
+            message,
+            " (self-declared, no cloud provider lists: {}",
             self_declared.join(", ")
-        ));
+        );
+        for r in &self_declared {
+            if let Some(e) = catalogue.resembling(r) {
+                let _ = write!(message, "; {r} resembles {}'s {}", e.provider, e.region);
+            }
+        }
+        message.push(')');
     }
 
     Attestation {
@@ -475,6 +498,33 @@ mod tests {
             "all 2 nodes are in the attested regions eu-central-2, zrh-dc-7 (self-declared, no cloud provider lists: zrh-dc-7)"
         );
         assert_eq!(a.regions[1].verdict, RegionVerdict::SelfDeclared);
+    }
+
+    #[test]
+    fn a_region_the_nodes_provider_does_not_have_is_flagged_and_near_misses_are_named() {
+        let mut n = node("ip-1", Some("zrh-dc-7"));
+        n.provider_id = Some("aws:///zrh-dc-7a/i-1".into());
+        let a = att(&["zrh-dc-7"], vec![n]);
+        assert!(!a.verified);
+        assert_eq!(a.reason, Reason::RegionNotListed);
+        assert!(
+            a.message
+                .starts_with("attested region zrh-dc-7 is not a region of aws"),
+            "{}",
+            a.message
+        );
+        assert_eq!(
+            region_status(&a.regions[0]).source,
+            crate::api::member_cluster::RegionSource::NotListed
+        );
+        // no provider ID: a private region, and a spelling close to a listed one is pointed out
+        let a = att(&["europe-west-6"], vec![node("n1", Some("europe-west-6"))]);
+        assert!(a.verified);
+        assert!(
+            a.message.ends_with("(self-declared, no cloud provider lists: europe-west-6; europe-west-6 resembles gcp's europe-west6)"),
+            "{}",
+            a.message
+        );
     }
 
     #[test]

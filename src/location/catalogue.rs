@@ -3,10 +3,11 @@
 //! The table is `data/cloud-regions.csv` (its header names the sources), compiled into the
 //! binary. A region name may belong to several providers, sometimes in different countries
 //! (Alibaba Cloud's `ap-southeast-3` is Kuala Lumpur, AWS's is Jakarta): when a member's nodes
-//! name their provider (`spec.providerID`), only that provider's entries count; otherwise a
-//! region contradicts a declared country only when no provider's entry of that name is in it.
-//! A region no provider lists (a private data centre's) is self-declared: accepted, and said to
-//! rest on the member's own word.
+//! name their provider (`spec.providerID`: AWS, Google Cloud, Azure), only that provider's
+//! entries count, and a region it does not list is flagged; otherwise a region contradicts a
+//! declared country only when no provider's entry of that name is in it, and a region no
+//! provider lists (a private data centre's) is self-declared: accepted, and said to rest on the
+//! member's own word.
 
 use std::collections::BTreeSet;
 use std::sync::LazyLock;
@@ -52,8 +53,9 @@ pub struct Catalogue {
 }
 
 /// The table compiled into the binary (checked by a unit test, so it always parses).
-pub static BUILTIN: LazyLock<Catalogue> =
-    LazyLock::new(|| Catalogue::parse(SOURCE).unwrap_or_default());
+pub static BUILTIN: LazyLock<Catalogue> = LazyLock::new(|| {
+    Catalogue::parse(SOURCE).unwrap_or_else(|e| panic!("the shipped region catalogue: {e}"))
+});
 
 impl Catalogue {
     /// Parses `provider,region,country,place` lines; `#` starts a comment line; the first other
@@ -122,6 +124,29 @@ impl Catalogue {
         self.entries.is_empty()
     }
 
+    /// The regions one provider lists.
+    pub fn regions_of<'a>(&'a self, provider: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.entries
+            .iter()
+            .filter(move |e| e.provider == provider)
+            .map(|e| e.region.as_str())
+    }
+
+    /// An entry whose region is spelled like `region` but for case, `-` and `_` (a near miss,
+    /// such as `ru-central-1` for Yandex's `ru-central1`).
+    pub fn resembling(&self, region: &str) -> Option<&Entry> {
+        let norm = |s: &str| {
+            s.chars()
+                .filter(|c| *c != '-' && *c != '_')
+                .collect::<String>()
+                .to_ascii_lowercase()
+        };
+        let want = norm(region);
+        self.entries
+            .iter()
+            .find(|e| e.region != region && norm(&e.region) == want)
+    }
+
     /// The distinct providers, sorted.
     pub fn providers(&self) -> BTreeSet<&str> {
         self.entries.iter().map(|e| e.provider.as_str()).collect()
@@ -136,16 +161,13 @@ impl Catalogue {
         providers: &BTreeSet<&str>,
     ) -> RegionFinding {
         let all = self.lookup(region);
-        let of_provider: Vec<&Entry> = all
+        let candidates: Vec<&Entry> = all
             .iter()
-            .filter(|e| providers.contains(e.provider.as_str()))
+            .filter(|e| providers.is_empty() || providers.contains(e.provider.as_str()))
             .collect();
-        let candidates: Vec<&Entry> = if of_provider.is_empty() {
-            all.iter().collect()
-        } else {
-            of_provider
-        };
-        let verdict = if candidates.is_empty() {
+        let verdict = if candidates.is_empty() && !providers.is_empty() {
+            RegionVerdict::NotListed(providers.iter().map(|p| p.to_string()).collect())
+        } else if candidates.is_empty() {
             RegionVerdict::SelfDeclared
         } else if let Some(e) = candidates.iter().find(|e| e.country == declared_country) {
             RegionVerdict::InCountry((*e).clone())
@@ -177,6 +199,9 @@ pub enum RegionVerdict {
     OtherCountry(Vec<Entry>),
     /// No provider lists it: a private region, on the member's own word.
     SelfDeclared,
+    /// The member's nodes are at these providers (their provider IDs say), and none of them
+    /// lists a region of that name.
+    NotListed(Vec<String>),
 }
 
 impl RegionFinding {
@@ -274,13 +299,31 @@ mod tests {
                 .as_deref(),
             Some("ap-southeast-3 in ID (aws: Jakarta, ID)")
         );
-        // a provider the table does not know for that name: every entry counts
+        // without a provider: every entry counts
         assert_eq!(
-            c.judge("ap-southeast-3", "CH", &BTreeSet::from(["gcp"]))
+            c.judge("ap-southeast-3", "CH", &BTreeSet::new())
                 .contradiction()
                 .as_deref(),
             Some("ap-southeast-3 in ID or MY (alibaba: Kuala Lumpur, MY; aws: Jakarta, ID)")
         );
+        // nodes on Google Cloud, which has no region of that name: not listed, not private
+        assert_eq!(
+            c.judge("ap-southeast-3", "CH", &BTreeSet::from(["gcp"]))
+                .verdict,
+            RegionVerdict::NotListed(vec!["gcp".into()])
+        );
+        assert_eq!(
+            c.judge("zrh-dc-7", "CH", &BTreeSet::from(["aws"])).verdict,
+            RegionVerdict::NotListed(vec!["aws".into()])
+        );
+        // a near miss is found
+        let y = Catalogue::parse("provider,region,country,place\nyandex,ru-central1,RU,Moscow\n")
+            .unwrap();
+        assert_eq!(
+            y.resembling("ru-central-1").map(|e| e.region.as_str()),
+            Some("ru-central1")
+        );
+        assert_eq!(y.resembling("ru-central1"), None);
     }
 
     #[test]

@@ -22,12 +22,16 @@ use crate::api::resident_workload::LocationEvidence;
 pub const MAX_ENTRIES: usize = 20;
 
 /// A Pod of the copy.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct PodFacts {
     /// Its name.
     pub name: String,
     /// The node it is bound to, once scheduled.
     pub node: Option<String>,
+    /// The claims it mounts.
+    pub claims: Vec<String>,
+    /// The network volumes it mounts directly (`nfs volume data`): nothing places them.
+    pub inline: Vec<String>,
 }
 
 /// A PersistentVolumeClaim of the copy.
@@ -123,6 +127,12 @@ pub fn evidence(member: &Member, pods: &[PodFacts], claims: &[ClaimFacts]) -> Lo
     let mut ev = LocationEvidence::default();
     let attested = |r: &str| member.attested.iter().any(|a| a == r);
     for p in pods {
+        for v in &p.inline {
+            ev.unverifiable.push(format!(
+                "Pod {} mounts the {v} directly: nothing places where its data is (use a claim)",
+                p.name
+            ));
+        }
         let Some(node) = &p.node else { continue };
         let Some(n) = member.topology.node(node) else {
             ev.unverifiable.push(format!(
@@ -250,6 +260,7 @@ pub(crate) mod tests {
         PodFacts {
             name: name.into(),
             node: node.map(str::to_string),
+            ..Default::default()
         }
     }
 
@@ -413,6 +424,16 @@ pub(crate) mod tests {
             [
                 "PersistentVolume pv-lost (claim lost) is not listed on the member",
                 "Pod p on node gone, which the member does not list",
+            ]
+        );
+        // a network volume mounted straight into a Pod
+        let mut direct = pod("r", Some("zrh-a"));
+        direct.inline = vec!["nfs volume data".into()];
+        let ev = evidence(&member, &[direct], &[]);
+        assert_eq!(
+            ev.unverifiable,
+            [
+                "Pod r mounts the nfs volume data directly: nothing places where its data is (use a claim)"
             ]
         );
     }

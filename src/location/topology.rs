@@ -192,31 +192,53 @@ pub fn provider_location(provider_id: &str) -> Option<ProviderLocation> {
     }
 }
 
-/// Whether `zone` is a zone of `region` by the provider's naming rule: AWS availability zones
-/// are the region plus a letter (`eu-central-2a`), local and Wavelength zones the region plus
-/// `-` and more (`us-east-1-bos-1a`); GCE zones are the region plus `-` and a letter
-/// (`europe-west6-a`). These rules only check what a provider ID claims against the labels.
-fn zone_in_region(provider: &str, zone: &str, region: &str) -> bool {
-    let Some(rest) = zone.strip_prefix(region) else {
-        return false;
-    };
+/// The region a provider ID's zone is in, when the provider's naming makes it certain: a GCE
+/// zone is its region, `-` and letters (`europe-west6-a`); an AWS zone is the longest region of
+/// the catalogue that it extends by one letter (`eu-central-2a`) or by `-` and more (local and
+/// Wavelength zones, `us-east-1-bos-1a`), else, for a zone ending in a digit and a letter, the
+/// zone without that letter.
+pub fn zone_region(
+    provider: &str,
+    zone: &str,
+    catalogue: &super::catalogue::Catalogue,
+) -> Option<String> {
     match provider {
-        "aws" => {
-            (rest.len() == 1 && rest.chars().all(|c| c.is_ascii_lowercase()))
-                || (rest.len() > 1 && rest.starts_with('-'))
-        }
         "gcp" => {
-            rest.len() > 1
-                && rest.starts_with('-')
-                && rest[1..].chars().all(|c| c.is_ascii_lowercase())
+            let (region, suffix) = zone.rsplit_once('-')?;
+            (!suffix.is_empty() && suffix.chars().all(|c| c.is_ascii_lowercase()))
+                .then(|| region.to_string())
         }
-        _ => false,
+        "aws" => {
+            let listed = catalogue
+                .regions_of("aws")
+                .filter(|r| {
+                    zone.strip_prefix(*r).is_some_and(|rest| {
+                        (rest.len() == 1 && rest.chars().all(|c| c.is_ascii_lowercase()))
+                            || (rest.len() > 1 && rest.starts_with('-'))
+                    })
+                })
+                .max_by_key(|r| r.len());
+            if let Some(r) = listed {
+                return Some(r.to_string());
+            }
+            let mut chars = zone.chars().rev();
+            match (chars.next(), chars.next()) {
+                (Some(l), Some(d)) if l.is_ascii_lowercase() && d.is_ascii_digit() => {
+                    Some(zone[..zone.len() - 1].to_string())
+                }
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
 
 /// Why a node's provider ID contradicts its zone or region labels, or `None` when it agrees
 /// (or encodes no zone).
-pub fn identity_mismatch(node: &NodeFacts) -> Option<String> {
+pub fn identity_mismatch(
+    node: &NodeFacts,
+    catalogue: &super::catalogue::Catalogue,
+) -> Option<String> {
     let id = node.provider_id.as_deref()?;
     let loc = provider_location(id)?;
     let zone = loc.zone.as_deref()?;
@@ -228,13 +250,22 @@ pub fn identity_mismatch(node: &NodeFacts) -> Option<String> {
             node.name
         ));
     }
-    if let Some(region) = node.region_label()
-        && !zone_in_region(loc.provider, zone, region)
-    {
-        return Some(format!(
-            "{}: its providerID {id} names zone {zone}, which is not in its label region {region}",
-            node.name
-        ));
+    if let Some(region) = node.region_label() {
+        match zone_region(loc.provider, zone, catalogue) {
+            Some(r) if r == region => {}
+            Some(r) => {
+                return Some(format!(
+                    "{}: its providerID {id} names zone {zone}, which is in {r}, not in its label region {region}",
+                    node.name
+                ));
+            }
+            None => {
+                return Some(format!(
+                    "{}: its providerID {id} names zone {zone}, which cannot be placed in its label region {region}",
+                    node.name
+                ));
+            }
+        }
     }
     None
 }
@@ -355,6 +386,11 @@ mod tests {
 
     #[test]
     fn a_provider_id_must_agree_with_the_labels() {
+        let cat = crate::location::catalogue::Catalogue::parse(
+            "provider,region,country,place\naws,eu-central-1,DE,Frankfurt\naws,eu-central-2,CH,Zurich\naws,us-east-1,US,Virginia\n",
+        )
+        .unwrap();
+        let mismatch = |n: &NodeFacts| identity_mismatch(n, &cat);
         let mut n = node(
             "ip-10-0-0-1",
             &[
@@ -363,28 +399,35 @@ mod tests {
             ],
         );
         n.provider_id = Some("aws:///eu-central-2a/i-1".into());
-        assert_eq!(identity_mismatch(&n), None);
+        assert_eq!(mismatch(&n), None);
         n.provider_id = Some("aws:///eu-central-1a/i-1".into());
         assert_eq!(
-            identity_mismatch(&n).unwrap(),
+            mismatch(&n).unwrap(),
             "ip-10-0-0-1: its providerID aws:///eu-central-1a/i-1 names zone eu-central-1a, its label zone eu-central-2a"
         );
         // no zone label: the region label is checked
         n.labels.remove(ZONE_LABEL);
-        assert!(
-            identity_mismatch(&n)
-                .unwrap()
-                .contains("not in its label region eu-central-2")
+        assert_eq!(
+            mismatch(&n).unwrap(),
+            "ip-10-0-0-1: its providerID aws:///eu-central-1a/i-1 names zone eu-central-1a, which is in eu-central-1, not in its label region eu-central-2"
         );
         n.provider_id = Some("aws:///eu-central-2c/i-1".into());
-        assert_eq!(identity_mismatch(&n), None);
+        assert_eq!(mismatch(&n), None);
         // eu-central-2 is no prefix trick for eu-central-22a
         n.provider_id = Some("aws:///eu-central-22a/i-1".into());
-        assert!(identity_mismatch(&n).is_some());
+        assert!(mismatch(&n).is_some());
+        // nor is a made-up region that prefixes the real one
+        n.labels.insert(REGION_LABEL.into(), "eu".into());
+        n.provider_id = Some("aws:///eu-central-1a/i-1".into());
+        assert!(mismatch(&n).unwrap().contains("which is in eu-central-1"));
         // local zones
         n.labels.insert(REGION_LABEL.into(), "us-east-1".into());
         n.provider_id = Some("aws:///us-east-1-bos-1a/i-1".into());
-        assert_eq!(identity_mismatch(&n), None);
+        assert_eq!(mismatch(&n), None);
+        // a region the catalogue does not have yet: by the naming rule
+        n.labels.insert(REGION_LABEL.into(), "eu-north-9".into());
+        n.provider_id = Some("aws:///eu-north-9b/i-1".into());
+        assert_eq!(mismatch(&n), None);
         // GCE
         let mut g = node(
             "gke-1",
@@ -394,14 +437,20 @@ mod tests {
             ],
         );
         g.provider_id = Some("gce://p/europe-west6-b/gke-1".into());
-        assert_eq!(identity_mismatch(&g), None);
+        assert_eq!(mismatch(&g), None);
         g.labels.remove(ZONE_LABEL);
         g.provider_id = Some("gce://p/europe-west3-b/gke-1".into());
-        assert!(identity_mismatch(&g).is_some());
+        assert!(mismatch(&g).is_some());
+        g.labels.insert(REGION_LABEL.into(), "europe".into());
+        g.provider_id = Some("gce://p/europe-west6-b/gke-1".into());
+        assert!(
+            mismatch(&g).is_some(),
+            "a prefix of the region is not the region"
+        );
         // nothing to compare
         g.provider_id = Some("azure:///subscriptions/x".into());
-        assert_eq!(identity_mismatch(&g), None);
+        assert_eq!(mismatch(&g), None);
         g.provider_id = None;
-        assert_eq!(identity_mismatch(&g), None);
+        assert_eq!(mismatch(&g), None);
     }
 }

@@ -287,8 +287,18 @@ pub fn pull(
             Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(err) => return Err(Error::io(&p, err)),
         }
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))
-            .map_err(|err| Error::io(&p, err))?;
+        // a directory the mover does not own (a volume's root) cannot be chmodded by a
+        // non-root mover: it only needs to be writable
+        match set_mode(&p, 0o700) {
+            Err(err)
+                if err.kind() == std::io::ErrorKind::PermissionDenied
+                    && rustix::fs::access(
+                        &p,
+                        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+                    )
+                    .is_ok() => {}
+            r => r.map_err(|err| Error::io(&p, err))?,
+        }
     }
     // files: a mode change alone is applied here; different content is fetched
     let mut wanted: Vec<Entry> = Vec::new();
@@ -384,8 +394,7 @@ pub fn pull(
     // directory modes, deepest first
     for e in source.entries.iter().rev().filter(|e| e.kind == Kind::Dir) {
         let p = path_of(root, &e.path)?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode))
-            .map_err(|err| Error::io(&p, err))?;
+        set_mode(&p, e.mode).map_err(|err| Error::io(&p, err))?;
     }
     // everything on disk before the pull reports success (one sync of the filesystem instead of
     // one per file)
@@ -426,4 +435,13 @@ fn inside(root: &Path, path: &Path) -> Result<(), Error> {
 fn sync_filesystem(root: &Path) -> Result<(), Error> {
     let dir = std::fs::File::open(root).map_err(|e| Error::io(root, e))?;
     rustix::fs::syncfs(&dir).map_err(|e| Error::io(root, e.into()))
+}
+/// Sets `p`'s mode unless it has it already (so a directory the mover does not own, whose mode
+/// is already right, needs no permission it lacks).
+fn set_mode(p: &Path, mode: u32) -> std::io::Result<()> {
+    let now = std::fs::symlink_metadata(p)?.permissions().mode() & 0o7777;
+    if now == mode & 0o7777 {
+        return Ok(());
+    }
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
 }

@@ -108,6 +108,15 @@ where
     }
 }
 
+/// A container `securityContext` within the `restricted` Pod Security standard, which the
+/// namespaces the operator creates on members enforce by default.
+pub fn restricted() -> serde_json::Value {
+    serde_json::json!({
+        "runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}
+    })
+}
+
 /// A name unique to this test run, for namespaces and cluster-scoped objects.
 pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -414,10 +423,9 @@ pub async fn holdings_on_members(
 ) -> std::collections::BTreeSet<(String, String)> {
     use kube::api::{DynamicObject, ListParams};
     use kube::core::{ApiResource, PartialObjectMeta};
-    use residency_operator::api::resident_workload::ALLOWED_KINDS;
-    let mut resources: Vec<ApiResource> = ALLOWED_KINDS
+    let mut resources: Vec<ApiResource> = residency_operator::kinds::PLACEABLE
         .iter()
-        .filter_map(|(v, k)| residency_operator::desired::api_resource(v, k))
+        .filter_map(|k| residency_operator::desired::api_resource(&k.api_version(), k.kind))
         .collect();
     resources.push(ApiResource::erase::<
         k8s_openapi::api::core::v1::PersistentVolume,

@@ -43,6 +43,11 @@ pub fn real_node() -> Scheduling {
         tolerations: Some(
             json!([{"key": "residency.io/real-node", "operator": "Exists", "effect": "NoSchedule"}]),
         ),
+        // as the stores of the tests run (the operator's namespaces enforce restricted)
+        non_root: Some(residency_operator::datamove::objects::NonRoot {
+            user: Some(65532),
+            ..Default::default()
+        }),
     }
 }
 

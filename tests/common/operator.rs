@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -65,34 +65,43 @@ pub async fn ensure_namespace(client: &Client, name: &str) {
     }
 }
 
-/// Stores every member's kubeconfig as a Secret `<cluster>-kubeconfig` in the operator's
-/// namespace, the way a platform team would. `<cluster>` is the context name without
+/// Joins every member with `residency-operator join` (its least-privilege identity, a
+/// time-bound token), which stores its kubeconfig as a Secret `<cluster>-kubeconfig` in the
+/// operator's namespace, the way a platform team would. `<cluster>` is the context name without
 /// `RESIDENCY_CONTEXT_PREFIX` (e.g. `kind-` for kind clusters), so it matches the seed
-/// MemberClusters (`zrh-1`, `zrh-2`, `msk-1`).
+/// MemberClusters (`zrh-1`, `zrh-2`, `msk-1`). The test CRD's kind (`widgets`) is granted too.
 pub async fn member_secrets(fleet: &Fleet, client: &Client) {
     ensure_namespace(client, OPERATOR_NS).await;
-    let api: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NS);
     let prefix = std::env::var("RESIDENCY_CONTEXT_PREFIX").unwrap_or_default();
     for m in &fleet.members {
         let cluster = m
             .context
             .strip_prefix(prefix.as_str())
             .unwrap_or(&m.context);
-        let name = format!("{cluster}-kubeconfig");
-        let secret: Secret = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": name},
-            "stringData": {"kubeconfig": fleet.kubeconfig_for(&m.context)}
-        }))
-        .unwrap();
-        api.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&secret),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("secret {name}: {e}"));
+        join(fleet, &m.context, cluster, &[]).await;
     }
+}
+
+/// Runs `residency-operator join` for one member with `extra` arguments; panics with its
+/// output when it fails. Returns its standard error (what it did).
+pub async fn join(fleet: &Fleet, context: &str, cluster: &str, extra: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_residency-operator"))
+        .args(["join", "--kubeconfig", &Fleet::kubeconfig_path()])
+        .args(["--context", context, "--name", cluster])
+        .args(["--management-context", &fleet.mgmt])
+        .args(["--operator-namespace", OPERATOR_NS])
+        .args(["--resource", "widgets.residency-test.io"])
+        .args(extra)
+        .output()
+        .await
+        .expect("run join");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "join {cluster} failed: {stderr}{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
 }
 
 /// Starts an operator process against the fleet's management cluster, with `extra` arguments,

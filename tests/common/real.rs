@@ -26,6 +26,7 @@ pub fn pod(name: &str, image: &str, script: &str, volumes: &[(&str, &str)]) -> V
             "terminationGracePeriodSeconds": 1,
             "containers": [{
                 "name": "main", "image": image, "imagePullPolicy": "Never",
+                "securityContext": super::restricted(),
                 "command": ["/bin/busybox", "sh", "-c", script],
                 "volumeMounts": volumes.iter().enumerate()
                     .map(|(i, (_, path))| json!({"name": format!("v{i}"), "mountPath": path}))

@@ -79,7 +79,7 @@ pub fn processing(ns: &str, name: &str, countries: &[&str]) -> Value {
                 {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
                  "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
                           "template": {"metadata": {"labels": {"app": name}},
-                                       "spec": {"containers": [{"name": "c", "image": "registry.example/app:1"}]}}}}
+                                       "spec": {"containers": [{"name": "c", "image": "registry.example/app:1", "securityContext": super::restricted()}]}}}}
             ]
         }
     })
@@ -174,7 +174,7 @@ pub fn storage(ns: &str, name: &str, countries: &[&str], claim_retention: Option
     let mut sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name},
         "spec": {"serviceName": name, "replicas": 1, "selector": {"matchLabels": {"app": name}},
                  "template": {"metadata": {"labels": {"app": name}},
-                              "spec": {"containers": [{"name": "db", "image": "registry.example/db:1",
+                              "spec": {"containers": [{"name": "db", "image": "registry.example/db:1", "securityContext": super::restricted(),
                                         "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
                  "volumeClaimTemplates": [{"metadata": {"name": "data"},
                      "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}});

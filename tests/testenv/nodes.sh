@@ -247,7 +247,8 @@ volumeBindingMode: WaitForFirstConsumer
 reclaimPolicy: Retain
 EOF
   for ((i = 1; i <= REAL_PVS; i++)); do
-    mkdir -p "$d/volumes/pv-$i"
+    # writable by any user: Pods in the operator's namespaces run as non-root (restricted)
+    mkdir -p "$d/volumes/pv-$i" && chmod 0777 "$d/volumes/pv-$i"
     cat >>"$f" <<EOF
 ---
 apiVersion: v1

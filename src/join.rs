@@ -165,6 +165,22 @@ async fn client_for(kubeconfig: &Kubeconfig, context: Option<&str>) -> Result<Cl
     Client::try_from(config).map_err(|e| JoinError::Kubeconfig(e.to_string()))
 }
 
+/// The member's client (`context` of `source`) and the management cluster's (its own
+/// kubeconfig when given, else `source`).
+async fn clients(
+    source: &Kubeconfig,
+    context: &str,
+    management_kubeconfig: &Option<PathBuf>,
+    management_context: Option<&str>,
+) -> Result<(Client, Client), JoinError> {
+    let member = client_for(source, Some(context)).await?;
+    let mgmt = match management_kubeconfig {
+        Some(_) => client_for(&read_kubeconfig(management_kubeconfig)?, management_context).await?,
+        None => client_for(source, management_context).await?,
+    };
+    Ok((member, mgmt))
+}
+
 fn grant_of(args: &JoinArgs) -> Result<Grant, JoinError> {
     let mut grant = Grant::new();
     grant.inventory_secrets = args.inventory_secrets;
@@ -386,12 +402,13 @@ pub async fn join(args: JoinArgs) -> Result<(), JoinError> {
         let kubeconfig = member_kubeconfig(&source, &context, &name, "<issued by join>")?;
         return print_yaml(&management_objects(&args, &grant, &kubeconfig, "dry run"));
     }
-    let member = client_for(&source, Some(&context)).await?;
-    let mgmt_source = match &args.management_kubeconfig {
-        Some(_) => read_kubeconfig(&args.management_kubeconfig)?,
-        None => source.clone(),
-    };
-    let mgmt = client_for(&mgmt_source, args.management_context.as_deref()).await?;
+    let (member, mgmt) = clients(
+        &source,
+        &context,
+        &args.management_kubeconfig,
+        args.management_context.as_deref(),
+    )
+    .await?;
     let secrets: Api<Secret> = Api::namespaced(mgmt.clone(), &args.operator_namespace);
     let secret_name = format!("{name}-kubeconfig");
     let before = secrets
@@ -497,12 +514,13 @@ async fn await_in_use(mgmt: &Client, name: &str, version: Option<&str>) -> Resul
 /// the MemberCluster when `join` wrote it). Never a workload's object or data.
 pub async fn unjoin(args: UnjoinArgs) -> Result<(), JoinError> {
     let source = read_kubeconfig(&args.kubeconfig)?;
-    let member = client_for(&source, Some(&args.context)).await?;
-    let mgmt_source = match &args.management_kubeconfig {
-        Some(_) => read_kubeconfig(&args.management_kubeconfig)?,
-        None => source.clone(),
-    };
-    let mgmt = client_for(&mgmt_source, args.management_context.as_deref()).await?;
+    let (member, mgmt) = clients(
+        &source,
+        &args.context,
+        &args.management_kubeconfig,
+        args.management_context.as_deref(),
+    )
+    .await?;
     let grant = Grant::new();
     let gone = |r: Result<_, kube::Error>, what: String, cluster: &'static str| match r {
         Ok(_) => {

@@ -402,20 +402,7 @@ async fn a_member_whose_binding_is_removed_is_forbidden_and_untouched_and_rotati
 
     // join again: the binding is back, the member Ready, the edit lands
     common::operator::join(&fleet, &context_of(&fleet, "zrh-1"), "zrh-1", &[]).await;
-    eventually("zrh-1 written again", T, || async {
-        let v = cms
-            .get("nauru")
-            .await
-            .map_err(|e| e.to_string())?
-            .data
-            .unwrap_or_default();
-        if v.get("v").map(String::as_str) == Some("2") {
-            Ok(())
-        } else {
-            Err(format!("{v:?}"))
-        }
-    })
-    .await;
+    written(&cms, "2", "zrh-1 written again").await;
 
     // rotation: to a long-lived token Secret, then to a new one; the operator keeps working
     let errors_before = reconcile_errors().await;
@@ -450,20 +437,7 @@ async fn a_member_whose_binding_is_removed_is_forbidden_and_untouched_and_rotati
     eprintln!("two rotations in {:.1} s", rotated.elapsed().as_secs_f64());
     // the operator still writes with the newest credential
     apply_workload(&env.mgmt, &body("3")).await.unwrap();
-    eventually("zrh-1 written after rotation", T, || async {
-        let v = cms
-            .get("nauru")
-            .await
-            .map_err(|e| e.to_string())?
-            .data
-            .unwrap_or_default();
-        if v.get("v").map(String::as_str) == Some("3") {
-            Ok(())
-        } else {
-            Err(format!("{v:?}"))
-        }
-    })
-    .await;
+    written(&cms, "3", "zrh-1 written after rotation").await;
     let errors_after = reconcile_errors().await;
     eprintln!(
         "reconcile errors of the member controller during rotation: {errors_before} -> {errors_after}"
@@ -481,6 +455,24 @@ async fn a_member_whose_binding_is_removed_is_forbidden_and_untouched_and_rotati
     );
     assert!(token_secrets(zrh1).await.is_empty());
     cleanup(&env, ns, &["nauru"], &["join-nauru"]).await;
+}
+
+/// Waits until the member's ConfigMap `nauru` holds `v`.
+async fn written(cms: &Api<ConfigMap>, v: &str, what: &str) {
+    eventually(what, T, || async {
+        let data = cms
+            .get("nauru")
+            .await
+            .map_err(|e| e.to_string())?
+            .data
+            .unwrap_or_default();
+        if data.get("v").map(String::as_str) == Some(v) {
+            Ok(())
+        } else {
+            Err(format!("{data:?}"))
+        }
+    })
+    .await;
 }
 
 fn context_of(fleet: &Fleet, cluster: &str) -> String {

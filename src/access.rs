@@ -9,7 +9,9 @@
 //! - **Cluster-wide, read**: nodes, PersistentVolumes, StorageClasses (location attestation and
 //!   evidence); the metadata of every object of the placeable kinds (the inventory finds data of
 //!   a country anywhere on the member, and drift). RBAC cannot grant "metadata only": a
-//!   list/watch permission is a read permission, and the operator's code reads metadata only.
+//!   list/watch permission is a read permission; the operator's code reads metadata only, and
+//!   whole objects only of those it placed itself (the readiness of its Deployments,
+//!   StatefulSets, DaemonSets and Jobs, selected by its `managed-by` label).
 //! - **Secrets** are the exception: a list/watch permission on Secrets reads every Secret of
 //!   the member. By default the identity gets none cluster-wide, and the operator inventories
 //!   Secrets only in the workloads' namespaces (where it may read them anyway). `join

@@ -135,7 +135,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub http_addr: std::net::SocketAddr,
     /// Maximum concurrent reconciles per controller.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 32)]
     pub concurrency: u16,
     /// Maximum workloads relocating at once (placed on new clusters while they leave others);
     /// one policy edit that moves more proceeds in waves, the others wait with

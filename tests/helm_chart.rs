@@ -460,7 +460,7 @@ fn deployment_follows_the_values() {
             "--http-addr",
             "0.0.0.0:8080",
             "--concurrency",
-            "8",
+            "32",
             "--probe-interval",
             "10",
             "--log-format",

@@ -94,6 +94,7 @@ pub async fn sync(
         discovery: &ctx.discovery,
         pod_security: Default::default(),
         access: ctx.fleet.get(&name).and_then(|c| c.access),
+        memo: Default::default(),
     };
     let (refused, warned) = admission::summary(&refusals);
     let had = |a: Action| {
@@ -367,6 +368,7 @@ pub async fn remove_all(ctx: &Context, cluster: &str, client: &Client) {
         discovery: &ctx.discovery,
         pod_security: Default::default(),
         access: ctx.fleet.get(cluster).and_then(|c| c.access),
+        memo: Default::default(),
     };
     for action in [Action::Deny, Action::Warn] {
         for kind in [AdmissionKind::Binding, AdmissionKind::Policy] {

@@ -79,10 +79,11 @@ pub fn inventory(
         .collect();
     countries.sort();
     countries.dedup();
+    let records = crate::controller::policy::Records::new(workloads);
     let recorded = |l: &crate::fleet::labelled::Labelled| {
         l.workload
             .as_deref()
-            .is_some_and(|w| crate::controller::policy::accounted_for(workloads, w, cluster))
+            .is_some_and(|w| records.accounts_for(w, cluster))
     };
     let mut by_country: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
     for l in objects.values() {
@@ -840,6 +841,10 @@ fn watches_for(
             workloads: ctx.member_events.clone(),
             members: ctx.cluster_events.clone(),
         },
+    ));
+    tasks.extend(crate::fleet::ready::start(
+        watch_client.clone(),
+        ctx.member_events.clone(),
     ));
     tasks.extend(crate::fleet::prevention::watch(
         watch_client.clone(),

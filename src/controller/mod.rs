@@ -121,8 +121,8 @@ impl Default for Settings {
             connection_policy: ConnectionPolicy::default(),
             probe_interval: Duration::from_secs(10),
             progress_interval: Duration::from_secs(2),
-            resync_interval: Duration::from_secs(300),
-            concurrency: 8,
+            resync_interval: Duration::from_secs(600),
+            concurrency: 32,
             max_relocations: 32,
             instance: "residency-operator".into(),
             mover_image: None,
@@ -165,6 +165,8 @@ pub struct Context {
     /// The last PolicyReport content written per namespace (hash), so unchanged reports are
     /// not written again.
     pub reports: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// The namespaces whose PolicyReport is due (built by [`reports::run`]).
+    pub report_queue: reports::Queue,
     /// Workloads whose placed objects changed on a member (from the member watches).
     pub member_events:
         tokio::sync::mpsc::Sender<kube::runtime::reflector::ObjectRef<ResidentWorkload>>,
@@ -172,6 +174,8 @@ pub struct Context {
     pub fence: Arc<crate::leader::Fence>,
     /// The workloads relocating now (bounded by `settings.max_relocations`).
     pub relocations: Relocations,
+    /// When each policy was last evaluated (evaluations are spaced, see [`Spacing`]).
+    pub policy_runs: Spacing,
     /// Members to probe again now (their admission policies changed on the member).
     pub cluster_events:
         tokio::sync::mpsc::Sender<kube::runtime::reflector::ObjectRef<MemberCluster>>,
@@ -242,39 +246,98 @@ impl AdmissionGate {
     }
 }
 
-/// The workloads that hold a relocation slot.
+/// Spaces the runs of a reconciler per object: changes that arrive in bursts (every workload
+/// status a policy governs, every inventory change) are covered by one run per gap, not one
+/// each. The reconciler waits out the rest of the gap; triggers meanwhile merge into one.
+#[derive(Default)]
+pub struct Spacing {
+    last: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl Spacing {
+    /// Waits until `gap` has passed since `key`'s last run, and records this run.
+    pub async fn wait(&self, key: &str, gap: Duration) {
+        let since = {
+            let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            last.get(key).map(|t| t.elapsed())
+        };
+        if let Some(since) = since
+            && since < gap
+        {
+            tokio::time::sleep(gap - since).await;
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.insert(key.to_string(), std::time::Instant::now());
+    }
+}
+
+/// The workloads that hold a relocation slot, and those waiting for one (first come, first
+/// woken).
 #[derive(Default)]
 pub struct Relocations {
-    slots: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    slots: std::sync::Mutex<RelocationSlots>,
+}
+
+#[derive(Default)]
+struct RelocationSlots {
+    taken: std::collections::BTreeSet<String>,
+    waiting: std::collections::VecDeque<String>,
 }
 
 impl Relocations {
-    /// Takes (or keeps) a slot for `key`; false when `max` slots are taken by others.
+    /// Takes (or keeps) a slot for `key`; false when `max` slots are taken by others (`key`
+    /// then waits in line).
     pub fn acquire(&self, key: &str, max: usize) -> bool {
         let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if s.contains(key) {
+        if s.taken.contains(key) {
             return true;
         }
-        if s.len() < max {
-            s.insert(key.to_string());
+        if s.taken.len() < max {
+            s.taken.insert(key.to_string());
+            s.waiting.retain(|w| w != key);
             return true;
+        }
+        if !s.waiting.iter().any(|w| w == key) {
+            s.waiting.push_back(key.to_string());
         }
         false
     }
 
-    /// Frees `key`'s slot (its relocation finished or it was deleted).
-    pub fn release(&self, key: &str) {
+    /// Frees `key`'s slot (its relocation finished or it was deleted); returns the workload
+    /// first in line for it, to wake.
+    pub fn release(&self, key: &str) -> Option<String> {
         let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        s.remove(key);
+        s.waiting.retain(|w| w != key);
+        if s.taken.remove(key) {
+            s.waiting.pop_front()
+        } else {
+            None
+        }
     }
 
     /// How many slots are taken.
     pub fn in_flight(&self) -> usize {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .taken
+            .len()
     }
 }
 
 impl Context {
+    /// Frees `key`'s (`namespace/name`) relocation slot and wakes the workload first in line.
+    pub fn release_relocation(&self, key: &str) {
+        if let Some(next) = self.relocations.release(key)
+            && let Some((ns, name)) = next.split_once('/')
+        {
+            // a full queue is no loss: a waiting workload checks again on its own
+            let _ = self
+                .member_events
+                .try_send(kube::runtime::reflector::ObjectRef::new(name).within(ns));
+        }
+    }
+
     /// Every policy of the cache as the engine's facts.
     pub fn policy_facts(&self) -> Vec<crate::placement::PolicyFacts> {
         self.policies
@@ -395,11 +458,17 @@ impl Context {
     /// The member `cluster` when the last probe reached it (a client exists): every write of
     /// the workload controllers goes through it (fenced, counted).
     pub fn member<'a>(&'a self, cluster: &'a str) -> Option<crate::fleet::member::Member<'a>> {
-        let access = self.fleet.get(cluster).and_then(|c| c.access);
+        let connection = self.fleet.get(cluster);
+        let access = connection.as_ref().and_then(|c| c.access.clone());
+        let memo = connection
+            .and_then(|c| c.watches)
+            .map(|w| w.memo.clone())
+            .unwrap_or_default();
         self.fleet
             .client(cluster)
             .map(|client| crate::fleet::member::Member {
                 access,
+                memo,
                 name: cluster,
                 client,
                 metrics: &self.metrics,

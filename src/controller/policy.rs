@@ -17,6 +17,10 @@ use crate::facts::{self, StatusSource};
 
 const CONTROLLER: &str = "policy";
 
+/// Least time between two evaluations of one policy: one evaluation covers every workload and
+/// inventory change that arrived meanwhile.
+const MIN_GAP: Duration = Duration::from_secs(1);
+
 /// The status of a policy given the clusters and workloads (pure).
 pub fn compute(
     rp: &ResidencyPolicy,
@@ -355,17 +359,46 @@ pub type LabelledObjects =
 /// The labelled objects of every member.
 pub type Labelled = std::collections::BTreeMap<String, LabelledObjects>;
 
-/// Whether the record of the workload named by an object's labels (`namespace/name`) accounts
-/// for a copy on `cluster`: the workload exists and its status has a placement there (pure).
-/// Such objects are reported through that placement; any other labelled object is reported on
-/// its own.
-pub fn accounted_for(workloads: &[Arc<ResidentWorkload>], workload: &str, cluster: &str) -> bool {
-    workloads.iter().any(|w| {
-        format!("{}/{}", w.namespace().unwrap_or_default(), w.name_any()) == workload
-            && w.status
-                .as_ref()
-                .is_some_and(|s| s.placements.iter().any(|p| p.cluster == cluster))
-    })
+/// The workloads' records, indexed once: which clusters each workload (`namespace/name`) has
+/// a placement on (pure). Labelled objects are checked against it by the thousand.
+pub struct Records<'a> {
+    placed: std::collections::HashMap<String, std::collections::HashSet<&'a str>>,
+}
+
+impl<'a> Records<'a> {
+    /// Indexes `workloads`.
+    pub fn new(workloads: &'a [Arc<ResidentWorkload>]) -> Self {
+        let placed = workloads
+            .iter()
+            .map(|w| {
+                let clusters = w
+                    .status
+                    .iter()
+                    .flat_map(|s| s.placements.iter().map(|p| p.cluster.as_str()))
+                    .collect();
+                (
+                    format!("{}/{}", w.namespace().unwrap_or_default(), w.name_any()),
+                    clusters,
+                )
+            })
+            .collect();
+        Self { placed }
+    }
+
+    /// Whether the record of the workload named by an object's labels (`namespace/name`)
+    /// accounts for a copy on `cluster`: the workload exists and its status has a placement
+    /// there. Such objects are reported through that placement; any other labelled object is
+    /// reported on its own.
+    pub fn accounts_for(&self, workload: &str, cluster: &str) -> bool {
+        self.placed
+            .get(workload)
+            .is_some_and(|c| c.contains(cluster))
+    }
+
+    /// Whether the workload `namespace/name` exists.
+    pub fn exists(&self, workload: &str) -> bool {
+        self.placed.contains_key(workload)
+    }
 }
 
 /// Objects on the members labelled as holding data of a governed country, on clusters the
@@ -380,6 +413,7 @@ pub fn labelled_violations(
 ) -> Vec<Violation> {
     let policy = facts::policy(rp);
     let name = rp.name_any();
+    let records = Records::new(workloads);
     let mut out = Vec::new();
     for (cluster, objects) in labelled {
         let allowed = clusters
@@ -392,7 +426,7 @@ pub fn labelled_violations(
         for ((kind, ns, obj), l) in objects {
             if l.workload
                 .as_deref()
-                .is_some_and(|w| accounted_for(workloads, w, cluster))
+                .is_some_and(|w| records.accounts_for(w, cluster))
             {
                 continue;
             }
@@ -414,11 +448,7 @@ pub fn labelled_violations(
             let what = if l.retained { "retained " } else { "" };
             let whose = crate::fleet::labelled::unrecorded_owner(
                 l.workload.as_deref(),
-                l.workload.as_deref().is_some_and(|w| {
-                    workloads.iter().any(|x| {
-                        format!("{}/{}", x.namespace().unwrap_or_default(), x.name_any()) == w
-                    })
-                }),
+                l.workload.as_deref().is_some_and(|w| records.exists(w)),
             );
             out.push(Violation {
                 cluster: cluster.clone(),
@@ -490,10 +520,16 @@ pub fn map_workload(
 
 /// Reconciles one policy.
 pub async fn reconcile(rp: Arc<ResidencyPolicy>, ctx: Arc<Context>) -> Result<Action> {
-    let start = Instant::now();
     if !ctx.synced() {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
+    ctx.policy_runs.wait(&rp.name_any(), MIN_GAP).await;
+    // what the cache holds after the wait (the status this replica wrote last, say)
+    let rp = ctx
+        .policies
+        .get(&kube::runtime::reflector::ObjectRef::from_obj(rp.as_ref()))
+        .unwrap_or(rp);
+    let start = Instant::now();
     let previous = rp.status.clone().unwrap_or_default();
     let (clusters, workloads) = (ctx.clusters.state(), ctx.workloads.state());
     let status = ctx.labelled.with(|labelled| {
@@ -511,7 +547,7 @@ pub async fn reconcile(rp: Arc<ResidencyPolicy>, ctx: Arc<Context>) -> Result<Ac
         ctx.apply_status(&api, &rp.name_any(), &status).await?;
     }
     // the PolicyReports show the same findings (written only where they changed)
-    super::reports::publish_all(&ctx).await;
+    ctx.report_queue.everything();
     ctx.metrics.reconciled(CONTROLLER, start.elapsed());
     Ok(Action::requeue(Duration::from_secs(30)))
 }

@@ -1,8 +1,14 @@
 //! Publishing the PolicyReports (see [`crate::policy_report`]): computed from the caches (the
 //! workloads, and the policies' findings over the members' inventory), written to the
 //! management cluster only when a namespace's report changed, and only by the leader.
+//!
+//! Reconcilers do not build reports: they mark a namespace changed ([`Queue`]), and one task
+//! ([`run`]) builds each changed namespace's report once per [`COALESCE`], from one evaluation
+//! of the findings, however many workloads changed meanwhile.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -12,11 +18,133 @@ use tracing::warn;
 use super::Context;
 use crate::api::ResidentWorkload;
 
-/// Writes the PolicyReport of every namespace one is due in whose content changed: those with
-/// workloads, with forbidden copies, or with a report written before (so it is emptied when its
-/// last finding goes).
-pub async fn publish_all(ctx: &Context) {
+/// How long changes are gathered before the reports they touch are built.
+pub const COALESCE: Duration = Duration::from_millis(500);
+
+/// The namespaces whose report is due, and the newest status this replica computed of each
+/// workload (the cache may not hold it yet).
+#[derive(Default)]
+pub struct Queue {
+    state: Mutex<Pending>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    /// Every namespace is due (the findings changed).
+    all: bool,
+    dirty: BTreeSet<String>,
+    /// `(namespace, name)` -> the workload with its newest status, until the cache has a newer
+    /// version of it.
+    latest: BTreeMap<(String, String), ResidentWorkload>,
+    /// Workloads cleaned up, left out while the cache still shows them.
+    gone: BTreeSet<(String, String)>,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A workload's status changed: its namespace's report is due.
+    pub fn changed(&self, current: &ResidentWorkload) {
+        let ns = current.namespace().unwrap_or_default();
+        let mut p = self.lock();
+        p.latest
+            .insert((ns.clone(), current.name_any()), current.clone());
+        p.dirty.insert(ns);
+        self.wake.notify_one();
+    }
+
+    /// A workload was cleaned up: it leaves its namespace's report.
+    pub fn gone(&self, namespace: &str, name: &str) {
+        let key = (namespace.to_string(), name.to_string());
+        let mut p = self.lock();
+        p.latest.remove(&key);
+        p.gone.insert(key);
+        p.dirty.insert(namespace.to_string());
+        self.wake.notify_one();
+    }
+
+    /// The findings changed: every report is due.
+    pub fn everything(&self) {
+        self.lock().all = true;
+        self.wake.notify_one();
+    }
+}
+
+/// Builds and writes the due reports until the process ends.
+pub async fn run(ctx: std::sync::Arc<Context>) {
+    loop {
+        ctx.report_queue.wake.notified().await;
+        tokio::time::sleep(COALESCE).await;
+        publish_due(&ctx).await;
+    }
+}
+
+/// Writes the reports due now (each namespace once).
+async fn publish_due(ctx: &Context) {
+    let cached = ctx.workloads.state();
+    let (all, dirty, latest, gone) = {
+        let mut p = ctx.report_queue.lock();
+        // a version the cache holds supersedes what was kept (it was written since); a
+        // cleaned-up workload the cache no longer holds needs no filter
+        let versions: std::collections::HashMap<(String, String), Option<String>> = cached
+            .iter()
+            .map(|w| {
+                (
+                    (w.namespace().unwrap_or_default(), w.name_any()),
+                    w.resource_version(),
+                )
+            })
+            .collect();
+        p.latest.retain(|key, kept| {
+            versions
+                .get(key)
+                .is_none_or(|v| *v == kept.resource_version())
+        });
+        p.gone.retain(|key| versions.contains_key(key));
+        let dirty = std::mem::take(&mut p.dirty);
+        (
+            std::mem::take(&mut p.all),
+            dirty,
+            p.latest.clone(),
+            p.gone.clone(),
+        )
+    };
     let found = violations(ctx);
+    let namespaces = if all {
+        due_everywhere(ctx, &found)
+    } else {
+        dirty
+    };
+    for namespace in &namespaces {
+        let mut list: Vec<&ResidentWorkload> = cached
+            .iter()
+            .map(|w| w.as_ref())
+            .filter(|w| w.namespace().as_deref() == Some(namespace.as_str()))
+            .filter(|w| {
+                let key = (namespace.clone(), w.name_any());
+                !gone.contains(&key) && !latest.contains_key(&key)
+            })
+            .collect();
+        list.extend(
+            latest
+                .iter()
+                .filter(|((ns, _), _)| ns == namespace)
+                .map(|(_, w)| w),
+        );
+        let report = crate::policy_report::build(namespace, &list, &found);
+        write(ctx, namespace, &report).await;
+    }
+}
+
+/// Every namespace a report is due in: those with workloads, with forbidden copies, or with a
+/// report written before (so it is emptied when its last finding goes).
+fn due_everywhere(
+    ctx: &Context,
+    found: &[crate::api::residency_policy::Violation],
+) -> BTreeSet<String> {
     let mut namespaces: BTreeSet<String> = ctx
         .workloads
         .state()
@@ -31,9 +159,7 @@ pub async fn publish_all(ctx: &Context) {
             .keys()
             .cloned(),
     );
-    for namespace in &namespaces {
-        publish_one(ctx, namespace, None, None, &found).await;
-    }
+    namespaces
 }
 
 fn violations(ctx: &Context) -> Vec<crate::api::residency_policy::Violation> {
@@ -44,40 +170,6 @@ fn violations(ctx: &Context) -> Vec<crate::api::residency_policy::Violation> {
     );
     ctx.labelled
         .with(|labelled| super::policy::all_violations(&policies, &clusters, &workloads, labelled))
-}
-
-/// Writes the PolicyReport of `namespace` when its content changed. `current` replaces the
-/// cached copy of one workload (its new status may not be in the cache yet); `gone` (a workload
-/// name there) is left out.
-pub async fn publish(
-    ctx: &Context,
-    namespace: &str,
-    current: Option<&ResidentWorkload>,
-    gone: Option<&str>,
-) {
-    publish_one(ctx, namespace, current, gone, &violations(ctx)).await;
-}
-
-async fn publish_one(
-    ctx: &Context,
-    namespace: &str,
-    current: Option<&ResidentWorkload>,
-    gone: Option<&str>,
-    found: &[crate::api::residency_policy::Violation],
-) {
-    let cached = ctx.workloads.state();
-    let mut list: Vec<&ResidentWorkload> = cached
-        .iter()
-        .map(|w| w.as_ref())
-        .filter(|w| w.namespace().as_deref() == Some(namespace))
-        .filter(|w| Some(w.name_any().as_str()) != gone)
-        .filter(|w| current.is_none_or(|c| c.name_any() != w.name_any()))
-        .collect();
-    if let Some(c) = current {
-        list.push(c);
-    }
-    let report = crate::policy_report::build(namespace, &list, found);
-    write(ctx, namespace, &report).await;
 }
 
 async fn write(ctx: &Context, namespace: &str, report: &serde_json::Value) {

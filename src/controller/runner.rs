@@ -107,10 +107,17 @@ pub async fn run(
         .reflect(policy_writer)
         .touched_objects();
 
-    let workloads_ctrl = Controller::new(Api::<ResidentWorkload>::all(client.clone()), wc.clone())
+    // a workload is reconciled when what it asks for changes, not on its own status writes
+    // (the cache still takes every change)
+    let (workloads, workload_writer) = reflector::store::<ResidentWorkload>();
+    let workload_changes = watcher(Api::<ResidentWorkload>::all(client.clone()), wc.clone())
+        .backoff(WatchBackoff::default())
+        .reflect(workload_writer)
+        .applied_objects()
+        .predicate_filter(workload::asks_for, Default::default());
+    let workloads_ctrl = Controller::for_stream(workload_changes, workloads.clone())
         .with_config(config.clone())
         .trigger_backoff(WatchBackoff::default());
-    let workloads = workloads_ctrl.store();
     let (member_events, member_rx) = tokio::sync::mpsc::channel(1024);
     let (policy_retrigger, policy_rx) = tokio::sync::mpsc::channel(1024);
     let (cluster_retrigger, cluster_rx) = tokio::sync::mpsc::channel(1024);
@@ -139,9 +146,11 @@ pub async fn run(
         topology: Arc::new(crate::fleet::topology::Index::default()),
         discovery: Default::default(),
         reports: Default::default(),
+        report_queue: Default::default(),
         policy_events: policy_retrigger,
         fence,
         relocations: super::Relocations::default(),
+        policy_runs: Default::default(),
         cluster_events: cluster_retrigger,
         admission: Default::default(),
         admission_gate: Default::default(),
@@ -204,7 +213,9 @@ pub async fn run(
         ready.store(true, Ordering::Relaxed);
         info!("caches synced; controllers running");
     };
+    let reports = tokio::spawn(super::reports::run(ctx.clone()));
     tokio::join!(workload_loop, cluster_loop, policy_loop, readiness);
+    reports.abort();
     info!("controllers stopped");
     Ok(())
 }

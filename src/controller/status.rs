@@ -544,6 +544,22 @@ pub fn in_progress(decision: &Decision, placements: &[Placement]) -> bool {
             .all(|t| placements.iter().any(|p| &p.cluster == t)))
 }
 
+/// Whether everything a workload in progress waits for arrives as an event (pure): its copies
+/// are only waiting for objects whose readiness the member watches report
+/// ([`crate::fleet::ready::KINDS`]), or it waits in line for a relocation slot (`queued`: it is
+/// woken when one frees). Then it is checked again only as a backstop, not every few seconds.
+pub fn awaits_events(placements: &[Placement], queued: bool) -> bool {
+    placements.iter().all(|p| match p.state.as_str() {
+        state::APPLIED => p.objects.iter().filter(|o| !o.ready).all(|o| {
+            crate::fleet::ready::KINDS
+                .iter()
+                .any(|(v, k)| *k == o.kind && o.api_version.as_deref().is_none_or(|a| a == *v))
+        }),
+        state::EVICTING | state::UNKNOWN | state::FAILED => false,
+        _ => true,
+    }) && (queued || !placements.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -801,5 +817,40 @@ mod tests {
         let c = invalid_conditions("spec.manifests[0].kind: ClusterRole cannot be placed");
         assert_eq!(c[2].status, Status::True);
         assert_eq!(c[3].status, Status::Unknown);
+    }
+
+    #[test]
+    fn only_waits_the_member_watches_report_are_left_to_events() {
+        let object = |kind: &str, ready: bool| ObjectStatus {
+            api_version: None,
+            kind: kind.into(),
+            name: "o".into(),
+            ready,
+            message: String::new(),
+        };
+        let placement = |st: &str, objects: Vec<ObjectStatus>| Placement {
+            cluster: "zrh-1".into(),
+            state: st.into(),
+            message: String::new(),
+            objects,
+            evidence: None,
+        };
+        let waiting = placement(
+            state::APPLIED,
+            vec![object("ConfigMap", true), object("Deployment", false)],
+        );
+        assert!(awaits_events(std::slice::from_ref(&waiting), false));
+        // a custom kind's readiness is not watched: checked every few seconds
+        let custom = placement(state::APPLIED, vec![object("Widget", false)]);
+        assert!(!awaits_events(&[waiting.clone(), custom], false));
+        for st in [state::EVICTING, state::UNKNOWN, state::FAILED] {
+            assert!(!awaits_events(
+                &[waiting.clone(), placement(st, vec![])],
+                false
+            ));
+        }
+        // nothing placed yet: only a queued relocation is woken
+        assert!(!awaits_events(&[], false));
+        assert!(awaits_events(&[], true));
     }
 }

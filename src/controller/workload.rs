@@ -69,6 +69,23 @@ pub fn error_policy(rw: Arc<ResidentWorkload>, err: &Error, ctx: Arc<Context>) -
     Action::requeue(ctx.backoff.next(&key))
 }
 
+/// How often a workload in progress that waits only for events is checked anyway.
+const EVENT_BACKSTOP: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A hash of what a workload asks for: its spec (`generation`), labels, annotations (an
+/// abandoned cluster, say), finalizers and deletion. Its status, which only the operator
+/// writes, is left out: writing it does not reconcile the workload again.
+pub fn asks_for(rw: &ResidentWorkload) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    rw.metadata.generation.hash(&mut h);
+    rw.labels().hash(&mut h);
+    rw.annotations().hash(&mut h);
+    rw.finalizers().hash(&mut h);
+    rw.metadata.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
 /// The placement decision for `rw` from the current caches (pure once the caches are read).
 pub fn decide(
     clusters: &[Arc<MemberCluster>],
@@ -276,6 +293,10 @@ async fn place_on(
         Ok::<_, MemberError>(placed)
     }
     .await;
+    if result.is_err() {
+        // the namespace may be gone, or the operator's binding there: checked again next time
+        m.memo.forget_namespace(&ns);
+    }
     match result {
         Ok(placed) => {
             for c in &placed.corrected {
@@ -426,6 +447,20 @@ async fn held(
         Hold::RelocationQueued => {}
     }
     Some(p)
+}
+
+/// [`evict_from`] on several members at once: what is left on each, and the failures.
+async fn evict_all<'a>(
+    ctx: &Context,
+    rw: &ResidentWorkload,
+    evictions: impl Iterator<Item = (&'a Placement, &'a [plan::ObjectKey], VolumePolicy)>,
+) -> Vec<(Option<Placement>, Vec<MemberError>)> {
+    futures::future::join_all(evictions.map(|(previous, delete, volumes)| async move {
+        let mut failed = Vec::new();
+        let left = evict_from(ctx, rw, previous, delete, volumes, &mut failed).await;
+        (left, failed)
+    }))
+    .await
 }
 
 /// Carries out an eviction: removes what the record lists on a cluster the workload left.
@@ -650,10 +685,23 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
     let observed_record: Vec<Placement> = record.values().cloned().collect();
     let mut placements: Vec<Placement> = Vec::new();
     let mut queued = false;
-    for action in plan::plan(&plan::Input {
+    let actions = plan::plan(&plan::Input {
         record: &observed_record,
         ..input
-    }) {
+    });
+    let evictions = actions.iter().filter_map(|a| match a {
+        plan::Action::Evict {
+            cluster,
+            delete,
+            volumes,
+        } => Some((record.get(cluster)?, delete.as_slice(), *volumes)),
+        _ => None,
+    });
+    for (p, failed) in evict_all(&ctx, &rw, evictions).await {
+        placements.extend(p);
+        failures.extend(failed);
+    }
+    for action in actions {
         match action {
             plan::Action::Apply { cluster } => {
                 if fresh.contains(&cluster)
@@ -662,18 +710,7 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
                     placements.push(p.clone());
                 }
             }
-            plan::Action::Evict {
-                cluster,
-                delete,
-                volumes,
-            } => {
-                if let Some(prev) = record.get(&cluster)
-                    && let Some(p) =
-                        evict_from(&ctx, &rw, prev, &delete, volumes, &mut failures).await
-                {
-                    placements.push(p);
-                }
-            }
+            plan::Action::Evict { .. } => {} // done above
             plan::Action::CheckRetained { cluster } => {
                 if let Some(prev) = record.get(&cluster)
                     && let Some(p) = refresh_retained(&ctx, &rw, prev).await
@@ -705,7 +742,7 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
     }
     placements.sort_by(|a, b| a.cluster.cmp(&b.cluster));
     if !plan::needs_relocation_slot(&decision, &placements) {
-        ctx.relocations.release(&key);
+        ctx.release_relocation(&key);
     }
 
     // observe: copies the operator may not touch now are checked for drift, writing nothing
@@ -794,20 +831,25 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
         )
         .await?;
         info!(workload = %key, targets = ?status.targets, "status updated");
+        let mut with_status = (*rw).clone();
+        with_status.status = Some(status.clone());
+        ctx.report_queue.changed(&with_status);
     }
-    let mut with_status = (*rw).clone();
-    with_status.status = Some(status.clone());
-    super::reports::publish(&ctx, &ns, Some(&with_status), None).await;
     if let Some(e) = failures.into_iter().next() {
         return Err(e.into());
     }
-    Ok(
-        if data.active || status::in_progress(&decision, &status.placements) {
-            Action::requeue(ctx.settings.progress_interval)
+    Ok(if data.active {
+        Action::requeue(ctx.settings.progress_interval)
+    } else if status::in_progress(&decision, &status.placements) {
+        if status::awaits_events(&status.placements, queued) {
+            // the member watches or a freed relocation slot wake it; this is the backstop
+            Action::requeue(ctx.settings.progress_interval.max(EVENT_BACKSTOP))
         } else {
-            Action::requeue(ctx.settings.resync_interval)
-        },
-    )
+            Action::requeue(ctx.settings.progress_interval)
+        }
+    } else {
+        Action::requeue(ctx.settings.resync_interval)
+    })
 }
 
 /// Deleting a workload removes what it placed (from the record), retaining volumes like an
@@ -850,24 +892,29 @@ async fn cleanup(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action>
         "if the cluster is gone for good, annotate the workload {}=<cluster>",
         plan::ABANDON_ANNOTATION
     );
+    let removals = steps.iter().filter_map(|step| match step {
+        plan::Cleanup::Remove(plan::Action::Evict {
+            cluster,
+            delete,
+            volumes,
+        }) => Some((
+            record.iter().find(|p| &p.cluster == cluster)?,
+            delete.as_slice(),
+            *volumes,
+        )),
+        _ => None,
+    });
+    for (left, failed) in evict_all(&ctx, &rw, removals).await {
+        failures.extend(failed);
+        if let Some(p) = left
+            && p.state != state::RETAINED
+        {
+            blocked.push(format!("{}: {}", p.cluster, p.message));
+        }
+    }
     for step in steps {
         match step {
-            plan::Cleanup::Remove(plan::Action::Evict {
-                cluster,
-                delete,
-                volumes,
-            }) => {
-                let Some(prev) = record.iter().find(|p| p.cluster == cluster) else {
-                    continue;
-                };
-                if let Some(p) =
-                    evict_from(&ctx, &rw, prev, &delete, volumes, &mut failures).await
-                    && p.state != state::RETAINED
-                {
-                    blocked.push(format!("{cluster}: {}", p.message));
-                }
-            }
-            plan::Cleanup::Remove(_) => {}
+            plan::Cleanup::Remove(_) => {} // done above
             plan::Cleanup::Abandon { cluster } => {
                 let objects: Vec<String> = record
                     .iter()
@@ -901,7 +948,7 @@ async fn cleanup(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action>
         publish(&ctx, &rw, EventType::Warning, "CleanupBlocked", &msg).await;
         return Err(Error::CleanupBlocked(msg));
     }
-    ctx.relocations.release(&key);
+    ctx.release_relocation(&key);
     publish(
         &ctx,
         &rw,
@@ -910,13 +957,8 @@ async fn cleanup(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action>
         "Removed the workload from every member cluster.",
     )
     .await;
-    super::reports::publish(
-        &ctx,
-        &rw.namespace().unwrap_or_default(),
-        None,
-        Some(&rw.name_any()),
-    )
-    .await;
+    ctx.report_queue
+        .gone(&rw.namespace().unwrap_or_default(), &rw.name_any());
     Ok(Action::await_change())
 }
 
@@ -1140,6 +1182,35 @@ mod tests {
                        "inventory": {"objects": inventory_objects, "volumes": 0, "retained": 0}}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn its_own_status_writes_do_not_reconcile_a_workload() {
+        let rw = |generation: i64, status: &str, annotation: Option<&str>| -> ResidentWorkload {
+            let mut v = serde_json::json!({
+                "apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload",
+                "metadata": {"name": "w", "namespace": "ns", "generation": generation},
+                "spec": {"role": "Processing", "countries": ["CH"], "manifests": []},
+                "status": {"targets": [status]}
+            });
+            if let Some(a) = annotation {
+                v["metadata"]["annotations"] = serde_json::json!({plan::ABANDON_ANNOTATION: a});
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let first = asks_for(&rw(1, "zrh-1", None));
+        assert_eq!(first, asks_for(&rw(1, "zrh-2", None)), "status only");
+        assert_ne!(first, asks_for(&rw(2, "zrh-1", None)), "spec");
+        assert_ne!(
+            first,
+            asks_for(&rw(1, "zrh-1", Some("msk-1"))),
+            "annotation"
+        );
+        let mut deleting = rw(1, "zrh-1", None);
+        deleting.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+        );
+        assert_ne!(first, asks_for(&deleting), "deletion");
     }
 
     #[test]

@@ -76,17 +76,21 @@ pub fn countries_of(object_labels: &BTreeMap<String, String>) -> Vec<String> {
 impl Index {
     /// Records (or forgets, when it has no country label) one object; returns the countries it
     /// declared before and declares now.
+    /// Nothing when the object's entry did not change (a status update, say): the policies
+    /// have nothing new to judge.
     fn update(&self, cluster: &str, key: Key, value: Option<Labelled>) -> BTreeSet<String> {
         let mut m = self.members.write().unwrap_or_else(|e| e.into_inner());
         let objects = m.entry(cluster.to_string()).or_default();
         match value {
-            Some(v) if !v.countries.is_empty() => objects
-                .insert(key, v.clone())
-                .map(|o| o.countries)
-                .into_iter()
-                .flatten()
-                .chain(v.countries)
-                .collect(),
+            Some(v) if !v.countries.is_empty() => match objects.insert(key, v.clone()) {
+                Some(old) if old == v => BTreeSet::new(),
+                old => old
+                    .map(|o| o.countries)
+                    .into_iter()
+                    .flatten()
+                    .chain(v.countries)
+                    .collect(),
+            },
             _ => objects
                 .remove(&key)
                 .map(|o| o.countries)
@@ -220,14 +224,12 @@ pub fn watch_kind(
     let kind = ar.kind.clone();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        let mut seen = Seen::default();
         while let Some(event) = stream.next().await {
-            if let Ok(
-                watcher::Event::Apply(o) | watcher::Event::InitApply(o) | watcher::Event::Delete(o),
-            ) = &event
-                && let Some(w) = super::watch::workload_of(o.labels())
-                && workloads_tx.send(w).await.is_err()
-            {
-                return; // the controller is gone
+            for w in seen.triggers(&event) {
+                if workloads_tx.send(w).await.is_err() {
+                    return; // the controller is gone
+                }
             }
             let changed: BTreeSet<String> = match event {
                 Ok(watcher::Event::Init) => index.clear_kind(&cluster, &kind, namespace.as_deref()),
@@ -270,6 +272,87 @@ pub fn watch_kind(
     })
 }
 
+/// What a member watch last saw of each object a workload placed, to trigger that workload
+/// only when something it judges changed: the object's existence, labels, annotations or spec
+/// (its `generation`; any change of a kind without one). Status updates, which controllers
+/// write often, trigger nothing; readiness has its own watch ([`super::ready`]).
+#[derive(Default)]
+struct Seen {
+    objects: std::collections::HashMap<(String, String), (u64, ObjectRef<ResidentWorkload>)>,
+    /// The keys listed since the last `Init` (objects gone meanwhile are found at `InitDone`).
+    listing: Option<BTreeSet<(String, String)>>,
+}
+
+impl Seen {
+    fn triggers(
+        &mut self,
+        event: &Result<watcher::Event<PartialObjectMeta<DynamicObject>>, watcher::Error>,
+    ) -> Vec<ObjectRef<ResidentWorkload>> {
+        match event {
+            Ok(watcher::Event::Init) => {
+                self.listing = Some(BTreeSet::new());
+                Vec::new()
+            }
+            Ok(watcher::Event::InitApply(o) | watcher::Event::Apply(o)) => {
+                let key = (o.namespace().unwrap_or_default(), o.name_any());
+                if let Some(l) = self.listing.as_mut() {
+                    l.insert(key.clone());
+                }
+                let Some(w) = super::watch::workload_of(o.labels()) else {
+                    return self
+                        .objects
+                        .remove(&key)
+                        .map(|(_, w)| w)
+                        .into_iter()
+                        .collect();
+                };
+                let print = fingerprint(o);
+                match self.objects.insert(key, (print, w.clone())) {
+                    Some((before, was)) if before == print && was == w => Vec::new(),
+                    Some((_, was)) if was != w => vec![was, w],
+                    _ => vec![w],
+                }
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                let key = (o.namespace().unwrap_or_default(), o.name_any());
+                self.objects
+                    .remove(&key)
+                    .map(|(_, w)| w)
+                    .or_else(|| super::watch::workload_of(o.labels()))
+                    .into_iter()
+                    .collect()
+            }
+            Ok(watcher::Event::InitDone) => {
+                let listed = self.listing.take().unwrap_or_default();
+                let mut gone = Vec::new();
+                self.objects.retain(|k, (_, w)| {
+                    let keep = listed.contains(k);
+                    if !keep {
+                        gone.push(w.clone());
+                    }
+                    keep
+                });
+                gone
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// A hash of what a workload judges in an object's metadata (see [`Seen`]).
+fn fingerprint(o: &PartialObjectMeta<DynamicObject>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    o.labels().hash(&mut h);
+    o.annotations().hash(&mut h);
+    match o.metadata.generation {
+        Some(g) => g.hash(&mut h),
+        None => o.metadata.resource_version.hash(&mut h),
+    }
+    o.metadata.deletion_timestamp.is_some().hash(&mut h);
+    h.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,14 +382,88 @@ mod tests {
             retained: false,
         };
         assert_eq!(
-            index.update("msk-1", key.clone(), Some(v)),
+            index.update("msk-1", key.clone(), Some(v.clone())),
             BTreeSet::from(["AU".to_string()])
         );
         assert_eq!(index.with(|m| m["msk-1"].len()), 1);
+        // the same entry again (a status update): no policy has anything new to judge
+        assert!(index.update("msk-1", key.clone(), Some(v)).is_empty());
         assert_eq!(
             index.update("msk-1", key, None),
             BTreeSet::from(["AU".to_string()])
         );
         assert!(index.with(|m| m["msk-1"].is_empty()));
+    }
+
+    fn meta(
+        labels: serde_json::Value,
+        generation: Option<i64>,
+        version: &str,
+    ) -> PartialObjectMeta<DynamicObject> {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "d", "namespace": "ns", "labels": labels,
+                         "generation": generation, "resourceVersion": version}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn workloads_are_triggered_by_what_they_judge_not_by_status_writes() {
+        let placed = serde_json::json!({
+            labels::MANAGED_BY: labels::MANAGED_BY_VALUE,
+            labels::WORKLOAD: "w", labels::WORKLOAD_NAMESPACE: "ns"});
+        let w = ObjectRef::<ResidentWorkload>::new("w").within("ns");
+        let mut seen = Seen::default();
+        let apply = |o| Ok(watcher::Event::Apply(o));
+        assert_eq!(
+            seen.triggers(&apply(meta(placed.clone(), Some(1), "1"))),
+            vec![w.clone()]
+        );
+        // a status write: new resourceVersion, same generation
+        assert!(
+            seen.triggers(&apply(meta(placed.clone(), Some(1), "2")))
+                .is_empty()
+        );
+        // a spec change
+        assert_eq!(
+            seen.triggers(&apply(meta(placed.clone(), Some(2), "3"))),
+            vec![w.clone()]
+        );
+        // a label change
+        let mut relabelled = placed.clone();
+        relabelled["extra"] = "x".into();
+        assert_eq!(
+            seen.triggers(&apply(meta(relabelled, Some(2), "4"))),
+            vec![w.clone()]
+        );
+        // a kind without generation: every change counts
+        assert_eq!(
+            seen.triggers(&apply(meta(placed.clone(), None, "5"))),
+            vec![w.clone()]
+        );
+        assert_eq!(
+            seen.triggers(&apply(meta(placed.clone(), None, "6"))),
+            vec![w.clone()]
+        );
+        // its labels taken off: its workload learns it; then it is nobody's
+        let unlabelled = || apply(meta(serde_json::json!({}), Some(2), "7"));
+        assert_eq!(seen.triggers(&unlabelled()), vec![w.clone()]);
+        assert!(seen.triggers(&unlabelled()).is_empty());
+        // a relist that no longer shows a placed object: its workload learns it is gone
+        assert_eq!(
+            seen.triggers(&apply(meta(placed.clone(), Some(2), "8"))),
+            vec![w.clone()]
+        );
+        assert!(seen.triggers(&Ok(watcher::Event::Init)).is_empty());
+        assert_eq!(
+            seen.triggers(&Ok(watcher::Event::InitDone)),
+            vec![w.clone()]
+        );
+        // and a delete
+        assert_eq!(
+            seen.triggers(&Ok(watcher::Event::Delete(meta(placed, Some(1), "9")))),
+            vec![w]
+        );
     }
 }

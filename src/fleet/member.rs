@@ -125,6 +125,58 @@ pub struct Member<'a> {
     /// The identity `join` made, when the member's credential is one: the operator binds
     /// itself to its workloads role in each namespace it places into.
     pub access: Option<super::registry::Access>,
+    /// What this connection checked already.
+    pub memo: std::sync::Arc<Memo>,
+}
+
+/// What one connection to a member has checked already, so that reconciles do not ask again
+/// each time: the namespaces it made ready for placement (labels and the operator's binding)
+/// and the member's answers on whether it admits a pod template. Entries expire; a failed
+/// placement forgets its namespace, so the next one checks again.
+#[derive(Default)]
+pub struct Memo {
+    namespaces: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    refusals: std::sync::Mutex<
+        std::collections::HashMap<PodTemplate, (std::time::Instant, Option<String>)>,
+    >,
+}
+
+/// A pod template asked about: namespace, object name, object hash.
+type PodTemplate = (String, String, String);
+
+impl Memo {
+    /// How long a namespace stays checked.
+    pub const NAMESPACE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+    /// How long an admission answer is kept.
+    pub const REFUSAL_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+    fn namespace_ready(&self, namespace: &str) -> bool {
+        let m = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(namespace)
+            .is_some_and(|t| t.elapsed() < Self::NAMESPACE_TTL)
+    }
+
+    fn set_namespace_ready(&self, namespace: &str) {
+        let mut m = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(namespace.to_string(), std::time::Instant::now());
+    }
+
+    /// Checks `namespace` again at the next placement.
+    pub fn forget_namespace(&self, namespace: &str) {
+        let mut m = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        m.remove(namespace);
+    }
+
+    fn refusal(&self, key: &PodTemplate) -> Option<Option<String>> {
+        let mut m = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, (t, _)| t.elapsed() < Self::REFUSAL_TTL);
+        m.get(key).map(|(_, r)| r.clone())
+    }
+
+    fn set_refusal(&self, key: PodTemplate, refused: Option<String>) {
+        let mut m = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(key, (std::time::Instant::now(), refused));
+    }
 }
 
 const PVC: &str = "PersistentVolumeClaim";
@@ -321,6 +373,9 @@ impl Member<'_> {
     /// namespace the operator created gets them when they differ (someone else's namespace is
     /// never changed).
     pub async fn ensure_namespace(&self, namespace: &str) -> Result<(), MemberError> {
+        if self.memo.namespace_ready(namespace) {
+            return Ok(());
+        }
         let api: Api<Namespace> = Api::all(self.client.clone());
         let found = api
             .get_opt(namespace)
@@ -352,6 +407,7 @@ impl Member<'_> {
         if let Some(access) = &self.access {
             self.ensure_binding(namespace, access).await?;
         }
+        self.memo.set_namespace_ready(namespace);
         Ok(())
     }
 
@@ -549,6 +605,17 @@ impl Member<'_> {
     /// policies), asked with a dry-run create of such a Pod (nothing is stored); `None` when it
     /// admits them, when `obj` has no pod template, or when the member cannot say.
     async fn pods_refused(&self, obj: &DesiredObject) -> Option<String> {
+        let key = (obj.namespace.clone(), obj.name.clone(), obj.hash.clone());
+        if let Some(known) = self.memo.refusal(&key) {
+            return known;
+        }
+        let refused = self.ask_pods_refused(obj).await?;
+        self.memo.set_refusal(key, refused.clone());
+        refused
+    }
+
+    /// Asks the member (`None` when it cannot say).
+    async fn ask_pods_refused(&self, obj: &DesiredObject) -> Option<Option<String>> {
         let pointer = crate::kinds::pod_template_pointer(
             crate::kinds::group_of(&obj.api_version),
             &obj.kind,
@@ -593,12 +660,12 @@ impl Member<'_> {
         };
         match pods.create(&dry_run, &pod).await {
             // refused by admission (Pod Security, admission policies, webhooks)
-            Err(kube::Error::Api(s)) if s.code == 403 => Some(s.message),
+            Err(kube::Error::Api(s)) if s.code == 403 => Some(Some(s.message)),
             Err(e) => {
                 tracing::debug!(cluster = self.name, object = %obj.name, error = %e, "could not ask whether its Pods are admitted");
                 None
             }
-            Ok(_) => None,
+            Ok(_) => Some(None),
         }
     }
 

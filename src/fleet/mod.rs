@@ -7,6 +7,7 @@ pub mod kubeconfig;
 pub mod labelled;
 pub mod member;
 pub mod prevention;
+pub mod ready;
 pub mod registry;
 pub mod topology;
 pub mod watch;

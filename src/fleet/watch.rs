@@ -67,6 +67,8 @@ pub struct Watches {
     tasks: Vec<JoinHandle<()>>,
     /// Watches of kinds workloads placed there beyond the well-known ones (by `apiVersion/kind`).
     kinds: std::sync::Mutex<BTreeMap<String, JoinHandle<()>>>,
+    /// What this connection has checked already (shared by the reconciles).
+    pub memo: std::sync::Arc<super::member::Memo>,
 }
 
 impl Watches {
@@ -77,6 +79,7 @@ impl Watches {
             client,
             tasks,
             kinds: Default::default(),
+            memo: Default::default(),
         }
     }
 

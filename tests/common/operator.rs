@@ -111,7 +111,10 @@ pub fn spawn(fleet: &Fleet, name: &str, extra: &[&str]) -> (Child, u16, std::pat
     let port = free_port();
     let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.log"));
     let file = std::fs::File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_residency-operator"))
+    // RESIDENCY_OPERATOR_BIN runs another build (a benchmark's "before")
+    let binary = std::env::var("RESIDENCY_OPERATOR_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_residency-operator").to_string());
+    let child = Command::new(binary)
         .args([
             "run",
             "--kubeconfig",
@@ -119,16 +122,20 @@ pub fn spawn(fleet: &Fleet, name: &str, extra: &[&str]) -> (Child, u16, std::pat
             "--context",
             &fleet.mgmt,
         ])
-        .args([
-            "--namespace",
-            OPERATOR_NS,
-            "--probe-interval",
-            "2",
-            "--exit-on-stdin-close",
-        ])
+        .args(["--namespace", OPERATOR_NS, "--exit-on-stdin-close"])
+        // members are probed every 2 s unless `extra` says otherwise
+        .args(if extra.contains(&"--probe-interval") {
+            &[][..]
+        } else {
+            &["--probe-interval", "2"][..]
+        })
         .args(["--http-addr", &format!("127.0.0.1:{port}")])
         .args(extra)
-        .env("RUST_LOG", "info,residency_operator=debug")
+        .env(
+            "RUST_LOG",
+            std::env::var("RESIDENCY_OPERATOR_LOG")
+                .unwrap_or_else(|_| "info,residency_operator=debug".into()),
+        )
         .stdin(Stdio::piped())
         .stdout(file.try_clone().unwrap())
         .stderr(file)
@@ -148,6 +155,11 @@ fn free_port() -> u16 {
 
 /// Starts the operator once per test binary (CRDs and member Secrets first).
 pub async fn start(fleet: &Fleet) -> &'static Operator {
+    start_with(fleet, &[]).await
+}
+
+/// [`start`] with more arguments (only the first call of a test binary starts it).
+pub async fn start_with(fleet: &Fleet, extra: &[&str]) -> &'static Operator {
     OPERATOR
         .get_or_init(|| async {
             let client = fleet.mgmt_client().await;
@@ -163,7 +175,9 @@ pub async fn start(fleet: &Fleet) -> &'static Operator {
                 std::process::id()
             );
             // data moves run their mover Pods from the image the tests load (common::mover)
-            let (child, port, log) = spawn(fleet, &name, &["--mover-image", super::mover::IMAGE]);
+            let mut args = vec!["--mover-image", super::mover::IMAGE];
+            args.extend(extra);
+            let (child, port, log) = spawn(fleet, &name, &args);
             let http = format!("http://127.0.0.1:{port}");
             let url = format!("{http}/readyz");
             eventually("operator /readyz", Duration::from_secs(60), || async {

@@ -197,7 +197,8 @@ start_controllers() {
     --leader-elect=false --secure-port 0 --service-account-private-key-file "$d/sa.key" \
     --root-ca-file "$d/ca.crt" --use-service-account-credentials=false \
     --controllers '*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller' \
-    --concurrent-deployment-syncs 10 --concurrent-statefulset-syncs 10 --v=0 --profiling=false
+    --concurrent-deployment-syncs 10 --concurrent-statefulset-syncs 10 --v=0 --profiling=false \
+    --kube-api-qps 200 --kube-api-burst 400
   start "$name-kube-scheduler" "$BIN/kube-scheduler" --kubeconfig "$kcfg" \
     --leader-elect=false --secure-port 0 --profiling=false --v=0
 }

@@ -1,0 +1,648 @@
+//! Scale benchmark on the local fleet: 1,000 workloads across the three members, the operator
+//! against a bound measured in the same run (needs the fleet: tests/testenv/fleet.sh up, then
+//! eval "$(tests/testenv/fleet.sh env)"; run with `cargo bench --bench scale`).
+//!
+//! Every workload is a ConfigMap and a Deployment of one replica. Three phases are timed twice:
+//!
+//! - the bound: the same objects written straight to the members with a plain client, 64
+//!   requests in flight: placed on zrh-1 and zrh-2 until every Deployment is Available;
+//!   relocated (created on msk-1 until Available, then deleted from zrh-1 and zrh-2 until
+//!   nothing is left, ReplicaSets and Pods included); deleted from msk-1 until nothing is left;
+//! - the operator: the same phases driven through ResidentWorkloads (applied 64 in flight) and
+//!   one policy edit (CH/zurich -> RU/moscow), done when the members show the same state *and*
+//!   every workload's status reports it. The operator probes members every 10 s (its default)
+//!   and may relocate all workloads at once (`--max-relocations`, like the bound).
+//!
+//! It prints each phase's time and its ratio to the bound, the operator's writes per workload
+//! and cluster (from the members' audit logs, by user agent), reconciles per workload, CPU
+//! seconds and peak resident memory, and its writes and CPU over an idle period with every
+//! workload placed (`BENCH_IDLE_SECONDS`, default 600). `BENCH_WORKLOADS` (default 1000)
+//! changes the count. The kwok nodes' pod capacity is raised to fit. Run it with
+//! `RESIDENCY_OPERATOR_LOG=info` to log as deployed (the tests log at debug).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::operator;
+use common::{Fleet, apply_path};
+use futures::{StreamExt, stream};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use residency_operator::api::{ResidencyPolicy, ResidentWorkload};
+use serde_json::{Value, json};
+
+const DIRECT_NS: &str = "bench-scale-direct";
+const OPERATOR_NS: &str = "bench-scale";
+const MANAGER: &str = "residency-bench";
+const IN_FLIGHT: usize = 64;
+const PHASE_TIMEOUT: Duration = Duration::from_secs(1800);
+const POLL: Duration = Duration::from_secs(2);
+const ZURICH: [&str; 2] = ["zrh-1", "zrh-2"];
+const MOSCOW: [&str; 1] = ["msk-1"];
+const CLUSTERS: [&str; 4] = ["mgmt", "zrh-1", "zrh-2", "msk-1"];
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn name(i: usize) -> String {
+    format!("w-{i:04}")
+}
+
+fn config_map(i: usize) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": format!("{}-config", name(i))}, "data": {"k": "v"}})
+}
+
+fn deployment(i: usize) -> Value {
+    let n = name(i);
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": n},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": n}},
+          "template": {"metadata": {"labels": {"app": n}},
+            "spec": {"containers": [{"name": "c", "image": "registry.example/app:1",
+              "securityContext": common::restricted()}]}}}})
+}
+
+fn workload(i: usize) -> Value {
+    json!({"apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload",
+        "metadata": {"name": name(i), "namespace": OPERATOR_NS},
+        "spec": {"role": "Processing", "countries": ["PW"],
+                 "manifests": [config_map(i), deployment(i)]}})
+}
+
+/// Requests the operator sent that an audit log of `cluster` records as writes (rotated files
+/// included): `(persisted, asked)` - objects created, changed or deleted, and the questions
+/// sent as creates that store nothing (dry runs, access and rules reviews).
+fn operator_writes(dir: &str, cluster: &str) -> (usize, usize) {
+    let Ok(entries) = std::fs::read_dir(format!("{dir}/logs")) else {
+        panic!("no audit logs under {dir}/logs");
+    };
+    let prefix = format!("{cluster}-audit");
+    let mut out = (0, 0);
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let bytes = std::fs::read(e.path()).unwrap_or_default();
+        for line in String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| l.contains("\"userAgent\":\"residency-operator/"))
+        {
+            let v: Value = serde_json::from_str(line).unwrap_or_default();
+            let uri = v["requestURI"].as_str().unwrap_or_default();
+            let resource = v["objectRef"]["resource"].as_str().unwrap_or_default();
+            if uri.contains("dryRun=") || resource.ends_with("reviews") {
+                out.1 += 1;
+            } else {
+                out.0 += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The operator's counters at one moment.
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    writes: BTreeMap<String, (usize, usize)>,
+    reconciles: BTreeMap<String, f64>,
+    cpu_seconds: f64,
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // rest starts at field 3, so field n is rest[n - 3]; the kernel counts in 1/100 s
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+async fn sample(dir: &str, op: &operator::Operator) -> Sample {
+    let metrics = operator::http_get(op, "/metrics").await;
+    let reconciles = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("residency_reconciliations_total{controller=\""))
+        .filter_map(|l| {
+            let (controller, value) = l.split_once("\"}")?;
+            Some((controller.to_string(), value.trim().parse().ok()?))
+        })
+        .collect();
+    Sample {
+        writes: CLUSTERS
+            .iter()
+            .map(|c| (c.to_string(), operator_writes(dir, c)))
+            .collect(),
+        reconciles,
+        cpu_seconds: cpu_seconds(op.pid),
+    }
+}
+
+fn report(phase: &str, n: usize, clusters: &[&str], before: &Sample, after: &Sample) {
+    let writes = |c: &str| after.writes[c].0 - before.writes[c].0;
+    let asked = |c: &str| after.writes[c].1 - before.writes[c].1;
+    let questions: Vec<String> = CLUSTERS
+        .iter()
+        .map(|c| format!("{c} {}", asked(c)))
+        .collect();
+    println!(
+        "scale: {phase}: operator dry runs and reviews (nothing stored) {}; {:.2} per workload and member on {}",
+        questions.join(", "),
+        clusters.iter().map(|c| asked(c)).sum::<usize>() as f64 / (n * clusters.len()) as f64,
+        clusters.join("+")
+    );
+    let on = clusters.iter().map(|c| writes(c)).sum::<usize>();
+    let all = CLUSTERS.iter().map(|c| writes(c)).sum::<usize>();
+    let per: Vec<String> = CLUSTERS
+        .iter()
+        .map(|c| format!("{c} {}", writes(c)))
+        .collect();
+    println!(
+        "scale: {phase}: operator writes stored {all} ({}); {:.2} per workload and member on {}",
+        per.join(", "),
+        on as f64 / (n * clusters.len()) as f64,
+        clusters.join("+")
+    );
+    let reconciles: Vec<String> = after
+        .reconciles
+        .iter()
+        .map(|(c, v)| {
+            let d = v - before.reconciles.get(c).copied().unwrap_or(0.0);
+            format!("{c} {d:.0} ({:.2} per workload)", d / n as f64)
+        })
+        .collect();
+    println!(
+        "scale: {phase}: reconciles {}; operator CPU {:.1} s",
+        reconciles.join(", "),
+        after.cpu_seconds - before.cpu_seconds
+    );
+}
+
+async fn ensure_namespace(client: &Client, ns: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let body: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+    match api.create(&PostParams::default(), &body).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("namespace {ns}: {e}"),
+    }
+}
+
+/// Raises every kwok node's pod capacity to `pods` (kwok keeps a node's declared capacity).
+async fn raise_pod_capacity(client: &Client, pods: usize) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    for node in nodes
+        .list(&ListParams::default().labels("type=kwok"))
+        .await
+        .expect("list nodes")
+    {
+        let n = node.metadata.name.clone().unwrap_or_default();
+        let q = pods.to_string();
+        let body = json!({"status": {"capacity": {"pods": q}, "allocatable": {"pods": q}}});
+        nodes
+            .patch_status(&n, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+            .unwrap_or_else(|e| panic!("node {n}: {e}"));
+    }
+}
+
+/// Runs `f` on every item, `IN_FLIGHT` at a time; panics on the first failure.
+async fn in_parallel<T, F, Fut>(items: Vec<T>, f: F)
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let failures: Vec<String> = stream::iter(items)
+        .map(f)
+        .buffer_unordered(IN_FLIGHT)
+        .filter_map(|r| async move { r.err() })
+        .collect()
+        .await;
+    assert!(
+        failures.is_empty(),
+        "{} failed: {}",
+        failures.len(),
+        failures[0]
+    );
+}
+
+async fn apply_direct(clients: &BTreeMap<String, Client>, on: &[&str], n: usize) {
+    let jobs: Vec<(Client, usize, Value)> = on
+        .iter()
+        .flat_map(|c| {
+            (0..n).flat_map(move |i| {
+                [
+                    (c.to_string(), i, config_map(i)),
+                    (c.to_string(), i, deployment(i)),
+                ]
+            })
+        })
+        .map(|(c, i, v)| (clients[&c].clone(), i, v))
+        .collect();
+    in_parallel(jobs, |(client, _, body)| async move {
+        let kind = body["kind"].as_str().unwrap_or_default().to_string();
+        let name = body["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let pp = PatchParams::apply(MANAGER).force();
+        let r = if kind == "ConfigMap" {
+            Api::<ConfigMap>::namespaced(client, DIRECT_NS)
+                .patch(&name, &pp, &Patch::Apply(&body))
+                .await
+                .map(|_| ())
+        } else {
+            Api::<Deployment>::namespaced(client, DIRECT_NS)
+                .patch(&name, &pp, &Patch::Apply(&body))
+                .await
+                .map(|_| ())
+        };
+        r.map_err(|e| format!("{kind} {name}: {e}"))
+    })
+    .await;
+}
+
+async fn delete_direct(clients: &BTreeMap<String, Client>, on: &[&str], n: usize) {
+    let jobs: Vec<(Client, String, bool)> = on
+        .iter()
+        .flat_map(|c| {
+            (0..n).flat_map(move |i| [(c.to_string(), i, true), (c.to_string(), i, false)])
+        })
+        .map(|(c, i, cm)| (clients[&c].clone(), name(i), cm))
+        .collect();
+    in_parallel(jobs, |(client, name, cm)| async move {
+        let dp = DeleteParams::default();
+        let r = if cm {
+            Api::<ConfigMap>::namespaced(client, DIRECT_NS)
+                .delete(&format!("{name}-config"), &dp)
+                .await
+                .map(|_| ())
+        } else {
+            Api::<Deployment>::namespaced(client, DIRECT_NS)
+                .delete(&name, &dp)
+                .await
+                .map(|_| ())
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(format!("delete {name}: {e}")),
+        }
+    })
+    .await;
+}
+
+/// What one member holds of the benchmark in `ns`.
+struct Held {
+    /// Deployments with their replica available.
+    available: usize,
+    /// The benchmark's ConfigMaps.
+    config_maps: usize,
+    /// Every object left: Deployments, ReplicaSets, Pods and the benchmark's ConfigMaps.
+    objects: usize,
+}
+
+async fn member_state(client: &Client, ns: &str) -> Result<Held, String> {
+    let lp = ListParams::default();
+    let deployments = Api::<Deployment>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let maps = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .list_metadata(&lp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let sets = Api::<ReplicaSet>::namespaced(client.clone(), ns)
+        .list_metadata(&lp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list_metadata(&lp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let available = deployments
+        .items
+        .iter()
+        .filter(|d| {
+            d.status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0)
+                >= 1
+        })
+        .count();
+    let config_maps = maps
+        .items
+        .iter()
+        .filter(|m| m.metadata.name.as_deref().unwrap_or("").starts_with("w-"))
+        .count();
+    Ok(Held {
+        available,
+        config_maps,
+        objects: deployments.items.len() + config_maps + sets.items.len() + pods.items.len(),
+    })
+}
+
+/// Waits until every cluster in `ready` has `n` Available Deployments and `n` ConfigMaps, every
+/// cluster in `empty` has nothing of the benchmark left (Deployments, ReplicaSets, Pods,
+/// ConfigMaps: the member's garbage collection is part of the work), and `extra` holds.
+async fn wait_members<F, Fut>(
+    clients: &BTreeMap<String, Client>,
+    ns: &str,
+    n: usize,
+    ready: &[&str],
+    empty: &[&str],
+    mut extra: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let start = Instant::now();
+    loop {
+        let mut missing = Vec::new();
+        for c in ready {
+            match member_state(&clients[*c], ns).await {
+                Ok(h) if h.available == n && h.config_maps == n => {}
+                Ok(h) => missing.push(format!(
+                    "{c}: {} of {n} Deployments available, {} of {n} ConfigMaps",
+                    h.available, h.config_maps
+                )),
+                Err(e) => missing.push(format!("{c}: {e}")),
+            }
+        }
+        for c in empty {
+            match member_state(&clients[*c], ns).await {
+                Ok(h) if h.objects == 0 => {}
+                Ok(h) => missing.push(format!("{c}: {} objects left", h.objects)),
+                Err(e) => missing.push(format!("{c}: {e}")),
+            }
+        }
+        if missing.is_empty() {
+            match extra().await {
+                Ok(()) => return,
+                Err(e) => missing.push(e),
+            }
+        }
+        assert!(
+            start.elapsed() < PHASE_TIMEOUT,
+            "gave up after {:?}: {}",
+            PHASE_TIMEOUT,
+            missing.join("; ")
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Ok when all `n` workloads report Ready placements on exactly `targets`.
+async fn statuses(api: &Api<ResidentWorkload>, n: usize, targets: &[&str]) -> Result<(), String> {
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let done = list
+        .items
+        .iter()
+        .filter(|w| {
+            let s = w.status.clone().unwrap_or_default();
+            s.targets == targets
+                && s.placements.len() == targets.len()
+                && s.placements.iter().all(|p| p.state == "Ready")
+        })
+        .count();
+    if done == n {
+        Ok(())
+    } else {
+        Err(format!(
+            "status: {done} of {n} workloads Ready on {}",
+            targets.join("+")
+        ))
+    }
+}
+
+async fn policy(api: &Api<ResidencyPolicy>, country: &str, region: &str) {
+    let body = json!({"apiVersion": "residency.io/v1alpha1", "kind": "ResidencyPolicy",
+        "metadata": {"name": "bench-scale"},
+        "spec": {"countries": ["PW"], "allowedLocations": [{"country": country, "region": region}]}});
+    api.patch(
+        "bench-scale",
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .expect("policy");
+}
+
+struct Phase {
+    name: &'static str,
+    bound: f64,
+    operator: f64,
+    limit: f64,
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = std::env::var("RESIDENCY_FLEET_DIR").expect("start the fleet and eval its env first");
+    let n = env_number("BENCH_WORKLOADS", 1000) as usize;
+    let idle = Duration::from_secs(env_number("BENCH_IDLE_SECONDS", 600));
+    let fleet = Fleet::from_env();
+    let mut clients = BTreeMap::new();
+    for c in ZURICH.iter().chain(&MOSCOW) {
+        let client = fleet.client(c).await;
+        raise_pod_capacity(&client, n + 100).await;
+        clients.insert(c.to_string(), client);
+    }
+    println!("scale: {n} workloads (ConfigMap + Deployment) on zrh-1, zrh-2 and msk-1");
+
+    // the bound: a plain client, IN_FLIGHT requests at a time
+    for c in clients.values() {
+        ensure_namespace(c, DIRECT_NS).await;
+    }
+    let none = || async { Ok(()) };
+    let t = Instant::now();
+    apply_direct(&clients, &ZURICH, n).await;
+    wait_members(&clients, DIRECT_NS, n, &ZURICH, &[], none).await;
+    let bound_place = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    apply_direct(&clients, &MOSCOW, n).await;
+    wait_members(&clients, DIRECT_NS, n, &MOSCOW, &[], none).await;
+    delete_direct(&clients, &ZURICH, n).await;
+    wait_members(&clients, DIRECT_NS, n, &MOSCOW, &ZURICH, none).await;
+    let bound_relocate = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    delete_direct(&clients, &MOSCOW, n).await;
+    wait_members(&clients, DIRECT_NS, n, &[], &MOSCOW, none).await;
+    let bound_delete = t.elapsed().as_secs_f64();
+    println!(
+        "scale: bound (plain client, {IN_FLIGHT} in flight): place {bound_place:.1} s, relocate {bound_relocate:.1} s, delete {bound_delete:.1} s"
+    );
+
+    // the operator
+    // as deployed: members probed every 10 s (the default), not every 2 s as in the tests
+    // and allowed to relocate every workload at once, as the bound does (the default, 32,
+    // bounds what one policy edit sets in motion)
+    let slots = n.to_string();
+    let op = operator::start_with(
+        &fleet,
+        &["--probe-interval", "10", "--max-relocations", &slots],
+    )
+    .await;
+    let mgmt = fleet.mgmt_client().await;
+    apply_path(&mgmt, "examples/seed/10-clusters.yaml").await;
+    common::clusters_verified(&mgmt, &["zrh-1", "zrh-2", "msk-1"]).await;
+    operator::ensure_namespace(&mgmt, OPERATOR_NS).await;
+    let policies: Api<ResidencyPolicy> = Api::all(mgmt.clone());
+    let workloads: Api<ResidentWorkload> = Api::namespaced(mgmt.clone(), OPERATOR_NS);
+    policy(&policies, "CH", "zurich").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let s0 = sample(&dir, op).await;
+    let t = Instant::now();
+    in_parallel((0..n).collect(), |i| {
+        let api = workloads.clone();
+        async move {
+            api.patch(
+                &name(i),
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&workload(i)),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("workload {}: {e}", name(i)))
+        }
+    })
+    .await;
+    wait_members(&clients, OPERATOR_NS, n, &ZURICH, &[], || {
+        statuses(&workloads, n, &ZURICH)
+    })
+    .await;
+    let op_place = t.elapsed().as_secs_f64();
+    let s1 = sample(&dir, op).await;
+    report("place", n, &ZURICH, &s0, &s1);
+    println!(
+        "scale: place: operator peak resident memory {:.1} MiB",
+        peak_rss_mib(op.pid)
+    );
+
+    tokio::time::sleep(Duration::from_secs(10)).await; // let in-flight work settle
+    let i0 = sample(&dir, op).await;
+    tokio::time::sleep(idle).await;
+    let i1 = sample(&dir, op).await;
+    let idle_writes: usize = CLUSTERS
+        .iter()
+        .map(|c| i1.writes[*c].0 - i0.writes[*c].0)
+        .sum();
+    let idle_asked: usize = CLUSTERS
+        .iter()
+        .map(|c| i1.writes[*c].1 - i0.writes[*c].1)
+        .sum();
+    println!(
+        "scale: idle {} s with {n} workloads placed: {idle_writes} operator writes stored ({idle_asked} reviews and dry runs); CPU {:.2} s ({:.2}% of a core)",
+        idle.as_secs(),
+        i1.cpu_seconds - i0.cpu_seconds,
+        100.0 * (i1.cpu_seconds - i0.cpu_seconds) / idle.as_secs_f64()
+    );
+
+    let t = Instant::now();
+    policy(&policies, "RU", "moscow").await;
+    wait_members(&clients, OPERATOR_NS, n, &MOSCOW, &ZURICH, || {
+        statuses(&workloads, n, &MOSCOW)
+    })
+    .await;
+    let op_relocate = t.elapsed().as_secs_f64();
+    let s2 = sample(&dir, op).await;
+    report("relocate", n, &["zrh-1", "zrh-2", "msk-1"], &s1, &s2);
+
+    let t = Instant::now();
+    in_parallel((0..n).collect(), |i| {
+        let api = workloads.clone();
+        async move {
+            match api.delete(&name(i), &DeleteParams::default()).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(e) => Err(format!("delete {}: {e}", name(i))),
+            }
+        }
+    })
+    .await;
+    wait_members(&clients, OPERATOR_NS, n, &[], &MOSCOW, || async {
+        let left = workloads
+            .list_metadata(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} workloads not yet finalized"))
+        }
+    })
+    .await;
+    let op_delete = t.elapsed().as_secs_f64();
+    let s3 = sample(&dir, op).await;
+    report("delete", n, &MOSCOW, &s2, &s3);
+
+    let phases = [
+        Phase {
+            name: "place",
+            bound: bound_place,
+            operator: op_place,
+            limit: 1.1,
+        },
+        Phase {
+            name: "relocate",
+            bound: bound_relocate,
+            operator: op_relocate,
+            limit: 1.3,
+        },
+        Phase {
+            name: "delete",
+            bound: bound_delete,
+            operator: op_delete,
+            limit: 1.1,
+        },
+    ];
+    for p in &phases {
+        let ratio = p.operator / p.bound;
+        println!(
+            "scale: {}: operator {:.1} s, bound {:.1} s, ratio {ratio:.2} (target <= {}){}",
+            p.name,
+            p.operator,
+            p.bound,
+            p.limit,
+            if ratio <= p.limit { "" } else { " OVER" }
+        );
+    }
+    println!(
+        "scale: operator peak resident memory {:.1} MiB (target <= 100); CPU {:.1} s in all",
+        peak_rss_mib(op.pid),
+        s3.cpu_seconds
+    );
+    let _ = policies
+        .delete("bench-scale", &DeleteParams::default())
+        .await;
+    for c in clients.values() {
+        let _ = Api::<Namespace>::all(c.clone())
+            .delete(DIRECT_NS, &DeleteParams::default())
+            .await;
+    }
+}

@@ -14,7 +14,8 @@
 //!   and may relocate all workloads at once (`--max-relocations`, like the bound).
 //!
 //! It prints each phase's time and its ratio to the bound, the operator's writes per workload
-//! and cluster (from the members' audit logs, by user agent), reconciles per workload, CPU
+//! and cluster (from the audit logs, by user agent; the management cluster's by request, e.g.
+//! `patch residentworkloads/status`), reconciles per workload, CPU
 //! seconds and peak resident memory, and its writes and CPU over an idle period with every
 //! workload placed (`BENCH_IDLE_SECONDS`, default 600). `BENCH_WORKLOADS` (default 1000)
 //! changes the count. The kwok nodes' pod capacity is raised to fit. Run it with
@@ -79,14 +80,23 @@ fn workload(i: usize) -> Value {
 }
 
 /// Requests the operator sent that an audit log of `cluster` records as writes (rotated files
-/// included): `(persisted, asked)` - objects created, changed or deleted, and the questions
-/// sent as creates that store nothing (dry runs, access and rules reviews).
-fn operator_writes(dir: &str, cluster: &str) -> (usize, usize) {
+/// included).
+#[derive(Clone, Debug, Default)]
+struct Writes {
+    /// Objects created, changed or deleted.
+    stored: usize,
+    /// Questions sent as creates that store nothing (dry runs, access and rules reviews).
+    asked: usize,
+    /// The stored ones by `verb resource[/subresource]`.
+    by_request: BTreeMap<String, usize>,
+}
+
+fn operator_writes(dir: &str, cluster: &str) -> Writes {
     let Ok(entries) = std::fs::read_dir(format!("{dir}/logs")) else {
         panic!("no audit logs under {dir}/logs");
     };
     let prefix = format!("{cluster}-audit");
-    let mut out = (0, 0);
+    let mut out = Writes::default();
     for e in entries.flatten() {
         if !e.file_name().to_string_lossy().starts_with(&prefix) {
             continue;
@@ -100,9 +110,17 @@ fn operator_writes(dir: &str, cluster: &str) -> (usize, usize) {
             let uri = v["requestURI"].as_str().unwrap_or_default();
             let resource = v["objectRef"]["resource"].as_str().unwrap_or_default();
             if uri.contains("dryRun=") || resource.ends_with("reviews") {
-                out.1 += 1;
+                out.asked += 1;
             } else {
-                out.0 += 1;
+                out.stored += 1;
+                let sub = v["objectRef"]["subresource"]
+                    .as_str()
+                    .map(|s| format!("/{s}"))
+                    .unwrap_or_default();
+                let verb = v["verb"].as_str().unwrap_or_default();
+                *out.by_request
+                    .entry(format!("{verb} {resource}{sub}"))
+                    .or_default() += 1;
             }
         }
     }
@@ -112,7 +130,7 @@ fn operator_writes(dir: &str, cluster: &str) -> (usize, usize) {
 /// The operator's counters at one moment.
 #[derive(Clone, Debug, Default)]
 struct Sample {
-    writes: BTreeMap<String, (usize, usize)>,
+    writes: BTreeMap<String, Writes>,
     reconciles: BTreeMap<String, f64>,
     cpu_seconds: f64,
 }
@@ -158,8 +176,8 @@ async fn sample(dir: &str, op: &operator::Operator) -> Sample {
 }
 
 fn report(phase: &str, n: usize, clusters: &[&str], before: &Sample, after: &Sample) {
-    let writes = |c: &str| after.writes[c].0 - before.writes[c].0;
-    let asked = |c: &str| after.writes[c].1 - before.writes[c].1;
+    let writes = |c: &str| after.writes[c].stored - before.writes[c].stored;
+    let asked = |c: &str| after.writes[c].asked - before.writes[c].asked;
     let questions: Vec<String> = CLUSTERS
         .iter()
         .map(|c| format!("{c} {}", asked(c)))
@@ -182,6 +200,10 @@ fn report(phase: &str, n: usize, clusters: &[&str], before: &Sample, after: &Sam
         on as f64 / (n * clusters.len()) as f64,
         clusters.join("+")
     );
+    println!(
+        "scale: {phase}: operator writes on mgmt per workload: {}",
+        mgmt_writes(before, after, n as f64)
+    );
     let reconciles: Vec<String> = after
         .reconciles
         .iter()
@@ -195,6 +217,20 @@ fn report(phase: &str, n: usize, clusters: &[&str], before: &Sample, after: &Sam
         reconciles.join(", "),
         after.cpu_seconds - before.cpu_seconds
     );
+}
+
+/// Where the management cluster's writes went between two samples (status, finalizers, Events,
+/// reports), by request, divided by `per`.
+fn mgmt_writes(before: &Sample, after: &Sample, per: f64) -> String {
+    let was = &before.writes["mgmt"].by_request;
+    after.writes["mgmt"]
+        .by_request
+        .iter()
+        .map(|(k, v)| (k, v - was.get(k).copied().unwrap_or(0)))
+        .filter(|(_, d)| *d > 0)
+        .map(|(k, d)| format!("{k} {:.2}", d as f64 / per))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn ensure_namespace(client: &Client, ns: &str) {
@@ -548,15 +584,16 @@ async fn main() {
     let i1 = sample(&dir, op).await;
     let idle_writes: usize = CLUSTERS
         .iter()
-        .map(|c| i1.writes[*c].0 - i0.writes[*c].0)
+        .map(|c| i1.writes[*c].stored - i0.writes[*c].stored)
         .sum();
     let idle_asked: usize = CLUSTERS
         .iter()
-        .map(|c| i1.writes[*c].1 - i0.writes[*c].1)
+        .map(|c| i1.writes[*c].asked - i0.writes[*c].asked)
         .sum();
     println!(
-        "scale: idle {} s with {n} workloads placed: {idle_writes} operator writes stored ({idle_asked} reviews and dry runs); CPU {:.2} s ({:.2}% of a core)",
+        "scale: idle {} s with {n} workloads placed: {idle_writes} operator writes stored ({idle_asked} reviews and dry runs; on mgmt: {}); CPU {:.2} s ({:.2}% of a core)",
         idle.as_secs(),
+        mgmt_writes(&i0, &i1, 1.0),
         i1.cpu_seconds - i0.cpu_seconds,
         100.0 * (i1.cpu_seconds - i0.cpu_seconds) / idle.as_secs_f64()
     );

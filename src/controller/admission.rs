@@ -95,6 +95,7 @@ pub async fn sync(
         pod_security: Default::default(),
         access: ctx.fleet.get(&name).and_then(|c| c.access),
         memo: Default::default(),
+        watched: None,
     };
     let (refused, warned) = admission::summary(&refusals);
     let had = |a: Action| {
@@ -153,8 +154,7 @@ pub async fn sync(
             &format!(
                 "{what} on {name} was deleted or changed there; the operator put it back as generated from the policies."
             ),
-        )
-        .await;
+        );
     }
     let result = match &failure {
         None => Ok(()),
@@ -369,6 +369,7 @@ pub async fn remove_all(ctx: &Context, cluster: &str, client: &Client) {
         pod_security: Default::default(),
         access: ctx.fleet.get(cluster).and_then(|c| c.access),
         memo: Default::default(),
+        watched: None,
     };
     for action in [Action::Deny, Action::Warn] {
         for kind in [AdmissionKind::Binding, AdmissionKind::Policy] {

@@ -229,8 +229,7 @@ async fn cleanup(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
             kube::runtime::events::EventType::Warning,
             "DataForgotten",
             &note,
-        )
-        .await;
+        );
     }
     // the member's admission policies go with it (when it can be reached)
     if let Some(conn) = ctx.fleet.get(&name)
@@ -566,7 +565,7 @@ async fn apply(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
         )
         .await?;
     }
-    announce_location(&ctx, &mc, &previous, &status).await;
+    announce_location(&ctx, &mc, &previous, &status);
     ctx.metrics.reconciled(CONTROLLER, start.elapsed());
     Ok(Action::requeue(next_probe))
 }
@@ -596,7 +595,7 @@ async fn listed_nodes(ctx: &Context, name: &str) -> Nodes {
 
 /// A Warning Event when the member's location stops being verified (or is not verified when
 /// first probed), naming why.
-async fn announce_location(
+fn announce_location(
     ctx: &Context,
     mc: &MemberCluster,
     previous: &MemberClusterStatus,
@@ -614,8 +613,7 @@ async fn announce_location(
             kube::runtime::events::EventType::Warning,
             &c.reason,
             &format!("Location not verified: {}", c.message),
-        )
-        .await;
+        );
     }
 }
 
@@ -827,10 +825,11 @@ fn watches_for(
     {
         return Some(w);
     }
+    let memo = std::sync::Arc::new(crate::fleet::member::Memo::default());
     let mut tasks = crate::fleet::labelled::start(
         watch_client.clone(),
         name,
-        &ctx.sinks(),
+        &ctx.sinks(memo.clone()),
         secrets_cluster_wide,
     );
     tasks.extend(crate::fleet::topology::start(
@@ -842,9 +841,11 @@ fn watches_for(
             members: ctx.cluster_events.clone(),
         },
     ));
+    let ready = std::sync::Arc::new(crate::fleet::ready::States::default());
     tasks.extend(crate::fleet::ready::start(
         watch_client.clone(),
         ctx.member_events.clone(),
+        ready.clone(),
     ));
     tasks.extend(crate::fleet::prevention::watch(
         watch_client.clone(),
@@ -855,8 +856,13 @@ fn watches_for(
     // (nothing the previous connection saw is trusted)
     ctx.discovery.forget(name);
     ctx.topology.remove_member(name);
-    let watches =
-        crate::fleet::watch::Watches::new(fingerprint.to_string(), watch_client.clone(), tasks);
+    let watches = crate::fleet::watch::Watches::new(
+        fingerprint.to_string(),
+        watch_client.clone(),
+        tasks,
+        memo,
+        ready,
+    );
     Some(std::sync::Arc::new(watches))
 }
 
@@ -882,6 +888,8 @@ mod tests {
             countries: countries.iter().map(|c| c.to_string()).collect(),
             workload: workload.map(str::to_string),
             retained,
+            uid: None,
+            print: 0,
         };
         let key = |k: &str, n: &str| (k.to_string(), "t".to_string(), n.to_string());
         let objects = std::collections::BTreeMap::from([

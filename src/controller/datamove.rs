@@ -148,16 +148,17 @@ pub async fn drive(
     ctx: &Context,
     rw: &ResidentWorkload,
     decision: &Decision,
-    record: &[crate::api::resident_workload::Placement],
+    previous: &crate::api::ResidentWorkloadStatus,
     slot: bool,
 ) -> Result<Outcome> {
     let Some(settings) = rw.spec.copy_and_verify() else {
         return Ok(Outcome::default());
     };
+    let record = previous.placements.as_slice();
     let want = plan::data_move(decision, record);
     // nothing to move and the last move (as the workload's status recorded it) ended: the
     // records need not be read
-    let last = rw.status.as_ref().and_then(|s| s.data_migration.clone());
+    let last = previous.data_migration.clone();
     if want.is_none()
         && last
             .as_ref()
@@ -257,8 +258,7 @@ pub async fn drive(
             destinations.join(", "),
             m.name_any()
         ),
-    )
-    .await;
+    );
     let m = run(ctx, rw, m, false).await?;
     let hold = (phase_of(&m) != Phase::Succeeded).then(|| hold_message(&m));
     Ok(outcome_of(&m, hold.as_deref(), &m.spec.destinations))
@@ -362,9 +362,8 @@ async fn save(ctx: &Context, m: &DataMove) -> Result<()> {
         .await
 }
 
-async fn publish(ctx: &Context, rw: &ResidentWorkload, type_: EventType, reason: &str, note: &str) {
-    ctx.publish_event(&rw.object_ref(&()), None, type_, reason, note)
-        .await;
+fn publish(ctx: &Context, rw: &ResidentWorkload, type_: EventType, reason: &str, note: &str) {
+    ctx.publish_event(&rw.object_ref(&()), None, type_, reason, note);
 }
 
 fn view(p: &Pod) -> PodView {
@@ -1173,8 +1172,7 @@ async fn events(ctx: &Context, rw: &ResidentWorkload, m: &DataMove, before: &Dat
         type_,
         reason,
         &format!("DataMove {}: {}", m.name_any(), st.message),
-    )
-    .await;
+    );
     ctx.metrics.data_move(reason);
 }
 

@@ -24,7 +24,7 @@ pub mod workload;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
@@ -174,6 +174,8 @@ pub struct Context {
     pub fence: Arc<crate::leader::Fence>,
     /// The workloads relocating now (bounded by `settings.max_relocations`).
     pub relocations: Relocations,
+    /// The workload statuses written and not yet seen in the cache.
+    pub written: Written,
     /// When each policy was last evaluated (evaluations are spaced, see [`Spacing`]).
     pub policy_runs: Spacing,
     /// Members to probe again now (their admission policies changed on the member).
@@ -271,6 +273,125 @@ impl Spacing {
     }
 }
 
+/// The status each workload's last reconcile wrote, with the `resourceVersion` of the object
+/// it was computed from. A reconcile that starts from that same version (the cache has not
+/// seen the write yet) starts from the written status instead: it neither writes it again nor
+/// announces its Events twice, and its record of copies is the newest one.
+///
+/// Likewise the workloads whose finalizer a reconcile added or removed, by the version it was
+/// added to or removed from: a reconcile that starts from that same version knows the finalizer
+/// is there (it writes it no second time), or does nothing (the copies were removed, and the
+/// workload is going).
+#[derive(Default)]
+pub struct Written {
+    statuses: std::sync::Mutex<std::collections::HashMap<String, WrittenStatus>>,
+    finalizer_added: WrittenFrom,
+    finalized: WrittenFrom,
+}
+
+/// Versions of workloads (by `namespace/name`) something was written from, and the version the
+/// write made, kept a minute: the cache shows the write within moments.
+#[derive(Default)]
+struct WrittenFrom(std::sync::Mutex<std::collections::HashMap<String, VersionWritten>>);
+
+/// The version written from, the version made, and when.
+type VersionWritten = (Option<String>, Option<String>, Instant);
+
+impl WrittenFrom {
+    fn note(&self, key: &str, base: Option<String>, made: Option<String>) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, (_, _, at)| at.elapsed() < Duration::from_secs(60));
+        m.insert(key.to_string(), (base, made, Instant::now()));
+    }
+
+    /// The version the write made, when `rw` is the version it was written from.
+    fn made_from(&self, key: &str, rw: &ResidentWorkload) -> Option<Option<String>> {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(key)
+            .filter(|(base, _, _)| *base == rw.metadata.resource_version)
+            .map(|(_, made, _)| made.clone())
+    }
+}
+
+/// A status written, the `resourceVersion` of the object it was computed from, and when.
+type WrittenStatus = (
+    Option<String>,
+    Arc<crate::api::ResidentWorkloadStatus>,
+    Instant,
+);
+
+impl Written {
+    /// The status `rw` (the workload `key`) last had: the one written from this version of it,
+    /// else its own.
+    pub fn previous(&self, key: &str, rw: &ResidentWorkload) -> crate::api::ResidentWorkloadStatus {
+        let mut m = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        match m.get_mut(key) {
+            Some((base, written, _)) if *base == rw.metadata.resource_version => {
+                (**written).clone()
+            }
+            Some((base, written, _)) => {
+                // the cache has a newer version (the write, or a later change): it is the truth;
+                // when the status was written is still known
+                *base = None;
+                *written = Arc::default();
+                rw.status.clone().unwrap_or_default()
+            }
+            None => rw.status.clone().unwrap_or_default(),
+        }
+    }
+
+    /// How long a status change of the workload `key` that shows only progress should wait,
+    /// so that its status is written at most once per `spacing` for progress alone (`None`:
+    /// write now).
+    pub fn progress_wait(&self, key: &str, spacing: Duration) -> Option<Duration> {
+        let m = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, _, at) = m.get(key)?;
+        spacing.checked_sub(at.elapsed()).filter(|d| !d.is_zero())
+    }
+
+    /// Notes that `status` was written for the workload `key`, computed from version `base`.
+    pub fn wrote(
+        &self,
+        key: &str,
+        base: Option<String>,
+        status: &crate::api::ResidentWorkloadStatus,
+    ) {
+        let mut m = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(
+            key.to_string(),
+            (base, Arc::new(status.clone()), Instant::now()),
+        );
+    }
+
+    /// Forgets the workload `key` (deleted).
+    pub fn forget(&self, key: &str) {
+        let mut m = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        m.remove(key);
+    }
+
+    /// Notes that the finalizer of the workload `key` was removed from its version `base`.
+    pub fn finalized(&self, key: &str, base: Option<String>) {
+        self.finalized.note(key, base, None);
+    }
+
+    /// Whether `rw` (the workload `key`) is a version whose finalizer a reconcile removed.
+    pub fn was_finalized(&self, key: &str, rw: &ResidentWorkload) -> bool {
+        self.finalized.made_from(key, rw).is_some()
+    }
+
+    /// Notes that the finalizer was added to the workload `key`'s version `base`, making
+    /// version `made`.
+    pub fn finalizer_added(&self, key: &str, base: Option<String>, made: Option<String>) {
+        self.finalizer_added.note(key, base, made);
+    }
+
+    /// The version a reconcile made by adding the finalizer to `rw` (the workload `key`), when
+    /// `rw` is the version it was added to.
+    pub fn finalizer_added_to(&self, key: &str, rw: &ResidentWorkload) -> Option<Option<String>> {
+        self.finalizer_added.made_from(key, rw)
+    }
+}
+
 /// The workloads that hold a relocation slot, and those waiting for one (first come, first
 /// woken).
 #[derive(Default)]
@@ -347,13 +468,14 @@ impl Context {
             .collect()
     }
 
-    /// Where the member watches report.
-    pub fn sinks(&self) -> crate::fleet::labelled::Sinks {
+    /// Where the watches of a member whose connection keeps `memo` report.
+    pub fn sinks(&self, memo: Arc<crate::fleet::member::Memo>) -> crate::fleet::labelled::Sinks {
         crate::fleet::labelled::Sinks {
             index: self.labelled.clone(),
             policies: self.policies.clone(),
             policy_tx: self.policy_events.clone(),
             workloads_tx: self.member_events.clone(),
+            memo,
         }
     }
 
@@ -388,7 +510,7 @@ impl Context {
                     cluster,
                     ar.clone(),
                     ns,
-                    self.sinks(),
+                    self.sinks(watches.memo.clone()),
                 )
             });
         }
@@ -460,15 +582,18 @@ impl Context {
     pub fn member<'a>(&'a self, cluster: &'a str) -> Option<crate::fleet::member::Member<'a>> {
         let connection = self.fleet.get(cluster);
         let access = connection.as_ref().and_then(|c| c.access.clone());
-        let memo = connection
-            .and_then(|c| c.watches)
-            .map(|w| w.memo.clone())
-            .unwrap_or_default();
+        let watches = connection.and_then(|c| c.watches);
+        let memo = watches.as_ref().map(|w| w.memo.clone()).unwrap_or_default();
+        let watched = watches.map(|w| crate::fleet::member::Watched {
+            labelled: &self.labelled,
+            ready: w.ready.clone(),
+        });
         self.fleet
             .client(cluster)
             .map(|client| crate::fleet::member::Member {
                 access,
                 memo,
+                watched,
                 name: cluster,
                 client,
                 metrics: &self.metrics,
@@ -505,8 +630,9 @@ impl Context {
     }
 
     /// Publishes an Event about `regarding` (related to `secondary` when given, e.g. the
-    /// MemberCluster it concerns), unless this replica may not write. A failure is logged.
-    pub async fn publish_event(
+    /// MemberCluster it concerns), unless this replica may not write. It is sent in the
+    /// background: a reconcile does not wait for its Events. A failure is logged.
+    pub fn publish_event(
         &self,
         regarding: &k8s_openapi::api::core::v1::ObjectReference,
         secondary: Option<k8s_openapi::api::core::v1::ObjectReference>,
@@ -524,9 +650,13 @@ impl Context {
             action: reason.into(),
             secondary,
         };
-        if let Err(e) = self.recorder.publish(&event, regarding).await {
-            tracing::warn!(error = %e, reason, "could not publish event");
-        }
+        let (recorder, regarding, reason) =
+            (self.recorder.clone(), regarding.clone(), reason.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &regarding).await {
+                tracing::warn!(error = %e, reason, "could not publish event");
+            }
+        });
     }
 
     /// The event reporter of the operator.
@@ -560,6 +690,20 @@ impl Backoff {
     }
 }
 
+/// A hash of what an object asks of the operator: its spec (`generation`), labels,
+/// annotations, finalizers and deletion; its status is left out. Triggers compare it so that
+/// the operator's own status writes, which are frequent, reconcile nothing.
+pub fn intent(meta: &kube::api::ObjectMeta) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    meta.generation.hash(&mut h);
+    meta.labels.hash(&mut h);
+    meta.annotations.hash(&mut h);
+    meta.finalizers.hash(&mut h);
+    meta.deletion_timestamp.is_some().hash(&mut h);
+    h.finish()
+}
+
 /// 1 s, 2 s, 4 s, ... capped at 300 s.
 pub fn backoff_delay(failures: u32) -> Duration {
     let secs = 1u64 << failures.saturating_sub(1).min(9);
@@ -569,6 +713,43 @@ pub fn backoff_delay(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_written_status_is_the_previous_one_until_the_cache_has_a_newer_version() {
+        let rw = |version: &str, targets: &[&str]| -> ResidentWorkload {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "residency.io/v1alpha1", "kind": "ResidentWorkload",
+                "metadata": {"name": "w", "namespace": "ns", "resourceVersion": version},
+                "spec": {"role": "Processing", "countries": ["CH"], "manifests": []},
+                "status": {"targets": targets}
+            }))
+            .unwrap()
+        };
+        let w = Written::default();
+        let stale = rw("1", &[]);
+        assert!(w.previous("ns/w", &stale).targets.is_empty());
+        let mut written = stale.status.clone().unwrap();
+        written.targets = vec!["zrh-1".into()];
+        w.wrote("ns/w", Some("1".into()), &written);
+        // the cache still shows version 1: the written status counts
+        assert_eq!(w.previous("ns/w", &stale).targets, ["zrh-1"]);
+        // the cache caught up (or something else changed it): the cache counts, from then on
+        assert_eq!(w.previous("ns/w", &rw("2", &["zrh-2"])).targets, ["zrh-2"]);
+        assert!(w.previous("ns/w", &stale).targets.is_empty());
+        w.wrote("ns/w", Some("2".into()), &written);
+        w.forget("ns/w");
+        assert_eq!(w.previous("ns/w", &rw("2", &["zrh-2"])).targets, ["zrh-2"]);
+        // the finalizer added to version 2 made version 3; removed from version 5
+        w.finalizer_added("ns/w", Some("2".into()), Some("3".into()));
+        assert_eq!(
+            w.finalizer_added_to("ns/w", &rw("2", &[])),
+            Some(Some("3".into()))
+        );
+        assert_eq!(w.finalizer_added_to("ns/w", &rw("3", &[])), None);
+        w.finalized("ns/w", Some("5".into()));
+        assert!(w.was_finalized("ns/w", &rw("5", &[])));
+        assert!(!w.was_finalized("ns/w", &rw("6", &[])));
+    }
 
     #[test]
     fn relocation_slots_are_bounded_and_reentrant() {

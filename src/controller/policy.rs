@@ -634,6 +634,8 @@ mod tests {
             countries: c.iter().map(|x| x.to_string()).collect(),
             workload: None,
             retained: true,
+            uid: None,
+            print: 0,
         };
         let key = |n: &str| {
             (
@@ -728,6 +730,8 @@ mod tests {
             countries: vec!["JP".into()],
             workload: workload.map(str::to_string),
             retained,
+            uid: None,
+            print: 0,
         };
         let key = |n: &str| {
             (

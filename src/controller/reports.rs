@@ -36,7 +36,7 @@ struct Pending {
     dirty: BTreeSet<String>,
     /// `(namespace, name)` -> the workload with its newest status, until the cache has a newer
     /// version of it.
-    latest: BTreeMap<(String, String), ResidentWorkload>,
+    latest: BTreeMap<(String, String), std::sync::Arc<ResidentWorkload>>,
     /// Workloads cleaned up, left out while the cache still shows them.
     gone: BTreeSet<(String, String)>,
 }
@@ -50,8 +50,10 @@ impl Queue {
     pub fn changed(&self, current: &ResidentWorkload) {
         let ns = current.namespace().unwrap_or_default();
         let mut p = self.lock();
-        p.latest
-            .insert((ns.clone(), current.name_any()), current.clone());
+        p.latest.insert(
+            (ns.clone(), current.name_any()),
+            std::sync::Arc::new(current.clone()),
+        );
         p.dirty.insert(ns);
         self.wake.notify_one();
     }
@@ -114,7 +116,7 @@ async fn publish_due(ctx: &Context) {
     };
     let found = violations(ctx);
     let namespaces = if all {
-        due_everywhere(ctx, &found)
+        due_everywhere(ctx, &cached, &found)
     } else {
         dirty
     };
@@ -132,7 +134,7 @@ async fn publish_due(ctx: &Context) {
             latest
                 .iter()
                 .filter(|((ns, _), _)| ns == namespace)
-                .map(|(_, w)| w),
+                .map(|(_, w)| w.as_ref()),
         );
         let report = crate::policy_report::build(namespace, &list, &found);
         write(ctx, namespace, &report).await;
@@ -143,14 +145,10 @@ async fn publish_due(ctx: &Context) {
 /// report written before (so it is emptied when its last finding goes).
 fn due_everywhere(
     ctx: &Context,
+    cached: &[std::sync::Arc<ResidentWorkload>],
     found: &[crate::api::residency_policy::Violation],
 ) -> BTreeSet<String> {
-    let mut namespaces: BTreeSet<String> = ctx
-        .workloads
-        .state()
-        .iter()
-        .filter_map(|w| w.namespace())
-        .collect();
+    let mut namespaces: BTreeSet<String> = cached.iter().filter_map(|w| w.namespace()).collect();
     namespaces.extend(found.iter().filter_map(|v| v.namespace.clone()));
     namespaces.extend(
         ctx.reports

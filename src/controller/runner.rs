@@ -9,7 +9,7 @@ use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::Recorder;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use tracing::info;
 
 use super::{Backoff, Context, Settings, cluster, policy, workload};
@@ -58,30 +58,37 @@ pub async fn check_crds(client: &Client) -> Result<(), StartError> {
     Ok(())
 }
 
-/// The policies whose spec changed (a new generation) or that were deleted: status writes,
-/// which are frequent, do not pass.
-fn policy_spec_changes(
-    api: Api<ResidencyPolicy>,
-    wc: watcher::Config,
-) -> impl futures::Stream<Item = Result<ResidencyPolicy, watcher::Error>> + Send + 'static {
-    let mut seen: std::collections::HashMap<String, Option<i64>> = Default::default();
-    watcher(api, wc)
-        .backoff(WatchBackoff::default())
-        .filter_map(move |event| {
-            let out = match event {
-                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
-                    let generation = p.metadata.generation;
-                    (seen.insert(p.name_any(), generation) != Some(generation)).then_some(Ok(p))
-                }
-                Ok(watcher::Event::Delete(p)) => {
-                    seen.remove(&p.name_any());
-                    Some(Ok(p))
-                }
-                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
-                Err(e) => Some(Err(e)),
-            };
-            futures::future::ready(out)
-        })
+/// The objects of a watch whose `what` changed (per name), and every deleted one: a change
+/// that leaves `what` alone (a status write, which is frequent) does not pass.
+fn changes_of<K, S>(
+    events: S,
+    what: fn(&K) -> u64,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource + Send + 'static,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    let mut seen: std::collections::HashMap<String, u64> = Default::default();
+    events.filter_map(move |event| {
+        let out = match event {
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                let print = what(&o);
+                (seen.insert(o.name_any(), print) != Some(print)).then_some(Ok(o))
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                seen.remove(&o.name_any());
+                Some(Ok(o))
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(e) => Some(Err(e)),
+        };
+        futures::future::ready(out)
+    })
+}
+
+/// A policy's spec (its `generation`): what re-probes the members' admission policies.
+fn policy_spec(p: &ResidencyPolicy) -> u64 {
+    p.metadata.generation.unwrap_or_default() as u64
 }
 
 /// Runs the controllers until SIGTERM or SIGINT; running reconciles finish first.
@@ -102,10 +109,14 @@ pub async fn run(
         .reflect(cluster_writer)
         .touched_objects();
     let (policies, policy_writer) = reflector::store::<ResidencyPolicy>();
-    let policy_events = watcher(Api::<ResidencyPolicy>::all(client.clone()), wc.clone())
-        .backoff(WatchBackoff::default())
-        .reflect(policy_writer)
-        .touched_objects();
+    // workloads follow what a policy asks (spec, labels, annotations, deletion), not its status,
+    // which its controller rewrites while workloads move
+    let policy_events = changes_of(
+        watcher(Api::<ResidencyPolicy>::all(client.clone()), wc.clone())
+            .backoff(WatchBackoff::default())
+            .reflect(policy_writer),
+        |p| super::intent(p.meta()),
+    );
 
     // a workload is reconciled when what it asks for changes, not on its own status writes
     // (the cache still takes every change)
@@ -150,6 +161,7 @@ pub async fn run(
         policy_events: policy_retrigger,
         fence,
         relocations: super::Relocations::default(),
+        written: Default::default(),
         policy_runs: Default::default(),
         cluster_events: cluster_retrigger,
         admission: Default::default(),
@@ -179,7 +191,11 @@ pub async fn run(
     let members = cluster_ctrl.store();
     let cluster_loop = cluster_ctrl
         .watches_stream(
-            policy_spec_changes(Api::<ResidencyPolicy>::all(client.clone()), wc.clone()),
+            changes_of(
+                watcher(Api::<ResidencyPolicy>::all(client.clone()), wc.clone())
+                    .backoff(WatchBackoff::default()),
+                policy_spec,
+            ),
             move |_| {
                 members
                     .state()
@@ -218,4 +234,43 @@ pub async fn run(
     reports.abort();
     info!("controllers stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(generation: i64, status: &str) -> ResidencyPolicy {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "residency.io/v1alpha1", "kind": "ResidencyPolicy",
+            "metadata": {"name": "ch", "generation": generation},
+            "spec": {"countries": ["CH"], "allowedLocations": [{"country": "CH"}]},
+            "status": {"governedWorkloads": status.len()}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn status_writes_do_not_pass_spec_changes_and_deletions_do() {
+        let events = vec![
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitApply(policy(1, ""))),
+            Ok(watcher::Event::InitDone),
+            Ok(watcher::Event::Apply(policy(1, "x"))),
+            Ok(watcher::Event::Apply(policy(1, "xx"))),
+            Ok(watcher::Event::Apply(policy(2, "xx"))),
+            Ok(watcher::Event::Delete(policy(2, "xx"))),
+        ];
+        let passed: Vec<(i64, u32)> = changes_of(futures::stream::iter(events), |p| {
+            super::super::intent(p.meta())
+        })
+        .map(|r| {
+            let p = r.unwrap();
+            let governed = p.status.map(|s| s.governed_workloads).unwrap_or_default();
+            (p.metadata.generation.unwrap(), governed as u32)
+        })
+        .collect()
+        .await;
+        assert_eq!(passed, [(1, 0), (2, 2), (2, 2)]);
+    }
 }

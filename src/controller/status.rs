@@ -544,9 +544,36 @@ pub fn in_progress(decision: &Decision, placements: &[Placement]) -> bool {
             .all(|t| placements.iter().any(|p| &p.cluster == t)))
 }
 
+/// Whether `next` differs from `previous` only in how far copies on their way have come (pure):
+/// the messages of objects not ready yet, the location evidence, and condition messages, while
+/// every verdict stays (conditions' status and reason, copies' states, objects' readiness,
+/// targets, drift, data move). Such a change may wait a few seconds and go out merged with the
+/// next one.
+pub fn progress_only(
+    previous: &crate::api::ResidentWorkloadStatus,
+    next: &crate::api::ResidentWorkloadStatus,
+) -> bool {
+    fn verdicts(s: &crate::api::ResidentWorkloadStatus) -> crate::api::ResidentWorkloadStatus {
+        let mut s = s.clone();
+        for c in &mut s.conditions {
+            c.message.clear();
+            c.last_transition_time =
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default());
+        }
+        for p in &mut s.placements {
+            p.evidence = None;
+            for o in p.objects.iter_mut().filter(|o| !o.ready) {
+                o.message.clear();
+            }
+        }
+        s
+    }
+    verdicts(previous) == verdicts(next)
+}
+
 /// Whether everything a workload in progress waits for arrives as an event (pure): its copies
 /// are only waiting for objects whose readiness the member watches report
-/// ([`crate::fleet::ready::KINDS`]), or it waits in line for a relocation slot (`queued`: it is
+/// ([`crate::fleet::ready::KINDS`]), old copies only for those, or it waits in line for a relocation slot (`queued`: it is
 /// woken when one frees). Then it is checked again only as a backstop, not every few seconds.
 pub fn awaits_events(placements: &[Placement], queued: bool) -> bool {
     placements.iter().all(|p| match p.state.as_str() {
@@ -555,7 +582,8 @@ pub fn awaits_events(placements: &[Placement], queued: bool) -> bool {
                 .iter()
                 .any(|(v, k)| *k == o.kind && o.api_version.as_deref().is_none_or(|a| a == *v))
         }),
-        state::EVICTING | state::UNKNOWN | state::FAILED => false,
+        // a copy kept until the new ones are ready waits for what they wait for
+        state::UNKNOWN | state::FAILED => false,
         _ => true,
     }) && (queued || !placements.is_empty())
 }
@@ -623,6 +651,40 @@ mod tests {
             }],
             evidence: Some(Default::default()),
         }
+    }
+
+    #[test]
+    fn only_verdicts_make_a_status_change_urgent() {
+        let d = decision("CH", true);
+        let status = |placements: Vec<Placement>| crate::api::ResidentWorkloadStatus {
+            conditions: crate::api::conditions::merge(
+                &[],
+                &conditions(&d, &placements),
+                Some(1),
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ),
+            placements,
+            ..Default::default()
+        };
+        let before = status(vec![placement("zrh-1", state::APPLIED)]);
+        // how far a copy on its way has come: may wait
+        let mut further = before.clone();
+        further.placements[0].objects[0].message = "2 of 2 replicas available".into();
+        further.placements[0].evidence = None;
+        assert!(progress_only(&before, &further));
+        // a copy became ready (state, readiness, conditions): at once
+        let ready = status(vec![placement("zrh-1", state::READY)]);
+        assert!(!progress_only(&before, &ready));
+        // a new copy: at once
+        let more = status(vec![
+            placement("zrh-1", state::APPLIED),
+            placement("zrh-2", state::APPLIED),
+        ]);
+        assert!(!progress_only(&before, &more));
+        // a condition's verdict changed
+        let mut reason = before.clone();
+        reason.conditions[0].reason = "Other".into();
+        assert!(!progress_only(&before, &reason));
     }
 
     #[test]
@@ -843,12 +905,18 @@ mod tests {
         // a custom kind's readiness is not watched: checked every few seconds
         let custom = placement(state::APPLIED, vec![object("Widget", false)]);
         assert!(!awaits_events(&[waiting.clone(), custom], false));
-        for st in [state::EVICTING, state::UNKNOWN, state::FAILED] {
+        for st in [state::UNKNOWN, state::FAILED] {
             assert!(!awaits_events(
                 &[waiting.clone(), placement(st, vec![])],
                 false
             ));
         }
+        // an old copy kept until the new one is ready (make before break): the new one's
+        // readiness is watched
+        let kept = placement(state::EVICTING, vec![object("Deployment", true)]);
+        assert!(awaits_events(&[waiting.clone(), kept.clone()], false));
+        let unknown = placement(state::UNKNOWN, vec![]);
+        assert!(!awaits_events(&[kept, unknown], false));
         // nothing placed yet: only a queued relocation is woken
         assert!(!awaits_events(&[], false));
         assert!(awaits_events(&[], true));

@@ -42,6 +42,13 @@ pub async fn reconcile(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<A
     let ns = rw.namespace().unwrap_or_default();
     let api: Api<ResidentWorkload> = Api::namespaced(ctx.client.clone(), &ns);
     let key = format!("{ns}/{}", rw.name_any());
+    let deleting = rw.metadata.deletion_timestamp.is_some();
+    let version = rw.metadata.resource_version.clone();
+    if deleting && ctx.written.was_finalized(&key, &rw) {
+        // the cache has not seen the finalizer go yet: cleaned up already
+        return Ok(Action::await_change());
+    }
+    let rw = with_finalizer(&ctx, &api, rw).await;
     let result = finalizer(&api, FINALIZER, rw, |event| async {
         match event {
             Event::Apply(rw) => apply(rw, ctx.clone()).await,
@@ -57,8 +64,60 @@ pub async fn reconcile(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<A
     ctx.metrics.reconciled(CONTROLLER, start.elapsed());
     if result.is_ok() {
         ctx.backoff.reset(&key);
+        if deleting {
+            ctx.written.finalized(&key, version);
+        }
     }
     result
+}
+
+/// Adds the finalizer to a workload that has none yet and is not being deleted, so that this
+/// same reconcile goes on to place it (the finalizer helper would add it and wait for the next
+/// event). The patch names the version it read: when the workload changed meanwhile, or the
+/// write is refused, the helper adds the finalizer instead.
+async fn with_finalizer(
+    ctx: &Context,
+    api: &Api<ResidentWorkload>,
+    rw: Arc<ResidentWorkload>,
+) -> Arc<ResidentWorkload> {
+    if rw.metadata.deletion_timestamp.is_some()
+        || rw.finalizers().iter().any(|f| f == FINALIZER)
+        || ctx.may_write().is_err()
+    {
+        return rw;
+    }
+    let key = format!("{}/{}", rw.namespace().unwrap_or_default(), rw.name_any());
+    let mut finalizers = rw.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    if let Some(made) = ctx.written.finalizer_added_to(&key, &rw) {
+        // added to this very version: the cache has not seen the version that made yet
+        let mut with = (*rw).clone();
+        with.metadata.finalizers = Some(finalizers);
+        with.metadata.resource_version = made;
+        return Arc::new(with);
+    }
+    let patch = serde_json::json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": rw.resource_version(),
+    }});
+    match api
+        .patch(
+            &rw.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(updated) => {
+            ctx.written.finalizer_added(
+                &key,
+                rw.metadata.resource_version.clone(),
+                updated.metadata.resource_version.clone(),
+            );
+            Arc::new(updated)
+        }
+        Err(_) => rw,
+    }
 }
 
 /// Logs, counts and requeues with per-object exponential backoff.
@@ -72,18 +131,14 @@ pub fn error_policy(rw: Arc<ResidentWorkload>, err: &Error, ctx: Arc<Context>) -
 /// How often a workload in progress that waits only for events is checked anyway.
 const EVENT_BACKSTOP: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// A hash of what a workload asks for: its spec (`generation`), labels, annotations (an
-/// abandoned cluster, say), finalizers and deletion. Its status, which only the operator
+/// A workload's status is written at most this often when only progress changed
+/// ([`status::progress_only`]); a change of any verdict is written at once.
+const PROGRESS_SPACING: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A hash of what a workload asks for ([`super::intent`]). Its status, which only the operator
 /// writes, is left out: writing it does not reconcile the workload again.
 pub fn asks_for(rw: &ResidentWorkload) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    rw.metadata.generation.hash(&mut h);
-    rw.labels().hash(&mut h);
-    rw.annotations().hash(&mut h);
-    rw.finalizers().hash(&mut h);
-    rw.metadata.deletion_timestamp.is_some().hash(&mut h);
-    Some(h.finish())
+    Some(super::intent(rw.meta()))
 }
 
 /// The placement decision for `rw` from the current caches (pure once the caches are read).
@@ -484,9 +539,11 @@ async fn evict_from(
         return Some(kept);
     };
     let ns = rw.namespace().unwrap_or_default();
+    let name = rw.name_any();
     let versions = status::object_versions(previous);
+    let known = known_copy(ctx, cluster, &ns, &name, delete);
     match m
-        .evict(delete, &versions, &ns, &rw.name_any(), volumes)
+        .evict(delete, &versions, &ns, &name, volumes, &known)
         .await
     {
         Ok(retained) if retained.is_empty() => None,
@@ -502,6 +559,31 @@ async fn evict_from(
             failures.push(e);
             Some(kept)
         }
+    }
+}
+
+/// What the member watches know of the workload `ns/name`'s objects `objects` on `cluster`
+/// (read from the caches).
+fn known_copy(
+    ctx: &Context,
+    cluster: &str,
+    ns: &str,
+    name: &str,
+    objects: &[plan::ObjectKey],
+) -> crate::fleet::member::Known {
+    let workload = format!("{ns}/{name}");
+    crate::fleet::member::Known {
+        uids: objects
+            .iter()
+            .filter_map(|(kind, object)| {
+                let key = (kind.clone(), ns.to_string(), object.clone());
+                let uid = ctx.labelled.uid_of(cluster, &key, &workload)?;
+                Some(((kind.clone(), object.clone()), uid))
+            })
+            .collect(),
+        claims: ctx
+            .topology
+            .read(cluster, |m| m.and_then(|m| m.claims_of(ns, name))),
     }
 }
 
@@ -555,7 +637,7 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
     let ns = rw.namespace().unwrap_or_default();
     let name = rw.name_any();
     let key = format!("{ns}/{name}");
-    let previous = rw.status.clone().unwrap_or_default();
+    let previous = ctx.written.previous(&key, &rw);
     let generation = rw.metadata.generation;
 
     if let Err(errors) = validate::resident_workload(&rw) {
@@ -582,8 +664,7 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
                 EventType::Warning,
                 "Refused",
                 &format!("Nothing is applied: {message}"),
-            )
-            .await;
+            );
             ctx.apply_status(
                 &Api::<ResidentWorkload>::namespaced(ctx.client.clone(), &ns),
                 &name,
@@ -615,8 +696,7 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
                     EventType::Warning,
                     "SecretSourceUnavailable",
                     &message,
-                )
-                .await;
+                );
                 ctx.apply_status(
                     &Api::<ResidentWorkload>::namespaced(ctx.client.clone(), &ns),
                     &name,
@@ -641,7 +721,7 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
         || ctx.relocations.acquire(&key, ctx.settings.max_relocations);
     // a Storage workload's data moves before it starts on its new targets
     let data = if rw.spec.role == Role::Storage {
-        super::datamove::drive(&ctx, &rw, &decision, &previous.placements, slot).await?
+        super::datamove::drive(&ctx, &rw, &decision, &previous, slot).await?
     } else {
         super::datamove::Outcome::default()
     };
@@ -732,8 +812,7 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
                             EventType::Warning,
                             "CopyHeld",
                             &p.message,
-                        )
-                        .await;
+                        );
                     }
                     placements.push(p);
                 }
@@ -801,8 +880,7 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
             d,
             "DriftCorrected",
             "was changed out of band and corrected",
-        )
-        .await;
+        );
     }
     for (cluster, d) in &observed {
         let known = previous
@@ -818,19 +896,31 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
                 d,
                 "DriftDetected",
                 "differs from what was applied (not corrected: Audit)",
-            )
-            .await;
+            );
         }
     }
-    if changed(&previous, &status) {
-        events(&ctx, &rw, &previous, &status, &decision).await;
+    // progress alone waits a little, to go out with the next change
+    let held = if changed(&previous, &status) && status::progress_only(&previous, &status) {
+        ctx.written.progress_wait(&key, PROGRESS_SPACING)
+    } else {
+        None
+    };
+    if held.is_none() && changed(&previous, &status) {
+        events(&ctx, &rw, &previous, &status, &decision);
         ctx.apply_status(
             &Api::<ResidentWorkload>::namespaced(ctx.client.clone(), &ns),
             &name,
             &status,
         )
         .await?;
-        info!(workload = %key, targets = ?status.targets, "status updated");
+        ctx.written
+            .wrote(&key, rw.metadata.resource_version.clone(), &status);
+        let copies: Vec<String> = status
+            .placements
+            .iter()
+            .map(|p| format!("{}={}", p.cluster, p.state))
+            .collect();
+        info!(workload = %key, targets = ?status.targets, ?copies, "status updated");
         let mut with_status = (*rw).clone();
         with_status.status = Some(status.clone());
         ctx.report_queue.changed(&with_status);
@@ -838,7 +928,16 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
     if let Some(e) = failures.into_iter().next() {
         return Err(e.into());
     }
-    Ok(if data.active {
+    tracing::debug!(
+        workload = %key,
+        in_progress = status::in_progress(&decision, &status.placements),
+        awaits_events = status::awaits_events(&status.placements, queued),
+        waiting = ?status.placements.iter().flat_map(|p| p.objects.iter().filter(|o| !o.ready).map(|o| format!("{} {} {}: {}", p.cluster, o.kind, o.name, o.message))).collect::<Vec<_>>(),
+        "reconciled"
+    );
+    Ok(if let Some(wait) = held {
+        Action::requeue(wait)
+    } else if data.active {
         Action::requeue(ctx.settings.progress_interval)
     } else if status::in_progress(&decision, &status.placements) {
         if status::awaits_events(&status.placements, queued) {
@@ -861,8 +960,9 @@ async fn cleanup(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action>
         return Err(Error::CleanupBlocked("caches are not synced yet".into()));
     }
     ctx.may_write()?;
-    let previous = rw.status.clone().unwrap_or_default();
     let key = format!("{}/{}", rw.namespace().unwrap_or_default(), rw.name_any());
+    // the newest record of copies, even when the cache has not seen the last status write
+    let previous = ctx.written.previous(&key, &rw);
     let mut record = previous.placements.clone();
     for t in &previous.targets {
         // a target may hold objects applied just before a crash, before the record was written
@@ -931,8 +1031,7 @@ async fn cleanup(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action>
                     }
                 );
                 warn!(workload = %key, cluster = %cluster, "copy abandoned");
-                publish_about(&ctx, &rw, Some(&cluster), EventType::Warning, "CopyAbandoned", &note)
-                    .await;
+                publish_about(&ctx, &rw, Some(&cluster), EventType::Warning, "CopyAbandoned", &note);
             }
             plan::Cleanup::Blocked { cluster, removed } => blocked.push(if removed {
                 format!(
@@ -945,18 +1044,18 @@ async fn cleanup(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action>
     }
     if !blocked.is_empty() {
         let msg = blocked.join("; ");
-        publish(&ctx, &rw, EventType::Warning, "CleanupBlocked", &msg).await;
+        publish(&ctx, &rw, EventType::Warning, "CleanupBlocked", &msg);
         return Err(Error::CleanupBlocked(msg));
     }
     ctx.release_relocation(&key);
+    ctx.written.forget(&key);
     publish(
         &ctx,
         &rw,
         EventType::Normal,
         "CleanedUp",
         "Removed the workload from every member cluster.",
-    )
-    .await;
+    );
     ctx.report_queue
         .gone(&rw.namespace().unwrap_or_default(), &rw.name_any());
     Ok(Action::await_change())
@@ -966,13 +1065,13 @@ fn changed(previous: &ResidentWorkloadStatus, next: &ResidentWorkloadStatus) -> 
     previous != next
 }
 
-async fn publish(ctx: &Context, rw: &ResidentWorkload, type_: EventType, reason: &str, note: &str) {
-    publish_about(ctx, rw, None, type_, reason, note).await;
+fn publish(ctx: &Context, rw: &ResidentWorkload, type_: EventType, reason: &str, note: &str) {
+    publish_about(ctx, rw, None, type_, reason, note);
 }
 
 /// Publishes an Event about `rw`, related to a MemberCluster when given (so events about
 /// different clusters are not folded into one series).
-async fn publish_about(
+fn publish_about(
     ctx: &Context,
     rw: &ResidentWorkload,
     cluster: Option<&str>,
@@ -983,12 +1082,11 @@ async fn publish_about(
     let secondary = cluster
         .and_then(|c| ctx.clusters.get(&ObjectRef::new(c)))
         .map(|mc| mc.object_ref(&()));
-    ctx.publish_event(&rw.object_ref(&()), secondary, type_, reason, note)
-        .await;
+    ctx.publish_event(&rw.object_ref(&()), secondary, type_, reason, note);
 }
 
 /// A Warning Event about a drifted object: `<kind> <name> on <cluster> <what>: <fields>`.
-async fn publish_drift(
+fn publish_drift(
     ctx: &Context,
     rw: &ResidentWorkload,
     cluster: &str,
@@ -1002,11 +1100,11 @@ async fn publish_drift(
         d.name,
         status::describe_fields(&d.fields)
     );
-    publish_about(ctx, rw, Some(cluster), EventType::Warning, reason, &note).await;
+    publish_about(ctx, rw, Some(cluster), EventType::Warning, reason, &note);
 }
 
 /// Events for what changed: placed, evicted, retained, unplaceable.
-async fn events(
+fn events(
     ctx: &Context,
     rw: &ResidentWorkload,
     previous: &ResidentWorkloadStatus,
@@ -1031,8 +1129,7 @@ async fn events(
                 EventType::Normal,
                 "Placed",
                 &note,
-            )
-            .await;
+            );
         }
         // a copy that became conflicting or retained: the placement's message says why
         for (st, reason) in [
@@ -1047,8 +1144,7 @@ async fn events(
                     EventType::Warning,
                     reason,
                     &p.message,
-                )
-                .await;
+                );
             }
         }
     }
@@ -1066,8 +1162,7 @@ async fn events(
                 EventType::Normal,
                 "Evicted",
                 &note,
-            )
-            .await;
+            );
         }
     }
     let was = conditions::find(&previous.conditions, types::COMPLIANT).map(|c| c.reason.clone());
@@ -1078,8 +1173,7 @@ async fn events(
             EventType::Warning,
             decision.reason(),
             &decision.summary(),
-        )
-        .await;
+        );
     }
 }
 

@@ -28,6 +28,19 @@ pub struct Labelled {
     pub workload: Option<String>,
     /// Whether it is a retained volume.
     pub retained: bool,
+    /// Its UID.
+    pub uid: Option<String>,
+    /// Its [`fingerprint`]: whether it changed since the operator last applied or read it.
+    pub print: u64,
+}
+
+impl Labelled {
+    /// Whether `other` declares the same (what the policies judge).
+    fn declares_as(&self, other: &Labelled) -> bool {
+        self.countries == other.countries
+            && self.workload == other.workload
+            && self.retained == other.retained
+    }
 }
 
 /// Key of an object: kind, namespace ("" when cluster-scoped), name.
@@ -83,7 +96,7 @@ impl Index {
         let objects = m.entry(cluster.to_string()).or_default();
         match value {
             Some(v) if !v.countries.is_empty() => match objects.insert(key, v.clone()) {
-                Some(old) if old == v => BTreeSet::new(),
+                Some(old) if old.declares_as(&v) => BTreeSet::new(),
                 old => old
                     .map(|o| o.countries)
                     .into_iter()
@@ -139,6 +152,23 @@ impl Index {
             .cloned()
     }
 
+    /// The UID of the object `kind` `namespace/name` on `cluster` when it is labelled as the
+    /// workload `workload`'s (`namespace/name`): removing the workload's copy may delete it
+    /// without asking the member first.
+    pub fn uid_of(&self, cluster: &str, key: &Key, workload: &str) -> Option<String> {
+        let m = self.members.read().unwrap_or_else(|e| e.into_inner());
+        let l = m.get(cluster)?.get(key)?;
+        (l.workload.as_deref() == Some(workload))
+            .then(|| l.uid.clone())
+            .flatten()
+    }
+
+    /// The [`fingerprint`] of the object `key` on `cluster` as its watch last saw it.
+    pub fn print_of(&self, cluster: &str, key: &Key) -> Option<u64> {
+        let m = self.members.read().unwrap_or_else(|e| e.into_inner());
+        m.get(cluster)?.get(key).map(|l| l.print)
+    }
+
     /// Runs `f` over every labelled object, by member, without copying them (the index is
     /// read-locked meanwhile: keep `f` short and synchronous).
     pub fn with<R>(&self, f: impl FnOnce(&BTreeMap<String, BTreeMap<Key, Labelled>>) -> R) -> R {
@@ -155,6 +185,8 @@ fn labelled(meta: &PartialObjectMeta<DynamicObject>) -> Labelled {
             _ => None,
         },
         retained: l.get(labels::RETAINED).map(String::as_str) == Some("true"),
+        uid: meta.uid(),
+        print: fingerprint(&meta.metadata),
     }
 }
 
@@ -170,6 +202,9 @@ pub struct Sinks {
     pub policy_tx: Sender<ObjectRef<ResidencyPolicy>>,
     /// Workload reconciles.
     pub workloads_tx: Sender<ObjectRef<ResidentWorkload>>,
+    /// What the member's connection wrote and read: the operator's own changes trigger
+    /// nothing.
+    pub memo: std::sync::Arc<super::member::Memo>,
 }
 
 /// Starts one metadata watch per well-known placeable kind (and PersistentVolumes) on a
@@ -219,18 +254,18 @@ pub fn watch_kind(
         policies,
         policy_tx: tx,
         workloads_tx,
+        memo,
     } = sinks;
     let cluster = cluster.to_string();
     let kind = ar.kind.clone();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        let mut seen = Seen::default();
+        let mut seen = Seen {
+            own: Some((kind.clone(), memo)),
+            ..Default::default()
+        };
         while let Some(event) = stream.next().await {
-            for w in seen.triggers(&event) {
-                if workloads_tx.send(w).await.is_err() {
-                    return; // the controller is gone
-                }
-            }
+            let triggers = seen.triggers(&event);
             let changed: BTreeSet<String> = match event {
                 Ok(watcher::Event::Init) => index.clear_kind(&cluster, &kind, namespace.as_deref()),
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
@@ -255,6 +290,12 @@ pub fn watch_kind(
                 }
                 Err(_) => BTreeSet::new(),
             };
+            // after the index took the change: a reconcile reads the object's new print there
+            for w in triggers {
+                if workloads_tx.send(w).await.is_err() {
+                    return; // the controller is gone
+                }
+            }
             if changed.is_empty() {
                 continue;
             }
@@ -274,13 +315,17 @@ pub fn watch_kind(
 
 /// What a member watch last saw of each object a workload placed, to trigger that workload
 /// only when something it judges changed: the object's existence, labels, annotations or spec
-/// (its `generation`; any change of a kind without one). Status updates, which controllers
+/// (its `generation`; any change of a kind without one). Objects a controller made from a
+/// placed one are not placed objects and trigger nothing here. Status updates, which controllers
 /// write often, trigger nothing; readiness has its own watch ([`super::ready`]).
 #[derive(Default)]
 struct Seen {
     objects: std::collections::HashMap<(String, String), (u64, ObjectRef<ResidentWorkload>)>,
     /// The keys listed since the last `Init` (objects gone meanwhile are found at `InitDone`).
     listing: Option<BTreeSet<(String, String)>>,
+    /// The kind watched, and what the operator wrote there: an object it applied or deleted
+    /// itself (the same fingerprint, the same UID) triggers nothing.
+    own: Option<(String, std::sync::Arc<super::member::Memo>)>,
 }
 
 impl Seen {
@@ -298,7 +343,11 @@ impl Seen {
                 if let Some(l) = self.listing.as_mut() {
                     l.insert(key.clone());
                 }
-                let Some(w) = super::watch::workload_of(o.labels()) else {
+                // a controller's child (a Deployment's Pods, a StatefulSet's claims) carries the
+                // workload's labels from its template but was not placed: drift concerns what
+                // the operator applied; the child's place is watched by the topology caches
+                let placed = self.objects.contains_key(&key) || !controlled(o);
+                let Some(w) = super::watch::workload_of(o.labels()).filter(|_| placed) else {
                     return self
                         .objects
                         .remove(&key)
@@ -306,19 +355,31 @@ impl Seen {
                         .into_iter()
                         .collect();
                 };
-                let print = fingerprint(o);
+                let print = fingerprint(&o.metadata);
+                let ours = self.own.as_ref().is_some_and(|(kind, memo)| {
+                    memo.made(&(kind.clone(), key.0.clone(), key.1.clone()), print)
+                });
                 match self.objects.insert(key, (print, w.clone())) {
                     Some((before, was)) if before == print && was == w => Vec::new(),
                     Some((_, was)) if was != w => vec![was, w],
+                    _ if ours => Vec::new(),
                     _ => vec![w],
                 }
             }
             Ok(watcher::Event::Delete(o)) => {
                 let key = (o.namespace().unwrap_or_default(), o.name_any());
+                let ours = self.own.as_ref().is_some_and(|(kind, memo)| {
+                    let uid = o.uid().unwrap_or_default();
+                    memo.removed(&(kind.clone(), key.0.clone(), key.1.clone()), &uid)
+                });
+                if ours {
+                    self.objects.remove(&key);
+                    return Vec::new();
+                }
                 self.objects
                     .remove(&key)
                     .map(|(_, w)| w)
-                    .or_else(|| super::watch::workload_of(o.labels()))
+                    .or_else(|| super::watch::workload_of(o.labels()).filter(|_| !controlled(o)))
                     .into_iter()
                     .collect()
             }
@@ -339,17 +400,32 @@ impl Seen {
     }
 }
 
-/// A hash of what a workload judges in an object's metadata (see [`Seen`]).
-fn fingerprint(o: &PartialObjectMeta<DynamicObject>) -> u64 {
+/// Whether a controller made the object (a controller `ownerReference`; placed objects have
+/// none: the operator strips them).
+fn controlled(o: &PartialObjectMeta<DynamicObject>) -> bool {
+    o.owner_references()
+        .iter()
+        .any(|r| r.controller == Some(true))
+}
+
+/// A hash of what a workload judges in an object's metadata (see [`Seen`]): its labels,
+/// annotations, spec (`generation`) and deletion. A kind without `generation` counts every
+/// change (its `resourceVersion`): equal prints then mean the same object.
+pub fn fingerprint(meta: &kube::api::ObjectMeta) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    o.labels().hash(&mut h);
-    o.annotations().hash(&mut h);
-    match o.metadata.generation {
-        Some(g) => g.hash(&mut h),
-        None => o.metadata.resource_version.hash(&mut h),
+    // absent and empty maps alike (the API server returns either)
+    for map in [&meta.labels, &meta.annotations] {
+        map.as_ref().map_or(0, |m| m.len()).hash(&mut h);
+        for (k, v) in map.iter().flatten() {
+            (k, v).hash(&mut h);
+        }
     }
-    o.metadata.deletion_timestamp.is_some().hash(&mut h);
+    match meta.generation {
+        Some(g) => g.hash(&mut h),
+        None => meta.resource_version.hash(&mut h),
+    }
+    meta.deletion_timestamp.is_some().hash(&mut h);
     h.finish()
 }
 
@@ -380,6 +456,8 @@ mod tests {
             countries: vec!["AU".into()],
             workload: None,
             retained: false,
+            uid: Some("u".into()),
+            print: 1,
         };
         assert_eq!(
             index.update("msk-1", key.clone(), Some(v.clone())),
@@ -462,8 +540,70 @@ mod tests {
         );
         // and a delete
         assert_eq!(
-            seen.triggers(&Ok(watcher::Event::Delete(meta(placed, Some(1), "9")))),
+            seen.triggers(&Ok(watcher::Event::Delete(meta(
+                placed.clone(),
+                Some(1),
+                "9"
+            )))),
             vec![w]
         );
+        // a controller's child with the workload's labels (a Deployment's Pod) triggers
+        // nothing: made, changed or deleted
+        let mut child = meta(placed, Some(1), "10");
+        child.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "ReplicaSet".into(),
+                name: "d-1".into(),
+                uid: "u".into(),
+                controller: Some(true),
+                ..Default::default()
+            },
+        ]);
+        assert!(seen.triggers(&apply(child.clone())).is_empty());
+        child.metadata.generation = Some(2);
+        assert!(seen.triggers(&apply(child.clone())).is_empty());
+        assert!(seen.triggers(&Ok(watcher::Event::Delete(child))).is_empty());
+    }
+
+    #[test]
+    fn what_the_operator_wrote_itself_triggers_nothing() {
+        let placed = serde_json::json!({
+            labels::MANAGED_BY: labels::MANAGED_BY_VALUE,
+            labels::WORKLOAD: "w", labels::WORKLOAD_NAMESPACE: "ns"});
+        let w = ObjectRef::<ResidentWorkload>::new("w").within("ns");
+        let memo = std::sync::Arc::new(super::super::member::Memo::default());
+        let mut seen = Seen {
+            own: Some(("Deployment".into(), memo.clone())),
+            ..Default::default()
+        };
+        let key = ("Deployment".to_string(), "ns".to_string(), "d".to_string());
+        let applied = meta(placed.clone(), Some(1), "1");
+        // the operator applied it and saw this version: its event asks for nothing
+        memo.note_made(key.clone(), fingerprint(&applied.metadata));
+        assert!(
+            seen.triggers(&Ok(watcher::Event::Apply(applied)))
+                .is_empty()
+        );
+        // someone else's change does
+        assert_eq!(
+            seen.triggers(&Ok(watcher::Event::Apply(meta(
+                placed.clone(),
+                Some(2),
+                "2"
+            )))),
+            vec![w.clone()]
+        );
+        // its deletion by the operator (that UID) asks for nothing; by someone else it does
+        let mut gone = meta(placed.clone(), Some(2), "3");
+        gone.metadata.uid = Some("u1".into());
+        memo.set_removed(key.clone(), "u1".into());
+        assert!(
+            seen.triggers(&Ok(watcher::Event::Delete(gone.clone())))
+                .is_empty()
+        );
+        seen.triggers(&Ok(watcher::Event::Apply(meta(placed, Some(1), "4"))));
+        gone.metadata.uid = Some("u2".into());
+        assert_eq!(seen.triggers(&Ok(watcher::Event::Delete(gone))), vec![w]);
     }
 }

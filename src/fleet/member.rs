@@ -1,6 +1,9 @@
 //! Thin I/O against one member cluster: apply a workload's objects, read their readiness, evict
 //! them. Every decision about *what* to do is made by the caller from pure functions; this
-//! module only talks to the API server, and never writes after a failed read.
+//! module only talks to the API server, and never writes after a failed read. What the
+//! member's watches already show is not asked again: an object unchanged since the operator
+//! applied or read it ([`Memo`], [`Watched`]) is not read, and a copy is removed by the UIDs the
+//! watches saw ([`Known`]).
 
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -108,6 +111,18 @@ pub struct Placed {
     pub resources: Vec<kube::core::ApiResource>,
 }
 
+/// What the operator's watches already know of a workload's copy on a member, so that removing
+/// it asks the member less: the UIDs of its objects seen carrying the workload's labels (by
+/// kind and name), and its claims when the claims' watch has listed them. What is missing is
+/// asked.
+#[derive(Clone, Debug, Default)]
+pub struct Known {
+    /// UIDs by kind and name.
+    pub uids: std::collections::BTreeMap<(String, String), String>,
+    /// The claims labelled as the workload's; `None` when they must be listed.
+    pub claims: Option<Vec<String>>,
+}
+
 /// One member cluster, as seen by the workload controller.
 pub struct Member<'a> {
     /// MemberCluster name.
@@ -127,6 +142,19 @@ pub struct Member<'a> {
     pub access: Option<super::registry::Access>,
     /// What this connection checked already.
     pub memo: std::sync::Arc<Memo>,
+    /// What the member's watches show, when it is watched.
+    pub watched: Option<Watched<'a>>,
+}
+
+/// What a member's watches show of the objects placed there: their metadata's
+/// [`super::labelled::fingerprint`] and, for the kinds whose readiness lives in their status,
+/// their readiness. An object unchanged since the operator applied or read it is not read
+/// again.
+pub struct Watched<'a> {
+    /// The labelled objects of every member.
+    pub labelled: &'a super::labelled::Index,
+    /// This member's readiness watches.
+    pub ready: std::sync::Arc<super::ready::States>,
 }
 
 /// What one connection to a member has checked already, so that reconciles do not ask again
@@ -139,6 +167,74 @@ pub struct Memo {
     refusals: std::sync::Mutex<
         std::collections::HashMap<PodTemplate, (std::time::Instant, Option<String>)>,
     >,
+    verified: std::sync::Mutex<VerifiedObjects>,
+}
+
+impl Verified {
+    /// Its readiness now, when it is still the object verified (pure): the same desired
+    /// `hash`, and its watch shows the same `print`. A kind without `generation` changes its
+    /// print with every change, its status included; one with it needs what a readiness watch
+    /// shows (`watched`). `None`: it must be read.
+    fn still(
+        &self,
+        hash: &str,
+        print: Option<u64>,
+        watched: Option<readiness::Readiness>,
+    ) -> Option<readiness::Readiness> {
+        if self.hash != hash || print != Some(self.print) {
+            return None;
+        }
+        if self.generation {
+            watched
+        } else {
+            Some(self.readiness.clone())
+        }
+    }
+}
+
+/// What is known of an object before writing.
+enum Read {
+    /// The watches show it unchanged since it was verified: its readiness.
+    Unchanged(readiness::Readiness),
+    /// It was read (`None`: it does not exist).
+    Live(Option<Box<DynamicObject>>),
+}
+
+/// One object read (and applied when needed).
+enum Checked {
+    /// It is as desired now: its metadata's fingerprint, whether its kind has a generation,
+    /// the drift corrected and its readiness.
+    Placed {
+        print: u64,
+        generation: bool,
+        drift: Vec<FieldDrift>,
+        readiness: readiness::Readiness,
+    },
+    /// Another owner holds it: why.
+    Conflict(String),
+}
+
+/// The objects verified, and when expired ones were last dropped.
+#[derive(Default)]
+struct VerifiedObjects {
+    objects: std::collections::HashMap<super::labelled::Key, Verified>,
+    /// Objects the operator deleted: their UID, and when.
+    removed: std::collections::HashMap<super::labelled::Key, (String, std::time::Instant)>,
+    pruned: Option<std::time::Instant>,
+}
+
+/// An object as the operator last applied or read it (and found it as desired).
+#[derive(Clone, Debug)]
+struct Verified {
+    at: std::time::Instant,
+    /// The desired object's hash.
+    hash: String,
+    /// Its metadata's fingerprint then.
+    print: u64,
+    /// Whether its kind has a `generation` (then its status may change without the print).
+    generation: bool,
+    /// Its readiness then.
+    readiness: crate::readiness::Readiness,
 }
 
 /// A pod template asked about: namespace, object name, object hash.
@@ -167,14 +263,86 @@ impl Memo {
         m.remove(namespace);
     }
 
+    /// How long an object stays verified without being read (a resync reads it again).
+    pub const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+    fn verified(&self, key: &super::labelled::Key) -> Option<Verified> {
+        let m = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        m.objects
+            .get(key)
+            .filter(|v| v.at.elapsed() < Self::VERIFIED_TTL)
+            .cloned()
+    }
+
+    fn set_verified(&self, key: super::labelled::Key, v: Option<Verified>) {
+        let mut m = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        match v {
+            Some(v) => m.objects.insert(key, v),
+            None => m.objects.remove(&key),
+        };
+        Self::prune(&mut m);
+    }
+
+    /// Drops expired entries (objects gone or not reconciled since), once per TTL.
+    fn prune(m: &mut VerifiedObjects) {
+        if m.pruned.is_none_or(|t| t.elapsed() >= Self::VERIFIED_TTL) {
+            m.objects.retain(|_, v| v.at.elapsed() < Self::VERIFIED_TTL);
+            m.removed
+                .retain(|_, (_, at)| at.elapsed() < Self::VERIFIED_TTL);
+            m.pruned = Some(std::time::Instant::now());
+        }
+    }
+
+    /// Whether the operator itself made `key` look as its metadata's fingerprint `print` says
+    /// (it applied it so, or read it so): its watch event then asks for nothing.
+    pub fn made(&self, key: &super::labelled::Key, print: u64) -> bool {
+        self.verified(key).is_some_and(|v| v.print == print)
+    }
+
+    /// Whether the operator itself deleted `key`, the object with this UID.
+    pub fn removed(&self, key: &super::labelled::Key, uid: &str) -> bool {
+        let m = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        m.removed
+            .get(key)
+            .is_some_and(|(u, at)| u == uid && at.elapsed() < Self::VERIFIED_TTL)
+    }
+
+    /// Notes (for tests) that the operator applied `key` as `print`.
+    #[cfg(test)]
+    pub(crate) fn note_made(&self, key: super::labelled::Key, print: u64) {
+        self.set_verified(
+            key,
+            Some(Verified {
+                at: std::time::Instant::now(),
+                hash: String::new(),
+                print,
+                generation: false,
+                readiness: readiness::Readiness {
+                    ready: true,
+                    message: String::new(),
+                },
+            }),
+        );
+    }
+
+    pub(crate) fn set_removed(&self, key: super::labelled::Key, uid: String) {
+        let mut m = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        m.objects.remove(&key);
+        m.removed.insert(key, (uid, std::time::Instant::now()));
+        Self::prune(&mut m);
+    }
+
     fn refusal(&self, key: &PodTemplate) -> Option<Option<String>> {
-        let mut m = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
-        m.retain(|_, (t, _)| t.elapsed() < Self::REFUSAL_TTL);
-        m.get(key).map(|(_, r)| r.clone())
+        let m = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(key)
+            .filter(|(t, _)| t.elapsed() < Self::REFUSAL_TTL)
+            .map(|(_, r)| r.clone())
     }
 
     fn set_refusal(&self, key: PodTemplate, refused: Option<String>) {
         let mut m = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        // expired answers go when a new one comes, not on every lookup
+        m.retain(|_, (t, _)| t.elapsed() < Self::REFUSAL_TTL);
         m.insert(key, (std::time::Instant::now(), refused));
     }
 }
@@ -504,82 +672,75 @@ impl Member<'_> {
         let mut corrected = Vec::new();
         let mut conflicts = Vec::new();
         let apis = self.apis(objects).await?;
-        for (obj, api) in objects.iter().zip(apis) {
+        // what the watches cannot vouch for is read at once (reads are independent; the
+        // writes below keep the apply order), and nothing is written when a read fails
+        let reads = futures::future::join_all(
+            objects
+                .iter()
+                .zip(&apis)
+                .map(|(obj, api)| self.read(obj, api)),
+        )
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+        for ((obj, api), read) in objects.iter().zip(apis).zip(reads) {
             let what = format!("{} {}", obj.kind, obj.name);
-            let live = api
-                .get_opt(&obj.name)
-                .await
-                .map_err(self.err(format!("get {what}")))?;
-            if let Some(l) = &live
-                && let Some(why) = crate::fleet::watch::ownership_conflict(
-                    l.labels(),
-                    &obj.namespace,
-                    workload,
-                    adopt,
-                )
-            {
-                conflicts.push(format!("{what}: {why}"));
-                out.push(ObjectStatus {
-                    api_version: Some(obj.api_version.clone()),
-                    kind: obj.kind.clone(),
-                    name: obj.name.clone(),
-                    ready: false,
-                    message: format!("not applied: {why}"),
-                });
-                continue;
-            }
-            let live_hash = live
-                .as_ref()
-                .and_then(|l| l.annotations().get(HASH_ANNOTATION).cloned());
-            let retained = live
-                .as_ref()
-                .is_some_and(|l| l.labels().contains_key(labels::RETAINED));
-            let drift = match &live {
-                None if placed_before.contains(&(obj.kind.clone(), obj.name.clone())) => {
-                    vec![FieldDrift {
-                        path: drift::OBJECT.into(),
-                        desired: "present".into(),
-                        live: "<absent>".into(),
-                    }]
-                }
-                Some(l) if live_hash.as_deref() == Some(obj.hash.as_str()) && !retained => {
-                    let value = serde_json::to_value(l).unwrap_or_default();
-                    drift::compare(&obj.object, &value, &ignore(&obj.kind, &obj.name))
-                }
-                _ => Vec::new(),
-            };
-            let up_to_date =
-                live.is_some() && live_hash.as_deref() == Some(obj.hash.as_str()) && !retained;
-            let live = match live {
-                Some(l) if up_to_date && drift.is_empty() => l,
-                _ => {
-                    if retained {
-                        // a retained volume is back in use here: it is no longer a leftover
-                        let unlabel = json!({"metadata": {"labels": {labels::RETAINED: null}}});
-                        self.send(
-                            format!("unlabel retained {what}"),
-                            "label",
-                            api.patch(&obj.name, &PatchParams::default(), &Patch::Merge(unlabel)),
+            let key: super::labelled::Key =
+                (obj.kind.clone(), obj.namespace.clone(), obj.name.clone());
+            let mut r = match read {
+                Read::Unchanged(r) => r,
+                Read::Live(live) => {
+                    let checked = self
+                        .check(
+                            obj,
+                            &api,
+                            live.map(|l| *l),
+                            workload,
+                            placed_before,
+                            ignore,
+                            adopt,
                         )
                         .await?;
+                    let (print, generation, drift, readiness) = match checked {
+                        Checked::Placed {
+                            print,
+                            generation,
+                            drift,
+                            readiness,
+                        } => (print, generation, drift, readiness),
+                        Checked::Conflict(why) => {
+                            self.memo.set_verified(key, None);
+                            conflicts.push(format!("{what}: {why}"));
+                            out.push(ObjectStatus {
+                                api_version: Some(obj.api_version.clone()),
+                                kind: obj.kind.clone(),
+                                name: obj.name.clone(),
+                                ready: false,
+                                message: format!("not applied: {why}"),
+                            });
+                            continue;
+                        }
+                    };
+                    if !drift.is_empty() {
+                        corrected.push(ObjectDrift {
+                            kind: obj.kind.clone(),
+                            name: obj.name.clone(),
+                            fields: drift,
+                        });
                     }
-                    self.send(
-                        format!("apply {what}"),
-                        "apply",
-                        api.patch(&obj.name, &params(), &Patch::Apply(&obj.object)),
-                    )
-                    .await?
+                    self.memo.set_verified(
+                        key,
+                        Some(Verified {
+                            at: std::time::Instant::now(),
+                            hash: obj.hash.clone(),
+                            print,
+                            generation,
+                            readiness: readiness.clone(),
+                        }),
+                    );
+                    readiness
                 }
             };
-            if !drift.is_empty() {
-                corrected.push(ObjectDrift {
-                    kind: obj.kind.clone(),
-                    name: obj.name.clone(),
-                    fields: drift,
-                });
-            }
-            let value = serde_json::to_value(&live).unwrap_or_default();
-            let mut r = readiness::evaluate(&obj.api_version, &obj.kind, &value);
             if !r.ready
                 && let Some(refused) = self.pods_refused(obj).await
             {
@@ -598,6 +759,129 @@ impl Member<'_> {
             corrected,
             conflicts,
             resources: self.extra_resources(objects).await,
+        })
+    }
+
+    /// The readiness of `key` from what the member's watches show, when the object is unchanged
+    /// since the operator applied or read it as `obj` (`None`: it must be read).
+    fn unchanged(
+        &self,
+        key: &super::labelled::Key,
+        obj: &DesiredObject,
+    ) -> Option<readiness::Readiness> {
+        let watched = self.watched.as_ref()?;
+        let v = self.memo.verified(key)?;
+        let watched_ready = super::ready::KINDS
+            .iter()
+            .any(|(version, kind)| *version == obj.api_version && *kind == obj.kind);
+        v.still(
+            &obj.hash,
+            watched.labelled.print_of(self.name, key),
+            watched_ready.then(|| watched.ready.get(key)).flatten(),
+        )
+    }
+
+    /// What is known of `obj` before writing: its readiness when the watches show it unchanged
+    /// since the operator applied or read it, else the live object, read. A pod template of an
+    /// object the watches have not seen there (a new one, never ready at once) is asked about
+    /// meanwhile.
+    async fn read(
+        &self,
+        obj: &DesiredObject,
+        api: &Api<DynamicObject>,
+    ) -> Result<Read, MemberError> {
+        let key: super::labelled::Key = (obj.kind.clone(), obj.namespace.clone(), obj.name.clone());
+        if let Some(r) = self.unchanged(&key, obj) {
+            return Ok(Read::Unchanged(r));
+        }
+        let get = async {
+            api.get_opt(&obj.name)
+                .await
+                .map_err(self.err(format!("get {} {}", obj.kind, obj.name)))
+        };
+        let unseen = self
+            .watched
+            .as_ref()
+            .is_some_and(|w| w.labelled.print_of(self.name, &key).is_none());
+        let live = if unseen {
+            futures::future::join(get, self.pods_refused(obj)).await.0?
+        } else {
+            get.await?
+        };
+        Ok(Read::Live(live.map(Box::new)))
+    }
+
+    /// Applies one object (read as `live`) when it is missing, out of date or drifted (unless
+    /// another owner holds it).
+    #[allow(clippy::too_many_arguments)]
+    async fn check(
+        &self,
+        obj: &DesiredObject,
+        api: &Api<DynamicObject>,
+        live: Option<DynamicObject>,
+        workload: &str,
+        placed_before: &[(String, String)],
+        ignore: &(dyn Fn(&str, &str) -> Vec<String> + Sync),
+        adopt: bool,
+    ) -> Result<Checked, MemberError> {
+        let what = format!("{} {}", obj.kind, obj.name);
+        let what = what.as_str();
+        if let Some(l) = &live
+            && let Some(why) =
+                crate::fleet::watch::ownership_conflict(l.labels(), &obj.namespace, workload, adopt)
+        {
+            return Ok(Checked::Conflict(why));
+        }
+        let live_hash = live
+            .as_ref()
+            .and_then(|l| l.annotations().get(HASH_ANNOTATION).cloned());
+        let retained = live
+            .as_ref()
+            .is_some_and(|l| l.labels().contains_key(labels::RETAINED));
+        let drift = match &live {
+            None if placed_before.contains(&(obj.kind.clone(), obj.name.clone())) => {
+                vec![FieldDrift {
+                    path: drift::OBJECT.into(),
+                    desired: "present".into(),
+                    live: "<absent>".into(),
+                }]
+            }
+            Some(l) if live_hash.as_deref() == Some(obj.hash.as_str()) && !retained => {
+                let value = serde_json::to_value(l).unwrap_or_default();
+                drift::compare(&obj.object, &value, &ignore(&obj.kind, &obj.name))
+            }
+            _ => Vec::new(),
+        };
+        let up_to_date =
+            live.is_some() && live_hash.as_deref() == Some(obj.hash.as_str()) && !retained;
+        let live = match live {
+            Some(l) if up_to_date && drift.is_empty() => l,
+            _ => {
+                if retained {
+                    // a retained volume is back in use here: it is no longer a leftover
+                    let unlabel = json!({"metadata": {"labels": {labels::RETAINED: null}}});
+                    self.send(
+                        format!("unlabel retained {what}"),
+                        "label",
+                        api.patch(&obj.name, &PatchParams::default(), &Patch::Merge(unlabel)),
+                    )
+                    .await?;
+                }
+                self.send(
+                    format!("apply {what}"),
+                    "apply",
+                    api.patch(&obj.name, &params(), &Patch::Apply(&obj.object)),
+                )
+                .await?
+            }
+        };
+        let value = serde_json::to_value(&live).unwrap_or_default();
+        let readiness = readiness::evaluate(&obj.api_version, &obj.kind, &value);
+        Ok(Checked::Placed {
+            print: super::labelled::fingerprint(&live.metadata),
+            generation: live.metadata.generation.is_some(),
+            drift,
+            readiness,
         })
     }
 
@@ -762,8 +1046,8 @@ impl Member<'_> {
     /// retained (labelled `residency.io/retained=true`) unless the policy is `Purge`. Under
     /// `Retain` nothing deleted may take a volume with it: the claims are labelled and their
     /// owner references removed, and each StatefulSet's claim retention is set to Retain,
-    /// before anything is deleted. Returns the names of the retained PVCs. Lists first and
-    /// stops at the first failed call.
+    /// before anything is deleted. Returns the names of the retained PVCs. Lists first (unless
+    /// `known` has the claims) and stops at the first failed call.
     pub async fn evict(
         &self,
         recorded: &[(String, String)],
@@ -771,15 +1055,23 @@ impl Member<'_> {
         namespace: &str,
         workload: &str,
         volumes: VolumePolicy,
+        known: &Known,
     ) -> Result<Vec<String>, MemberError> {
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
-        let selector = desired::workload_selector(namespace, workload);
-        // list first: if this fails nothing is touched
-        let claimed = pvcs
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(self.err(format!("list PersistentVolumeClaims ({selector})")))?;
-        let mut names: Vec<String> = claimed.items.iter().map(|p| p.name_any()).collect();
+        let mut names: Vec<String> = match &known.claims {
+            Some(names) => names.clone(),
+            None => {
+                let selector = desired::workload_selector(namespace, workload);
+                // list first: if this fails nothing is touched
+                pvcs.list(&ListParams::default().labels(&selector))
+                    .await
+                    .map_err(self.err(format!("list PersistentVolumeClaims ({selector})")))?
+                    .items
+                    .iter()
+                    .map(|p| p.name_any())
+                    .collect()
+            }
+        };
         for (_, name) in recorded.iter().filter(|(k, _)| k == PVC) {
             if !names.contains(name) {
                 names.push(name.clone());
@@ -834,17 +1126,25 @@ impl Member<'_> {
                 continue;
             };
             let what = format!("{kind} {name}");
-            let Some(live) = self.owned(&api, &what, name, namespace, workload).await? else {
-                continue;
+            let uid = match known.uids.get(&(kind.clone(), name.clone())) {
+                Some(uid) => uid.clone(),
+                None => match self.owned(&api, &what, name, namespace, workload).await? {
+                    Some(live) => live.uid().unwrap_or_default(),
+                    None => continue,
+                },
             };
-            // the object seen, not one created meanwhile under the same name
+            // the object seen carrying the workload's labels, not one created meanwhile under
+            // the same name
             let dp = DeleteParams {
-                preconditions: live.uid().map(|uid| kube::api::Preconditions {
-                    uid: Some(uid),
+                preconditions: Some(kube::api::Preconditions {
+                    uid: Some(uid.clone()).filter(|u| !u.is_empty()),
                     resource_version: None,
                 }),
                 ..DeleteParams::background()
             };
+            // noted first: its watch event may come before the answer
+            self.memo
+                .set_removed((kind.clone(), namespace.to_string(), name.clone()), uid);
             self.send_unless_gone(format!("delete {what}"), "delete", api.delete(name, &dp))
                 .await?;
         }
@@ -903,5 +1203,77 @@ impl Member<'_> {
         let mut names: Vec<String> = list.items.iter().map(|p| p.name_any()).collect();
         names.sort();
         Ok(names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readiness(ready: bool, message: &str) -> readiness::Readiness {
+        readiness::Readiness {
+            ready,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn an_object_is_read_again_unless_its_watch_shows_it_unchanged() {
+        let config_map = Verified {
+            at: std::time::Instant::now(),
+            hash: "h1".into(),
+            print: 7,
+            generation: false,
+            readiness: readiness(true, ""),
+        };
+        assert_eq!(
+            config_map.still("h1", Some(7), None),
+            Some(readiness(true, ""))
+        );
+        assert_eq!(
+            config_map.still("h2", Some(7), None),
+            None,
+            "desired changed"
+        );
+        assert_eq!(config_map.still("h1", Some(8), None), None, "changed there");
+        assert_eq!(config_map.still("h1", None, None), None, "not seen (yet)");
+        // a kind whose status moves without its print: only its readiness watch can tell
+        let deployment = Verified {
+            generation: true,
+            readiness: readiness(false, "0/1 available"),
+            ..config_map
+        };
+        assert_eq!(deployment.still("h1", Some(7), None), None);
+        assert_eq!(
+            deployment.still("h1", Some(7), Some(readiness(true, ""))),
+            Some(readiness(true, ""))
+        );
+        assert_eq!(
+            deployment.still("h1", Some(8), Some(readiness(true, ""))),
+            None
+        );
+    }
+
+    #[test]
+    fn verified_objects_expire() {
+        let memo = Memo::default();
+        let key = ("ConfigMap".to_string(), "ns".to_string(), "c".to_string());
+        let v = Verified {
+            at: std::time::Instant::now(),
+            hash: "h".into(),
+            print: 1,
+            generation: false,
+            readiness: readiness(true, ""),
+        };
+        memo.set_verified(key.clone(), Some(v.clone()));
+        assert!(memo.verified(&key).is_some());
+        let old = Verified {
+            at: std::time::Instant::now() - Memo::VERIFIED_TTL,
+            ..v
+        };
+        memo.set_verified(key.clone(), Some(old));
+        assert!(memo.verified(&key).is_none(), "read again after the TTL");
+        memo.set_verified(key.clone(), None);
+        assert!(memo.verified(&key).is_none());
     }
 }

@@ -2,8 +2,9 @@
 //! readiness lives in their status (Deployments, StatefulSets, DaemonSets, Jobs), selected by
 //! the operator's `managed-by` label. An object's workload is reconciled when its readiness
 //! flips, not on every status write its controller makes (the metadata watches of
-//! [`super::labelled`] trigger on spec, label and annotation changes). Nothing is stored but
-//! one flag per object.
+//! [`super::labelled`] trigger on spec, label and annotation changes). Each object's readiness
+//! (flag and message) is kept ([`States`]): a reconcile reads it instead of the object when the
+//! object is unchanged since the operator last applied or read it.
 
 use std::collections::HashMap;
 
@@ -49,15 +50,49 @@ impl Flips {
     }
 }
 
-/// Starts one watch per kind of [`KINDS`] on a member. Dropping the handles stops them.
+/// The readiness of the objects of [`KINDS`] the operator placed on one member, by kind,
+/// namespace and name, as its watches last saw them.
+#[derive(Default)]
+pub struct States {
+    objects: std::sync::RwLock<HashMap<super::labelled::Key, crate::readiness::Readiness>>,
+}
+
+impl States {
+    /// The readiness of `key` (kind, namespace, name), when its watch has seen it.
+    pub fn get(&self, key: &super::labelled::Key) -> Option<crate::readiness::Readiness> {
+        self.objects
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    fn set(&self, key: super::labelled::Key, readiness: Option<crate::readiness::Readiness>) {
+        let mut m = self.objects.write().unwrap_or_else(|e| e.into_inner());
+        match readiness {
+            Some(r) => m.insert(key, r),
+            None => m.remove(&key),
+        };
+    }
+
+    /// Forgets the objects of `kind` (before its watch lists them again).
+    fn clear_kind(&self, kind: &str) {
+        let mut m = self.objects.write().unwrap_or_else(|e| e.into_inner());
+        m.retain(|k, _| k.0 != kind);
+    }
+}
+
+/// Starts one watch per kind of [`KINDS`] on a member, keeping `states`. Dropping the handles
+/// stops them.
 pub fn start(
     client: Client,
     workloads: Sender<ObjectRef<ResidentWorkload>>,
+    states: std::sync::Arc<States>,
 ) -> Vec<JoinHandle<()>> {
     KINDS
         .iter()
         .filter_map(|(v, k)| crate::desired::api_resource(v, k))
-        .map(|ar| watch(client.clone(), ar, workloads.clone()))
+        .map(|ar| watch(client.clone(), ar, workloads.clone(), states.clone()))
         .collect()
 }
 
@@ -65,6 +100,7 @@ fn watch(
     client: Client,
     ar: ApiResource,
     workloads: Sender<ObjectRef<ResidentWorkload>>,
+    states: std::sync::Arc<States>,
 ) -> JoinHandle<()> {
     let api: Api<DynamicObject> = Api::all_with(client, &ar);
     let config = watcher::Config::default().labels(&format!(
@@ -80,13 +116,19 @@ fn watch(
             let (o, deleted) = match event {
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => (o, false),
                 Ok(watcher::Event::Delete(o)) => (o, true),
+                Ok(watcher::Event::Init) => {
+                    states.clear_kind(&ar.kind);
+                    continue;
+                }
                 _ => continue,
             };
             let key = (o.namespace().unwrap_or_default(), o.name_any());
-            let ready = (!deleted).then(|| {
+            let readiness = (!deleted).then(|| {
                 let value = serde_json::to_value(&o).unwrap_or_default();
-                crate::readiness::evaluate(&ar.api_version, &ar.kind, &value).ready
+                crate::readiness::evaluate(&ar.api_version, &ar.kind, &value)
             });
+            let ready = readiness.as_ref().map(|r| r.ready);
+            states.set((ar.kind.clone(), key.0.clone(), key.1.clone()), readiness);
             if let Some(w) = flips.update(key, ready, super::watch::workload_of(o.labels()))
                 && workloads.send(w).await.is_err()
             {

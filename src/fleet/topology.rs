@@ -203,6 +203,29 @@ impl MemberTopology {
         self.facts.get(&kind).into_iter().flatten()
     }
 
+    /// The names of the claims labelled as the workload `namespace/name`'s, when the claims'
+    /// watch has listed them and is not failing (`None`: only the member can tell).
+    pub fn claims_of(&self, namespace: &str, name: &str) -> Option<Vec<String>> {
+        if !self.synced.contains(&Kind::Claims) || self.failing.contains_key(&Kind::Claims) {
+            return None;
+        }
+        let workload = format!("{namespace}/{name}");
+        Some(
+            self.facts
+                .get(&Kind::Claims)
+                .into_iter()
+                .flat_map(|m| m.range((namespace.to_string(), String::new())..))
+                .take_while(|(k, _)| k.0 == namespace)
+                .filter_map(|((_, claim), f)| match f {
+                    Fact::Claim(c) if c.workload.as_deref() == Some(workload.as_str()) => {
+                        Some(claim.clone())
+                    }
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
     /// The Pods of the workload `namespace/name`, and its claims: those the operator placed for
     /// it and those its Pods mount.
     pub fn copy_of(&self, namespace: &str, name: &str) -> (Vec<PodFacts>, Vec<ClaimFacts>) {
@@ -280,6 +303,10 @@ impl MemberTopology {
             return BTreeSet::new();
         }
         self.rebuild(kind);
+        if old.is_none() && matches!(&fact, Some(Fact::Pod(p)) if p.facts.node.is_none()) {
+            // a Pod not scheduled yet runs nowhere: its workload learns of it once it has a node
+            return BTreeSet::new();
+        }
         self.triggers([old.as_ref(), fact.as_ref()])
     }
 
@@ -740,6 +767,30 @@ mod tests {
                 .contains(&Trigger::Member)
         );
         assert!(m.topology.is_empty());
+    }
+
+    #[test]
+    fn a_pod_triggers_its_workload_once_it_runs_somewhere_and_when_it_goes() {
+        let mut m = MemberTopology::default();
+        let w = || BTreeSet::from([Trigger::Workload("ns/w".into())]);
+        // made, not scheduled: it runs nowhere yet
+        assert!(
+            m.apply(
+                Kind::Pods,
+                key("ns", "p"),
+                Some(pod("p", "ns/w", None, &[]))
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            m.apply(
+                Kind::Pods,
+                key("ns", "p"),
+                Some(pod("p", "ns/w", Some("a"), &[]))
+            ),
+            w()
+        );
+        assert_eq!(m.apply(Kind::Pods, key("ns", "p"), None), w());
     }
 
     #[test]

@@ -69,17 +69,27 @@ pub struct Watches {
     kinds: std::sync::Mutex<BTreeMap<String, JoinHandle<()>>>,
     /// What this connection has checked already (shared by the reconciles).
     pub memo: std::sync::Arc<super::member::Memo>,
+    /// The readiness its readiness watches keep.
+    pub ready: std::sync::Arc<super::ready::States>,
 }
 
 impl Watches {
-    /// Watch tasks started with the connection configuration `fingerprint`.
-    pub fn new(fingerprint: String, client: kube::Client, tasks: Vec<JoinHandle<()>>) -> Self {
+    /// Watch tasks started with the connection configuration `fingerprint`; `memo` is what the
+    /// connection checked (its watches read it too), `ready` what its readiness watches keep.
+    pub fn new(
+        fingerprint: String,
+        client: kube::Client,
+        tasks: Vec<JoinHandle<()>>,
+        memo: std::sync::Arc<super::member::Memo>,
+        ready: std::sync::Arc<super::ready::States>,
+    ) -> Self {
         Self {
             fingerprint,
             client,
             tasks,
             kinds: Default::default(),
-            memo: Default::default(),
+            memo,
+            ready,
         }
     }
 

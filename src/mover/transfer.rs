@@ -104,11 +104,13 @@ fn serve_one(
         } else if line == "MANIFEST" {
             let m = manifest::scan(root).map_err(|e| Error::io(root, e))?;
             let body = serde_json::to_vec(&m).map_err(|e| Error::Protocol(e.to_string()))?;
+            // kept before it is sent: the destination's other connections ask for its files
+            // as soon as it has it
+            *sent.lock().unwrap_or_else(|e| e.into_inner()) = Some(m);
             let w = r.get_mut();
             writeln!(w, "OK {}", body.len()).map_err(Error::Net)?;
             w.write_all(&body).map_err(Error::Net)?;
             w.flush().map_err(Error::Net)?;
-            *sent.lock().unwrap_or_else(|e| e.into_inner()) = Some(m);
         } else if let Some(p) = line.strip_prefix("GET ") {
             let listed = sent
                 .lock()

@@ -113,13 +113,21 @@ impl Index {
         }
     }
 
-    /// Forgets every object of `kind` on `cluster` (before a fresh list).
-    fn clear_kind(&self, cluster: &str, kind: &str, namespace: Option<&str>) -> BTreeSet<String> {
+    /// After a fresh list of `kind` on `cluster` (in `namespace`, when given): forgets the
+    /// objects of that kind the list no longer showed, and returns the countries they declared.
+    /// The others stay throughout the list, so the inventory never shows a partial list.
+    fn keep_listed(
+        &self,
+        cluster: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        listed: &BTreeSet<Key>,
+    ) -> BTreeSet<String> {
         let mut m = self.members.write().unwrap_or_else(|e| e.into_inner());
         let mut gone = BTreeSet::new();
         if let Some(objects) = m.get_mut(cluster) {
             objects.retain(|k, v| {
-                if k.0 == kind && namespace.is_none_or(|ns| k.1 == ns) {
+                if k.0 == kind && namespace.is_none_or(|ns| k.1 == ns) && !listed.contains(k) {
                     gone.extend(v.countries.iter().cloned());
                     false
                 } else {
@@ -264,16 +272,24 @@ pub fn watch_kind(
             own: Some((kind.clone(), memo)),
             ..Default::default()
         };
+        // the keys a relist showed so far (objects gone meanwhile are forgotten at its end)
+        let mut listing: Option<BTreeSet<Key>> = None;
         while let Some(event) = stream.next().await {
             let triggers = seen.triggers(&event);
             let changed: BTreeSet<String> = match event {
-                Ok(watcher::Event::Init) => index.clear_kind(&cluster, &kind, namespace.as_deref()),
+                Ok(watcher::Event::Init) => {
+                    listing = Some(BTreeSet::new());
+                    BTreeSet::new()
+                }
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
                     let key = (
                         kind.clone(),
                         o.namespace().unwrap_or_default(),
                         o.name_any(),
                     );
+                    if let Some(l) = listing.as_mut() {
+                        l.insert(key.clone());
+                    }
                     index.update(&cluster, key, Some(labelled(&o)))
                 }
                 Ok(watcher::Event::Delete(o)) => {
@@ -285,8 +301,10 @@ pub fn watch_kind(
                     index.update(&cluster, key, None)
                 }
                 Ok(watcher::Event::InitDone) => {
+                    let listed = listing.take().unwrap_or_default();
+                    let gone = index.keep_listed(&cluster, &kind, namespace.as_deref(), &listed);
                     index.listed(&cluster);
-                    BTreeSet::new()
+                    gone
                 }
                 Err(_) => BTreeSet::new(),
             };
@@ -465,12 +483,35 @@ mod tests {
         );
         assert_eq!(index.with(|m| m["msk-1"].len()), 1);
         // the same entry again (a status update): no policy has anything new to judge
-        assert!(index.update("msk-1", key.clone(), Some(v)).is_empty());
+        assert!(
+            index
+                .update("msk-1", key.clone(), Some(v.clone()))
+                .is_empty()
+        );
         assert_eq!(
-            index.update("msk-1", key, None),
+            index.update("msk-1", key.clone(), None),
             BTreeSet::from(["AU".to_string()])
         );
         assert!(index.with(|m| m["msk-1"].is_empty()));
+        // a relist: what it shows again stays all along, what it no longer shows goes at its end
+        let other = ("Deployment".to_string(), "ns".to_string(), "e".to_string());
+        let pv = (
+            "PersistentVolume".to_string(),
+            String::new(),
+            "v".to_string(),
+        );
+        for k in [&key, &other, &pv] {
+            index.update("msk-1", k.clone(), Some(v.clone()));
+        }
+        assert_eq!(
+            index.keep_listed("msk-1", "Deployment", None, &BTreeSet::from([key.clone()])),
+            BTreeSet::from(["AU".to_string()])
+        );
+        assert_eq!(
+            index.with(|m| m["msk-1"].keys().cloned().collect::<Vec<_>>()),
+            [key, pv],
+            "the other kind is untouched"
+        );
     }
 
     fn meta(

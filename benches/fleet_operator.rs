@@ -61,28 +61,6 @@ async fn policy(api: &Api<ResidencyPolicy>, country: &str, region: &str) {
     .expect("policy");
 }
 
-async fn all_ready_on(api: &Api<ResidentWorkload>, targets: &[&str]) -> Result<(), String> {
-    let list = api
-        .list(&Default::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let done = list
-        .items
-        .iter()
-        .filter(|w| {
-            let s = w.status.clone().unwrap_or_default();
-            s.targets == targets
-                && s.placements.len() == targets.len()
-                && s.placements.iter().all(|p| p.state == "Ready")
-        })
-        .count();
-    if done == N {
-        Ok(())
-    } else {
-        Err(format!("{done} of {N} done"))
-    }
-}
-
 #[tokio::main]
 async fn main() {
     let dir = std::env::var("RESIDENCY_FLEET_DIR").expect("start the fleet and eval its env first");
@@ -122,7 +100,7 @@ async fn main() {
             .expect("workload");
     }
     eventually("50 Ready on msk-1", Duration::from_secs(300), || {
-        all_ready_on(&workloads, &["msk-1"])
+        common::workloads_ready_on(&workloads, N, &["msk-1"])
     })
     .await;
     println!(
@@ -133,7 +111,7 @@ async fn main() {
     let edit = Instant::now();
     policy(&policies, "CH", "zurich").await;
     eventually("50 relocated", Duration::from_secs(300), || {
-        all_ready_on(&workloads, &["zrh-1", "zrh-2"])
+        common::workloads_ready_on(&workloads, N, &["zrh-1", "zrh-2"])
     })
     .await;
     println!(

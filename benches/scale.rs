@@ -448,32 +448,6 @@ async fn wait_members<F, Fut>(
     }
 }
 
-/// Ok when all `n` workloads report Ready placements on exactly `targets`.
-async fn statuses(api: &Api<ResidentWorkload>, n: usize, targets: &[&str]) -> Result<(), String> {
-    let list = api
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let done = list
-        .items
-        .iter()
-        .filter(|w| {
-            let s = w.status.clone().unwrap_or_default();
-            s.targets == targets
-                && s.placements.len() == targets.len()
-                && s.placements.iter().all(|p| p.state == "Ready")
-        })
-        .count();
-    if done == n {
-        Ok(())
-    } else {
-        Err(format!(
-            "status: {done} of {n} workloads Ready on {}",
-            targets.join("+")
-        ))
-    }
-}
-
 async fn policy(api: &Api<ResidencyPolicy>, country: &str, region: &str) {
     let body = json!({"apiVersion": "residency.io/v1alpha1", "kind": "ResidencyPolicy",
         "metadata": {"name": "bench-scale"},
@@ -567,7 +541,7 @@ async fn main() {
     })
     .await;
     wait_members(&clients, OPERATOR_NS, n, &ZURICH, &[], || {
-        statuses(&workloads, n, &ZURICH)
+        common::workloads_ready_on(&workloads, n, &ZURICH)
     })
     .await;
     let op_place = t.elapsed().as_secs_f64();
@@ -601,7 +575,7 @@ async fn main() {
     let t = Instant::now();
     policy(&policies, "RU", "moscow").await;
     wait_members(&clients, OPERATOR_NS, n, &MOSCOW, &ZURICH, || {
-        statuses(&workloads, n, &MOSCOW)
+        common::workloads_ready_on(&workloads, n, &MOSCOW)
     })
     .await;
     let op_relocate = t.elapsed().as_secs_f64();

@@ -321,6 +321,19 @@ type WrittenStatus = (
 );
 
 impl Written {
+    /// The status written from this version of `rw` (the workload `key`), when the cache has
+    /// not seen it yet.
+    pub fn ahead_of(
+        &self,
+        key: &str,
+        rw: &ResidentWorkload,
+    ) -> Option<Arc<crate::api::ResidentWorkloadStatus>> {
+        let m = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(key)
+            .filter(|(base, _, _)| *base == rw.metadata.resource_version)
+            .map(|(_, written, _)| written.clone())
+    }
+
     /// The status `rw` (the workload `key`) last had: the one written from this version of it,
     /// else its own.
     pub fn previous(&self, key: &str, rw: &ResidentWorkload) -> crate::api::ResidentWorkloadStatus {
@@ -733,6 +746,8 @@ mod tests {
         w.wrote("ns/w", Some("1".into()), &written);
         // the cache still shows version 1: the written status counts
         assert_eq!(w.previous("ns/w", &stale).targets, ["zrh-1"]);
+        assert_eq!(w.ahead_of("ns/w", &stale).unwrap().targets, ["zrh-1"]);
+        assert!(w.ahead_of("ns/w", &rw("2", &[])).is_none());
         // the cache caught up (or something else changed it): the cache counts, from then on
         assert_eq!(w.previous("ns/w", &rw("2", &["zrh-2"])).targets, ["zrh-2"]);
         assert!(w.previous("ns/w", &stale).targets.is_empty());

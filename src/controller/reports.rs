@@ -6,7 +6,7 @@
 //! ([`run`]) builds each changed namespace's report once per [`COALESCE`], from one evaluation
 //! of the findings, however many workloads changed meanwhile.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -21,8 +21,8 @@ use crate::api::ResidentWorkload;
 /// How long changes are gathered before the reports they touch are built.
 pub const COALESCE: Duration = Duration::from_millis(500);
 
-/// The namespaces whose report is due, and the newest status this replica computed of each
-/// workload (the cache may not hold it yet).
+/// The namespaces whose report is due. A workload's newest status, when the cache does not
+/// hold it yet, comes from [`super::Written`].
 #[derive(Default)]
 pub struct Queue {
     state: Mutex<Pending>,
@@ -34,9 +34,6 @@ struct Pending {
     /// Every namespace is due (the findings changed).
     all: bool,
     dirty: BTreeSet<String>,
-    /// `(namespace, name)` -> the workload with its newest status, until the cache has a newer
-    /// version of it.
-    latest: BTreeMap<(String, String), std::sync::Arc<ResidentWorkload>>,
     /// Workloads cleaned up, left out while the cache still shows them.
     gone: BTreeSet<(String, String)>,
 }
@@ -46,15 +43,9 @@ impl Queue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A workload's status changed: its namespace's report is due.
-    pub fn changed(&self, current: &ResidentWorkload) {
-        let ns = current.namespace().unwrap_or_default();
-        let mut p = self.lock();
-        p.latest.insert(
-            (ns.clone(), current.name_any()),
-            std::sync::Arc::new(current.clone()),
-        );
-        p.dirty.insert(ns);
+    /// A workload's status in `namespace` changed: its report is due.
+    pub fn changed(&self, namespace: &str) {
+        self.lock().dirty.insert(namespace.to_string());
         self.wake.notify_one();
     }
 
@@ -62,7 +53,6 @@ impl Queue {
     pub fn gone(&self, namespace: &str, name: &str) {
         let key = (namespace.to_string(), name.to_string());
         let mut p = self.lock();
-        p.latest.remove(&key);
         p.gone.insert(key);
         p.dirty.insert(namespace.to_string());
         self.wake.notify_one();
@@ -87,30 +77,17 @@ pub async fn run(ctx: std::sync::Arc<Context>) {
 /// Writes the reports due now (each namespace once).
 async fn publish_due(ctx: &Context) {
     let cached = ctx.workloads.state();
-    let (all, dirty, latest, gone) = {
+    let (all, dirty, gone) = {
         let mut p = ctx.report_queue.lock();
-        // a version the cache holds supersedes what was kept (it was written since); a
-        // cleaned-up workload the cache no longer holds needs no filter
-        let versions: std::collections::HashMap<(String, String), Option<String>> = cached
+        // a cleaned-up workload the cache no longer holds needs no filter
+        let held: BTreeSet<(String, String)> = cached
             .iter()
-            .map(|w| {
-                (
-                    (w.namespace().unwrap_or_default(), w.name_any()),
-                    w.resource_version(),
-                )
-            })
+            .map(|w| (w.namespace().unwrap_or_default(), w.name_any()))
             .collect();
-        p.latest.retain(|key, kept| {
-            versions
-                .get(key)
-                .is_none_or(|v| *v == kept.resource_version())
-        });
-        p.gone.retain(|key| versions.contains_key(key));
-        let dirty = std::mem::take(&mut p.dirty);
+        p.gone.retain(|key| held.contains(key));
         (
             std::mem::take(&mut p.all),
-            dirty,
-            p.latest.clone(),
+            std::mem::take(&mut p.dirty),
             p.gone.clone(),
         )
     };
@@ -121,21 +98,25 @@ async fn publish_due(ctx: &Context) {
         dirty
     };
     for namespace in &namespaces {
-        let mut list: Vec<&ResidentWorkload> = cached
+        // each workload with its newest status: the one this replica wrote when the cache has
+        // not seen it yet
+        let list: Vec<std::borrow::Cow<ResidentWorkload>> = cached
             .iter()
-            .map(|w| w.as_ref())
             .filter(|w| w.namespace().as_deref() == Some(namespace.as_str()))
-            .filter(|w| {
-                let key = (namespace.clone(), w.name_any());
-                !gone.contains(&key) && !latest.contains_key(&key)
+            .filter(|w| !gone.contains(&(namespace.clone(), w.name_any())))
+            .map(|w| {
+                let key = format!("{namespace}/{}", w.name_any());
+                match ctx.written.ahead_of(&key, w) {
+                    Some(status) => {
+                        let mut newer = w.as_ref().clone();
+                        newer.status = Some(status.as_ref().clone());
+                        std::borrow::Cow::Owned(newer)
+                    }
+                    None => std::borrow::Cow::Borrowed(w.as_ref()),
+                }
             })
             .collect();
-        list.extend(
-            latest
-                .iter()
-                .filter(|((ns, _), _)| ns == namespace)
-                .map(|(_, w)| w.as_ref()),
-        );
+        let list: Vec<&ResidentWorkload> = list.iter().map(|w| w.as_ref()).collect();
         let report = crate::policy_report::build(namespace, &list, &found);
         write(ctx, namespace, &report).await;
     }

@@ -48,7 +48,7 @@ pub async fn reconcile(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<A
         // the cache has not seen the finalizer go yet: cleaned up already
         return Ok(Action::await_change());
     }
-    let rw = with_finalizer(&ctx, &api, rw).await;
+    let rw = with_finalizer(&ctx, &api, &key, rw).await;
     let result = finalizer(&api, FINALIZER, rw, |event| async {
         match event {
             Event::Apply(rw) => apply(rw, ctx.clone()).await,
@@ -78,6 +78,7 @@ pub async fn reconcile(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<A
 async fn with_finalizer(
     ctx: &Context,
     api: &Api<ResidentWorkload>,
+    key: &str,
     rw: Arc<ResidentWorkload>,
 ) -> Arc<ResidentWorkload> {
     if rw.metadata.deletion_timestamp.is_some()
@@ -86,10 +87,9 @@ async fn with_finalizer(
     {
         return rw;
     }
-    let key = format!("{}/{}", rw.namespace().unwrap_or_default(), rw.name_any());
     let mut finalizers = rw.finalizers().to_vec();
     finalizers.push(FINALIZER.to_string());
-    if let Some(made) = ctx.written.finalizer_added_to(&key, &rw) {
+    if let Some(made) = ctx.written.finalizer_added_to(key, &rw) {
         // added to this very version: the cache has not seen the version that made yet
         let mut with = (*rw).clone();
         with.metadata.finalizers = Some(finalizers);
@@ -110,7 +110,7 @@ async fn with_finalizer(
     {
         Ok(updated) => {
             ctx.written.finalizer_added(
-                &key,
+                key,
                 rw.metadata.resource_version.clone(),
                 updated.metadata.resource_version.clone(),
             );
@@ -900,12 +900,13 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
         }
     }
     // progress alone waits a little, to go out with the next change
-    let held = if changed(&previous, &status) && status::progress_only(&previous, &status) {
+    let differs = changed(&previous, &status);
+    let held = if differs && status::progress_only(&previous, &status) {
         ctx.written.progress_wait(&key, PROGRESS_SPACING)
     } else {
         None
     };
-    if held.is_none() && changed(&previous, &status) {
+    if held.is_none() && differs {
         events(&ctx, &rw, &previous, &status, &decision);
         ctx.apply_status(
             &Api::<ResidentWorkload>::namespaced(ctx.client.clone(), &ns),
@@ -921,31 +922,21 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
             .map(|p| format!("{}={}", p.cluster, p.state))
             .collect();
         info!(workload = %key, targets = ?status.targets, ?copies, "status updated");
-        let mut with_status = (*rw).clone();
-        with_status.status = Some(status.clone());
-        ctx.report_queue.changed(&with_status);
+        ctx.report_queue.changed(&ns);
     }
     if let Some(e) = failures.into_iter().next() {
         return Err(e.into());
     }
-    tracing::debug!(
-        workload = %key,
-        in_progress = status::in_progress(&decision, &status.placements),
-        awaits_events = status::awaits_events(&status.placements, queued),
-        waiting = ?status.placements.iter().flat_map(|p| p.objects.iter().filter(|o| !o.ready).map(|o| format!("{} {} {}: {}", p.cluster, o.kind, o.name, o.message))).collect::<Vec<_>>(),
-        "reconciled"
-    );
+    let in_progress = status::in_progress(&decision, &status.placements);
+    let awaits_events = status::awaits_events(&status.placements, queued);
+    tracing::debug!(workload = %key, in_progress, awaits_events, "reconciled");
     Ok(if let Some(wait) = held {
         Action::requeue(wait)
-    } else if data.active {
+    } else if data.active || (in_progress && !awaits_events) {
         Action::requeue(ctx.settings.progress_interval)
-    } else if status::in_progress(&decision, &status.placements) {
-        if status::awaits_events(&status.placements, queued) {
-            // the member watches or a freed relocation slot wake it; this is the backstop
-            Action::requeue(ctx.settings.progress_interval.max(EVENT_BACKSTOP))
-        } else {
-            Action::requeue(ctx.settings.progress_interval)
-        }
+    } else if in_progress {
+        // the member watches or a freed relocation slot wake it; this is the backstop
+        Action::requeue(ctx.settings.progress_interval.max(EVENT_BACKSTOP))
     } else {
         Action::requeue(ctx.settings.resync_interval)
     })

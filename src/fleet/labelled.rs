@@ -121,13 +121,14 @@ impl Index {
         cluster: &str,
         kind: &str,
         namespace: Option<&str>,
-        listed: &BTreeSet<Key>,
+        listed: &BTreeSet<(String, String)>,
     ) -> BTreeSet<String> {
         let mut m = self.members.write().unwrap_or_else(|e| e.into_inner());
         let mut gone = BTreeSet::new();
         if let Some(objects) = m.get_mut(cluster) {
             objects.retain(|k, v| {
-                if k.0 == kind && namespace.is_none_or(|ns| k.1 == ns) && !listed.contains(k) {
+                let of_list = k.0 == kind && namespace.is_none_or(|ns| k.1 == ns);
+                if of_list && !listed.contains(&(k.1.clone(), k.2.clone())) {
                     gone.extend(v.countries.iter().cloned());
                     false
                 } else {
@@ -272,24 +273,16 @@ pub fn watch_kind(
             own: Some((kind.clone(), memo)),
             ..Default::default()
         };
-        // the keys a relist showed so far (objects gone meanwhile are forgotten at its end)
-        let mut listing: Option<BTreeSet<Key>> = None;
         while let Some(event) = stream.next().await {
             let triggers = seen.triggers(&event);
             let changed: BTreeSet<String> = match event {
-                Ok(watcher::Event::Init) => {
-                    listing = Some(BTreeSet::new());
-                    BTreeSet::new()
-                }
+                Ok(watcher::Event::Init) => BTreeSet::new(),
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
                     let key = (
                         kind.clone(),
                         o.namespace().unwrap_or_default(),
                         o.name_any(),
                     );
-                    if let Some(l) = listing.as_mut() {
-                        l.insert(key.clone());
-                    }
                     index.update(&cluster, key, Some(labelled(&o)))
                 }
                 Ok(watcher::Event::Delete(o)) => {
@@ -301,7 +294,8 @@ pub fn watch_kind(
                     index.update(&cluster, key, None)
                 }
                 Ok(watcher::Event::InitDone) => {
-                    let listed = listing.take().unwrap_or_default();
+                    // the relist `seen` followed: what it no longer showed is gone
+                    let listed = std::mem::take(&mut seen.relisted);
                     let gone = index.keep_listed(&cluster, &kind, namespace.as_deref(), &listed);
                     index.listed(&cluster);
                     gone
@@ -341,6 +335,8 @@ struct Seen {
     objects: std::collections::HashMap<(String, String), (u64, ObjectRef<ResidentWorkload>)>,
     /// The keys listed since the last `Init` (objects gone meanwhile are found at `InitDone`).
     listing: Option<BTreeSet<(String, String)>>,
+    /// Every key the last complete relist showed (the index forgets the others).
+    relisted: BTreeSet<(String, String)>,
     /// The kind watched, and what the operator wrote there: an object it applied or deleted
     /// itself (the same fingerprint, the same UID) triggers nothing.
     own: Option<(String, std::sync::Arc<super::member::Memo>)>,
@@ -411,6 +407,7 @@ impl Seen {
                     }
                     keep
                 });
+                self.relisted = listed;
                 gone
             }
             Err(_) => Vec::new(),
@@ -503,8 +500,9 @@ mod tests {
         for k in [&key, &other, &pv] {
             index.update("msk-1", k.clone(), Some(v.clone()));
         }
+        let listed = BTreeSet::from([(key.1.clone(), key.2.clone())]);
         assert_eq!(
-            index.keep_listed("msk-1", "Deployment", None, &BTreeSet::from([key.clone()])),
+            index.keep_listed("msk-1", "Deployment", None, &listed),
             BTreeSet::from(["AU".to_string()])
         );
         assert_eq!(

@@ -3,10 +3,11 @@
 //! the operator's `managed-by` label. An object's workload is reconciled when its readiness
 //! flips, not on every status write its controller makes (the metadata watches of
 //! [`super::labelled`] trigger on spec, label and annotation changes). Each object's readiness
-//! (flag and message) is kept ([`States`]): a reconcile reads it instead of the object when the
-//! object is unchanged since the operator last applied or read it.
+//! (flag and message) is kept ([`States`], also what flips are judged against): a reconcile
+//! reads it instead of the object when the object is unchanged since the operator last applied
+//! or read it. A relist keeps every entry until it ends.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject};
@@ -27,31 +28,9 @@ pub const KINDS: [(&str, &str); 4] = [
     ("batch/v1", "Job"),
 ];
 
-/// Which workloads an event asks to reconcile, given what was last seen (pure once the
-/// readiness is evaluated): a placed object's readiness flipped, or it appeared or went.
-#[derive(Default)]
-pub struct Flips {
-    ready: HashMap<(String, String), bool>,
-}
-
-impl Flips {
-    /// `key` (namespace, name) of the object of `workload` is now `ready` (`None`: deleted).
-    pub fn update(
-        &mut self,
-        key: (String, String),
-        ready: Option<bool>,
-        workload: Option<ObjectRef<ResidentWorkload>>,
-    ) -> Option<ObjectRef<ResidentWorkload>> {
-        let before = match ready {
-            Some(r) => self.ready.insert(key, r),
-            None => self.ready.remove(&key),
-        };
-        (before != ready).then_some(workload).flatten()
-    }
-}
-
 /// The readiness of the objects of [`KINDS`] the operator placed on one member, by kind,
-/// namespace and name, as its watches last saw them.
+/// namespace and name, as its watches last saw them; a flip of one asks its workload to
+/// reconcile.
 #[derive(Default)]
 pub struct States {
     objects: std::sync::RwLock<HashMap<super::labelled::Key, crate::readiness::Readiness>>,
@@ -67,18 +46,31 @@ impl States {
             .cloned()
     }
 
-    fn set(&self, key: super::labelled::Key, readiness: Option<crate::readiness::Readiness>) {
+    /// Records `key`'s readiness now (`None`: deleted) and returns `workload` to reconcile when
+    /// its readiness flipped: it appeared, went, became ready or stopped being ready. A status
+    /// write that leaves readiness alone asks for nothing.
+    pub fn update(
+        &self,
+        key: super::labelled::Key,
+        readiness: Option<crate::readiness::Readiness>,
+        workload: Option<ObjectRef<ResidentWorkload>>,
+    ) -> Option<ObjectRef<ResidentWorkload>> {
+        let now = readiness.as_ref().map(|r| r.ready);
         let mut m = self.objects.write().unwrap_or_else(|e| e.into_inner());
-        match readiness {
+        let before = match readiness {
             Some(r) => m.insert(key, r),
             None => m.remove(&key),
         };
+        (before.map(|r| r.ready) != now)
+            .then_some(workload)
+            .flatten()
     }
 
-    /// Forgets the objects of `kind` (before its watch lists them again).
-    fn clear_kind(&self, kind: &str) {
+    /// After a relist of `kind`: forgets its objects the list (`namespace`, `name`) no longer
+    /// showed. The others stay throughout the list.
+    fn keep_listed(&self, kind: &str, listed: &BTreeSet<(String, String)>) {
         let mut m = self.objects.write().unwrap_or_else(|e| e.into_inner());
-        m.retain(|k, _| k.0 != kind);
+        m.retain(|k, _| k.0 != kind || listed.contains(&(k.1.clone(), k.2.clone())));
     }
 }
 
@@ -111,25 +103,32 @@ fn watch(
     let stream = watcher(api, config).backoff(super::watch::WatchBackoff::default());
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        let mut flips = Flips::default();
+        // the keys a relist showed so far (objects gone meanwhile are forgotten at its end)
+        let mut listing: Option<BTreeSet<(String, String)>> = None;
         while let Some(event) = stream.next().await {
             let (o, deleted) = match event {
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => (o, false),
                 Ok(watcher::Event::Delete(o)) => (o, true),
                 Ok(watcher::Event::Init) => {
-                    states.clear_kind(&ar.kind);
+                    listing = Some(BTreeSet::new());
                     continue;
                 }
-                _ => continue,
+                Ok(watcher::Event::InitDone) => {
+                    states.keep_listed(&ar.kind, &listing.take().unwrap_or_default());
+                    continue;
+                }
+                Err(_) => continue,
             };
-            let key = (o.namespace().unwrap_or_default(), o.name_any());
+            let (ns, name) = (o.namespace().unwrap_or_default(), o.name_any());
+            if let Some(l) = listing.as_mut() {
+                l.insert((ns.clone(), name.clone()));
+            }
             let readiness = (!deleted).then(|| {
                 let value = serde_json::to_value(&o).unwrap_or_default();
                 crate::readiness::evaluate(&ar.api_version, &ar.kind, &value)
             });
-            let ready = readiness.as_ref().map(|r| r.ready);
-            states.set((ar.kind.clone(), key.0.clone(), key.1.clone()), readiness);
-            if let Some(w) = flips.update(key, ready, super::watch::workload_of(o.labels()))
+            let workload = super::watch::workload_of(o.labels());
+            if let Some(w) = states.update((ar.kind.clone(), ns, name), readiness, workload)
                 && workloads.send(w).await.is_err()
             {
                 return; // the controller is gone
@@ -145,14 +144,28 @@ mod tests {
     #[test]
     fn only_flips_of_readiness_trigger() {
         let w = || Some(ObjectRef::<ResidentWorkload>::new("w").within("ns"));
-        let key = || ("ns".to_string(), "d".to_string());
-        let mut f = Flips::default();
-        assert!(f.update(key(), Some(false), w()).is_some(), "appeared");
-        assert!(f.update(key(), Some(false), w()).is_none(), "status write");
-        assert!(f.update(key(), Some(true), w()).is_some(), "became ready");
-        assert!(f.update(key(), Some(true), w()).is_none());
+        let key = || ("Deployment".to_string(), "ns".to_string(), "d".to_string());
+        let r = |ready: bool| {
+            Some(crate::readiness::Readiness {
+                ready,
+                message: if ready { "" } else { "0 of 1 available" }.into(),
+            })
+        };
+        let f = States::default();
+        assert!(f.update(key(), r(false), w()).is_some(), "appeared");
+        assert!(f.update(key(), r(false), w()).is_none(), "status write");
+        assert!(f.update(key(), r(true), w()).is_some(), "became ready");
+        assert!(f.update(key(), r(true), w()).is_none());
         assert!(f.update(key(), None, w()).is_some(), "deleted");
         assert!(f.update(key(), None, w()).is_none());
-        assert!(f.update(key(), Some(true), None).is_none(), "not placed");
+        assert!(f.update(key(), r(true), None).is_none(), "not placed");
+        // a relist keeps what it shows again, and forgets the rest at its end
+        let other = ("Deployment".to_string(), "ns".to_string(), "e".to_string());
+        f.update(other.clone(), r(true), w());
+        f.keep_listed(
+            "Deployment",
+            &BTreeSet::from([("ns".to_string(), "d".to_string())]),
+        );
+        assert!(f.get(&key()).is_some() && f.get(&other).is_none());
     }
 }

@@ -203,6 +203,19 @@ impl MemberTopology {
         self.facts.get(&kind).into_iter().flatten()
     }
 
+    /// The objects of `kind` in `namespace`.
+    fn in_namespace<'a>(
+        &'a self,
+        kind: Kind,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = (&'a Key, &'a Fact)> + 'a {
+        self.facts
+            .get(&kind)
+            .into_iter()
+            .flat_map(move |m| m.range((namespace.to_string(), String::new())..))
+            .take_while(move |(k, _)| k.0 == namespace)
+    }
+
     /// The names of the claims labelled as the workload `namespace/name`'s, when the claims'
     /// watch has listed them and is not failing (`None`: only the member can tell).
     pub fn claims_of(&self, namespace: &str, name: &str) -> Option<Vec<String>> {
@@ -211,11 +224,7 @@ impl MemberTopology {
         }
         let workload = format!("{namespace}/{name}");
         Some(
-            self.facts
-                .get(&Kind::Claims)
-                .into_iter()
-                .flat_map(|m| m.range((namespace.to_string(), String::new())..))
-                .take_while(|(k, _)| k.0 == namespace)
+            self.in_namespace(Kind::Claims, namespace)
                 .filter_map(|((_, claim), f)| match f {
                     Fact::Claim(c) if c.workload.as_deref() == Some(workload.as_str()) => {
                         Some(claim.clone())
@@ -230,14 +239,8 @@ impl MemberTopology {
     /// it and those its Pods mount.
     pub fn copy_of(&self, namespace: &str, name: &str) -> (Vec<PodFacts>, Vec<ClaimFacts>) {
         let workload = format!("{namespace}/{name}");
-        let in_namespace = |kind| {
-            self.facts
-                .get(&kind)
-                .into_iter()
-                .flat_map(|m| m.range((namespace.to_string(), String::new())..))
-                .take_while(|(k, _)| k.0 == namespace)
-        };
-        let pods: Vec<PodFacts> = in_namespace(Kind::Pods)
+        let pods: Vec<PodFacts> = self
+            .in_namespace(Kind::Pods, namespace)
             .filter_map(|(_, f)| match f {
                 Fact::Pod(o) if o.workload == workload => Some(o.facts.clone()),
                 _ => None,
@@ -247,7 +250,8 @@ impl MemberTopology {
             .iter()
             .flat_map(|p| p.claims.iter().map(String::as_str))
             .collect();
-        let claims = in_namespace(Kind::Claims)
+        let claims = self
+            .in_namespace(Kind::Claims, namespace)
             .filter_map(|((_, claim), f)| match f {
                 Fact::Claim(c)
                     if c.workload.as_deref() == Some(workload.as_str())
@@ -767,6 +771,35 @@ mod tests {
                 .contains(&Trigger::Member)
         );
         assert!(m.topology.is_empty());
+    }
+
+    #[test]
+    fn a_workloads_claims_come_from_the_cache_only_once_it_is_listed() {
+        let mut m = MemberTopology::default();
+        m.apply(
+            Kind::Claims,
+            key("ns", "data-0"),
+            Some(claim("data-0", Some("ns/store"), None)),
+        );
+        assert_eq!(
+            m.claims_of("ns", "store"),
+            None,
+            "not listed yet: ask the member"
+        );
+        m.replace(
+            Kind::Claims,
+            BTreeMap::from([
+                (key("ns", "data-0"), claim("data-0", Some("ns/store"), None)),
+                (key("ns", "other"), claim("other", Some("ns/else"), None)),
+                (
+                    key("ns2", "data-0"),
+                    claim("data-0", Some("ns2/store"), None),
+                ),
+            ]),
+        );
+        assert_eq!(m.claims_of("ns", "store"), Some(vec!["data-0".to_string()]));
+        m.failed(Kind::Claims, "forbidden".into(), Instant::now());
+        assert_eq!(m.claims_of("ns", "store"), None, "its watch fails: ask");
     }
 
     #[test]

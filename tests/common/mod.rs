@@ -297,6 +297,37 @@ pub async fn scale_out_of_band(member: &Client, namespace: &str, name: &str, rep
         .unwrap_or_else(|e| panic!("scale {namespace}/{name}: {e}"));
 }
 
+/// Ok when all `n` workloads of `api` report Ready placements on exactly `targets` (benchmarks
+/// poll it).
+pub async fn workloads_ready_on(
+    api: &kube::Api<residency_operator::api::ResidentWorkload>,
+    n: usize,
+    targets: &[&str],
+) -> Result<(), String> {
+    let list = api
+        .list(&Default::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let done = list
+        .items
+        .iter()
+        .filter(|w| {
+            let s = w.status.clone().unwrap_or_default();
+            s.targets == targets
+                && s.placements.len() == targets.len()
+                && s.placements.iter().all(|p| p.state == "Ready")
+        })
+        .count();
+    if done == n {
+        Ok(())
+    } else {
+        Err(format!(
+            "status: {done} of {n} workloads Ready on {}",
+            targets.join("+")
+        ))
+    }
+}
+
 /// Runs `residency-operator report` against the fleet's management cluster; returns stdout.
 pub fn report() -> String {
     report_with(&[])

@@ -16,7 +16,8 @@
 //! It prints each phase's time and its ratio to the bound, the operator's writes per workload
 //! and cluster (from the audit logs, by user agent; the management cluster's by request, e.g.
 //! `patch residentworkloads/status`), reconciles per workload, CPU
-//! seconds and peak resident memory, and its writes and CPU over an idle period with every
+//! seconds, the CPU seconds of each fleet component (for the bound too: where the time went)
+//! and peak resident memory, and its writes and CPU over an idle period with every
 //! workload placed (`BENCH_IDLE_SECONDS`, default 600). `BENCH_WORKLOADS` (default 1000)
 //! changes the count. The kwok nodes' pod capacity is raised to fit. Run it with
 //! `RESIDENCY_OPERATOR_LOG=info` to log as deployed (the tests log at debug).
@@ -133,6 +134,7 @@ struct Sample {
     writes: BTreeMap<String, Writes>,
     reconciles: BTreeMap<String, f64>,
     cpu_seconds: f64,
+    fleet_cpu: BTreeMap<String, f64>,
 }
 
 fn cpu_seconds(pid: u32) -> f64 {
@@ -143,6 +145,50 @@ fn cpu_seconds(pid: u32) -> f64 {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // rest starts at field 3, so field n is rest[n - 3]; the kernel counts in 1/100 s
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds of every fleet component so far, by component (`mgmt-kube-apiserver`, `etcd`,
+/// `zrh-1-kwok`, ...), from the fleet's pid files.
+fn fleet_cpu(dir: &str) -> BTreeMap<String, f64> {
+    let Ok(entries) = std::fs::read_dir(format!("{dir}/pids")) else {
+        return BTreeMap::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let id = e.file_name().to_str()?.strip_suffix(".pid")?.to_string();
+            let pid = std::fs::read_to_string(e.path())
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((id, cpu_seconds(pid)))
+        })
+        .collect()
+}
+
+/// The fleet's CPU seconds between two readings, by role (mgmt's API server, the members' API
+/// servers, etcd, the members' controllers and schedulers, kwok), and in all.
+fn fleet_cpu_line(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> String {
+    let mut by_role: BTreeMap<&str, f64> = BTreeMap::new();
+    for (id, v) in after {
+        let d = v - before.get(id).copied().unwrap_or(0.0);
+        let role = if id == "mgmt-kube-apiserver" {
+            "mgmt apiserver"
+        } else if id.ends_with("kube-apiserver") {
+            "member apiservers"
+        } else if id == "etcd" {
+            "etcd"
+        } else if id.ends_with("kwok") {
+            "kwok"
+        } else {
+            "member controllers"
+        };
+        *by_role.entry(role).or_default() += d;
+    }
+    let all: f64 = by_role.values().sum();
+    let parts: Vec<String> = by_role.iter().map(|(r, v)| format!("{r} {v:.1}")).collect();
+    format!("{all:.1} s ({})", parts.join(", "))
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -172,6 +218,7 @@ async fn sample(dir: &str, op: &operator::Operator) -> Sample {
             .collect(),
         reconciles,
         cpu_seconds: cpu_seconds(op.pid),
+        fleet_cpu: fleet_cpu(dir),
     }
 }
 
@@ -216,6 +263,10 @@ fn report(phase: &str, n: usize, clusters: &[&str], before: &Sample, after: &Sam
         "scale: {phase}: reconciles {}; operator CPU {:.1} s",
         reconciles.join(", "),
         after.cpu_seconds - before.cpu_seconds
+    );
+    println!(
+        "scale: {phase}: fleet CPU {}",
+        fleet_cpu_line(&before.fleet_cpu, &after.fleet_cpu)
     );
 }
 
@@ -487,22 +538,38 @@ async fn main() {
         ensure_namespace(c, DIRECT_NS).await;
     }
     let none = || async { Ok(()) };
+    let c0 = fleet_cpu(&dir);
     let t = Instant::now();
     apply_direct(&clients, &ZURICH, n).await;
     wait_members(&clients, DIRECT_NS, n, &ZURICH, &[], none).await;
     let bound_place = t.elapsed().as_secs_f64();
+    let c1 = fleet_cpu(&dir);
     let t = Instant::now();
     apply_direct(&clients, &MOSCOW, n).await;
     wait_members(&clients, DIRECT_NS, n, &MOSCOW, &[], none).await;
     delete_direct(&clients, &ZURICH, n).await;
     wait_members(&clients, DIRECT_NS, n, &MOSCOW, &ZURICH, none).await;
     let bound_relocate = t.elapsed().as_secs_f64();
+    let c2 = fleet_cpu(&dir);
     let t = Instant::now();
     delete_direct(&clients, &MOSCOW, n).await;
     wait_members(&clients, DIRECT_NS, n, &[], &MOSCOW, none).await;
     let bound_delete = t.elapsed().as_secs_f64();
+    let c3 = fleet_cpu(&dir);
     println!(
         "scale: bound (plain client, {IN_FLIGHT} in flight): place {bound_place:.1} s, relocate {bound_relocate:.1} s, delete {bound_delete:.1} s"
+    );
+    println!(
+        "scale: bound: place: fleet CPU {}",
+        fleet_cpu_line(&c0, &c1)
+    );
+    println!(
+        "scale: bound: relocate: fleet CPU {}",
+        fleet_cpu_line(&c1, &c2)
+    );
+    println!(
+        "scale: bound: delete: fleet CPU {}",
+        fleet_cpu_line(&c2, &c3)
     );
 
     // the operator

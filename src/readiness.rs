@@ -160,6 +160,15 @@ fn deployment(live: &Value) -> Readiness {
     let updated = int(live, "/status/updatedReplicas").unwrap_or(0);
     let available = int(live, "/status/availableReplicas").unwrap_or(0);
     let total = int(live, "/status/replicas").unwrap_or(0);
+    // Pods that cannot be created leave the rollout at 0 updated: the reason comes first
+    if condition_true(live, "ReplicaFailure")
+        && let Some(c) = condition(live, "ReplicaFailure")
+    {
+        return Readiness::not_ready(format!(
+            "{available} of {replicas} replicas available; its Pods cannot be created: {}",
+            condition_detail(c)
+        ));
+    }
     if updated < replicas {
         return Readiness::not_ready(format!("{updated} of {replicas} replicas updated"));
     }
@@ -167,14 +176,6 @@ fn deployment(live: &Value) -> Readiness {
         return Readiness::not_ready(format!(
             "{} old replicas pending termination",
             total - updated
-        ));
-    }
-    if condition_true(live, "ReplicaFailure")
-        && let Some(c) = condition(live, "ReplicaFailure")
-    {
-        return Readiness::not_ready(format!(
-            "{available} of {replicas} replicas available; its Pods cannot be created: {}",
-            condition_detail(c)
         ));
     }
     if available < replicas {
@@ -700,7 +701,7 @@ mod tests {
     fn a_deployment_whose_pods_are_refused_says_why() {
         let live = json!({"metadata": {"generation": 1},
             "spec": {"replicas": 1},
-            "status": {"observedGeneration": 1, "replicas": 0, "updatedReplicas": 1,
+            "status": {"observedGeneration": 1, "replicas": 0, "updatedReplicas": 0, "unavailableReplicas": 1,
               "conditions": [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
                 "message": "pods \"web-1\" is forbidden: violates PodSecurity \"restricted:latest\": privileged"}]}});
         let r = evaluate("apps/v1", "Deployment", &live);

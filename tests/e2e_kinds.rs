@@ -322,7 +322,17 @@ async fn privileged_pods_and_host_paths_are_refused_by_the_members_visibly() {
                    "securityContext": common::restricted(),
                    "volumeMounts": [{"name": "etc", "mountPath": "/host-etc"}]}],
                  "volumes": [{"name": "etc", "hostPath": {"path": "/etc"}}]}});
+    // a StatefulSet's controller only sends Events when it cannot create Pods: the operator
+    // asks the member itself (a dry-run Pod)
+    let privileged_set = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "root-set"},
+        "spec": {"replicas": 1, "serviceName": "root-set", "selector": {"matchLabels": {"app": "root-set"}},
+          "template": {"metadata": {"labels": {"app": "root-set"}},
+            "spec": {"containers": [{"name": "c", "image": "registry.example/app:1",
+                     "securityContext": {"privileged": true}}]}}}});
     apply_workload(&env.mgmt, &workload("privileged", privileged))
+        .await
+        .unwrap();
+    apply_workload(&env.mgmt, &workload("privileged-set", privileged_set))
         .await
         .unwrap();
     apply_workload(&env.mgmt, &workload("host-path", host_path))
@@ -348,10 +358,11 @@ async fn privileged_pods_and_host_paths_are_refused_by_the_members_visibly() {
             "{labels:?}"
         );
     }
-    // the Deployment is there, its privileged Pods are refused: its status says so
+    // the Deployment is there, its privileged Pods are refused: its status says so, from the
+    // member's Deployment controller
     let rw = wait_workload(&env.mgmt, ns, "privileged", "the refusal in status", |rw| {
         object(rw, "zrh-1", "Deployment")
-            .is_some_and(|o| o.message.contains("the member refuses its Pods"))
+            .is_some_and(|o| o.message.contains("its Pods cannot be created"))
     })
     .await;
     let o = object(&rw, "zrh-1", "Deployment").unwrap();
@@ -370,6 +381,25 @@ async fn privileged_pods_and_host_paths_are_refused_by_the_members_visibly() {
     assert!(
         pods.items.is_empty(),
         "no privileged Pod exists on the member"
+    );
+    let rw = wait_workload(
+        &env.mgmt,
+        ns,
+        "privileged-set",
+        "the refusal in status",
+        |rw| {
+            object(rw, "zrh-1", "StatefulSet")
+                .is_some_and(|o| o.message.contains("the member refuses its Pods"))
+        },
+    )
+    .await;
+    let o = object(&rw, "zrh-1", "StatefulSet").unwrap();
+    assert!(!o.ready);
+    assert!(
+        o.message
+            .contains("violates PodSecurity \"restricted:latest\": privileged"),
+        "{}",
+        o.message
     );
     // the bare Pod with a host path is refused outright: that placement failed, with the message
     let rw = wait_workload(&env.mgmt, ns, "host-path", "Failed on zrh-1", |rw| {
@@ -391,7 +421,13 @@ async fn privileged_pods_and_host_paths_are_refused_by_the_members_visibly() {
             .unwrap()
             .is_none()
     );
-    cleanup(&env, ns, &["privileged", "host-path"], &["kinds-tuvalu"]).await;
+    cleanup(
+        &env,
+        ns,
+        &["privileged", "privileged-set", "host-path"],
+        &["kinds-tuvalu"],
+    )
+    .await;
     let _ = Api::<ResidencyPolicy>::all(env.mgmt.clone())
         .delete("kinds-tuvalu", &DeleteParams::default())
         .await;

@@ -118,19 +118,41 @@ pub async fn run(
         |p| super::intent(p.meta()),
     );
 
+    let (policy_retrigger, policy_rx) = tokio::sync::mpsc::channel(1024);
     // a workload is reconciled when what it asks for changes, not on its own status writes
-    // (the cache still takes every change)
+    // (the cache still takes every change); every change of one, its status included, asks
+    // the policies governing it to count again (one watch of the workloads serves both)
     let (workloads, workload_writer) = reflector::store::<ResidentWorkload>();
+    let (tap_policies, tap) = (policies.clone(), policy_retrigger.clone());
     let workload_changes = watcher(Api::<ResidentWorkload>::all(client.clone()), wc.clone())
         .backoff(WatchBackoff::default())
+        // who wrote which field is the API server's record, never read here: not kept in memory
+        .modify(|w| w.metadata.managed_fields = None)
         .reflect(workload_writer)
+        .then(move |event| {
+            let governing = match &event {
+                Ok(
+                    watcher::Event::Apply(w)
+                    | watcher::Event::InitApply(w)
+                    | watcher::Event::Delete(w),
+                ) => policy::map_workload(&tap_policies, w),
+                _ => Vec::new(),
+            };
+            let tap = tap.clone();
+            async move {
+                for p in governing {
+                    // the policy controller gone means the operator is stopping
+                    let _ = tap.send(p).await;
+                }
+                event
+            }
+        })
         .applied_objects()
         .predicate_filter(workload::asks_for, Default::default());
     let workloads_ctrl = Controller::for_stream(workload_changes, workloads.clone())
         .with_config(config.clone())
         .trigger_backoff(WatchBackoff::default());
     let (member_events, member_rx) = tokio::sync::mpsc::channel(1024);
-    let (policy_retrigger, policy_rx) = tokio::sync::mpsc::channel(1024);
     let (cluster_retrigger, cluster_rx) = tokio::sync::mpsc::channel(1024);
     let cluster_triggers = futures::stream::unfold(cluster_rx, |mut rx| async move {
         rx.recv().await.map(|r| (r, rx))
@@ -208,14 +230,10 @@ pub async fn run(
         .shutdown_on_signal()
         .run(cluster::reconcile, cluster::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    let policy_ctrl = Controller::new(Api::<ResidencyPolicy>::all(client.clone()), wc.clone())
+    let policy_ctrl = Controller::new(Api::<ResidencyPolicy>::all(client.clone()), wc)
         .with_config(config)
         .trigger_backoff(WatchBackoff::default());
-    let policy_store = policy_ctrl.store();
     let policy_loop = policy_ctrl
-        .watches(Api::<ResidentWorkload>::all(client.clone()), wc, move |w| {
-            policy::map_workload(&policy_store, &w)
-        })
         .reconcile_on(policy_triggers)
         .shutdown_on_signal()
         .run(policy::reconcile, policy::error_policy, ctx.clone())

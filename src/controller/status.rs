@@ -545,10 +545,13 @@ pub fn in_progress(decision: &Decision, placements: &[Placement]) -> bool {
 }
 
 /// Whether `next` differs from `previous` only in how far copies on their way have come (pure):
-/// the messages of objects not ready yet, the location evidence, and condition messages, while
-/// every verdict stays (conditions' status and reason, copies' states, objects' readiness,
-/// targets, drift, data move). Such a change may wait a few seconds and go out merged with the
-/// next one.
+/// the messages of objects not ready yet, the location evidence, condition messages, and a copy
+/// on a target turning Ready or back (Applied <-> Ready, its objects' readiness), while every
+/// verdict stays: conditions' status and reason (so the workload turning Ready, or no longer
+/// Ready, is one), copies arriving, leaving or changing to any other state, targets, drift,
+/// data move. Such a change may wait a few seconds and go out merged with the next one: while
+/// one copy of a workload is ready and the other not yet, the second's readiness, which turns
+/// the workload Ready, usually comes first.
 pub fn progress_only(
     previous: &crate::api::ResidentWorkloadStatus,
     next: &crate::api::ResidentWorkloadStatus,
@@ -562,8 +565,18 @@ pub fn progress_only(
         }
         for p in &mut s.placements {
             p.evidence = None;
-            for o in p.objects.iter_mut().filter(|o| !o.ready) {
-                o.message.clear();
+            let on_its_way = p.state == state::APPLIED || p.state == state::READY;
+            if on_its_way {
+                p.state = state::APPLIED.into();
+                p.message.clear();
+            }
+            for o in &mut p.objects {
+                if on_its_way {
+                    o.ready = false;
+                }
+                if !o.ready {
+                    o.message.clear();
+                }
             }
         }
         s
@@ -653,6 +666,13 @@ mod tests {
         }
     }
 
+    fn condition_status(s: &crate::api::ResidentWorkloadStatus) -> Vec<(String, String)> {
+        s.conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone()))
+            .collect()
+    }
+
     #[test]
     fn only_verdicts_make_a_status_change_urgent() {
         let d = decision("CH", true);
@@ -672,15 +692,37 @@ mod tests {
         further.placements[0].objects[0].message = "2 of 2 replicas available".into();
         further.placements[0].evidence = None;
         assert!(progress_only(&before, &further));
-        // a copy became ready (state, readiness, conditions): at once
-        let ready = status(vec![placement("zrh-1", state::READY)]);
-        assert!(!progress_only(&before, &ready));
         // a new copy: at once
-        let more = status(vec![
+        let both = status(vec![
             placement("zrh-1", state::APPLIED),
             placement("zrh-2", state::APPLIED),
         ]);
-        assert!(!progress_only(&before, &more));
+        assert!(!progress_only(&before, &both));
+        // one of two copies became ready, the workload is not Ready yet: may wait
+        let one = status(vec![
+            placement("zrh-1", state::READY),
+            placement("zrh-2", state::APPLIED),
+        ]);
+        assert_eq!(condition_status(&both), condition_status(&one));
+        assert!(progress_only(&both, &one));
+        // ... and back
+        assert!(progress_only(&one, &both));
+        // the other one too, and the workload turns Ready: at once
+        let ready = status(vec![
+            placement("zrh-1", state::READY),
+            placement("zrh-2", state::READY),
+        ]);
+        assert_ne!(condition_status(&one), condition_status(&ready));
+        assert!(!progress_only(&one, &ready));
+        assert!(!progress_only(&ready, &one));
+        // a copy leaving, or in any other state: at once
+        for st in [state::EVICTING, state::UNKNOWN, state::FAILED] {
+            let other = status(vec![
+                placement("zrh-1", state::READY),
+                placement("zrh-2", st),
+            ]);
+            assert!(!progress_only(&one, &other), "{st}");
+        }
         // a condition's verdict changed
         let mut reason = before.clone();
         reason.conditions[0].reason = "Other".into();

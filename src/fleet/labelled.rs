@@ -423,16 +423,24 @@ fn controlled(o: &PartialObjectMeta<DynamicObject>) -> bool {
         .any(|r| r.controller == Some(true))
 }
 
+/// Annotations a member's own controllers write on the objects the operator placed (the
+/// Deployment controller numbers each rollout): not the operator's, not drift, and no reason to
+/// look at the object again.
+pub const CONTROLLER_ANNOTATIONS: [&str; 1] = ["deployment.kubernetes.io/revision"];
+
 /// A hash of what a workload judges in an object's metadata (see [`Seen`]): its labels,
-/// annotations, spec (`generation`) and deletion. A kind without `generation` counts every
-/// change (its `resourceVersion`): equal prints then mean the same object.
+/// annotations (but [`CONTROLLER_ANNOTATIONS`]), spec (`generation`) and deletion. A kind
+/// without `generation` counts every change (its `resourceVersion`): equal prints then mean the
+/// same object.
 pub fn fingerprint(meta: &kube::api::ObjectMeta) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     // absent and empty maps alike (the API server returns either)
-    for map in [&meta.labels, &meta.annotations] {
-        map.as_ref().map_or(0, |m| m.len()).hash(&mut h);
-        for (k, v) in map.iter().flatten() {
+    for (i, map) in [&meta.labels, &meta.annotations].into_iter().enumerate() {
+        let theirs = |k: &String| i == 1 && CONTROLLER_ANNOTATIONS.contains(&k.as_str());
+        let entries: Vec<_> = map.iter().flatten().filter(|(k, _)| !theirs(k)).collect();
+        entries.len().hash(&mut h);
+        for (k, v) in entries {
             (k, v).hash(&mut h);
         }
     }
@@ -447,6 +455,63 @@ pub fn fingerprint(meta: &kube::api::ObjectMeta) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_print_follows_labels_annotations_and_spec_but_not_the_members_controllers() {
+        let meta = |labels: &[(&str, &str)], annotations: &[(&str, &str)], generation: i64| {
+            let map = |kv: &[(&str, &str)]| {
+                Some(
+                    kv.iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect::<BTreeMap<_, _>>(),
+                )
+            };
+            kube::api::ObjectMeta {
+                labels: map(labels),
+                annotations: map(annotations),
+                generation: Some(generation),
+                ..Default::default()
+            }
+        };
+        let applied = fingerprint(&meta(&[("app", "w")], &[("note", "a")], 1));
+        // the Deployment controller numbers the rollout: the same object for the operator
+        let numbered = meta(
+            &[("app", "w")],
+            &[("note", "a"), ("deployment.kubernetes.io/revision", "1")],
+            1,
+        );
+        assert_eq!(fingerprint(&numbered), applied);
+        // absent and empty maps alike
+        assert_eq!(
+            fingerprint(&meta(&[], &[], 1)),
+            fingerprint(&kube::api::ObjectMeta {
+                generation: Some(1),
+                ..Default::default()
+            })
+        );
+        // anything else changes it: an annotation, a label, the spec
+        assert_ne!(
+            fingerprint(&meta(&[("app", "w")], &[("note", "b")], 1)),
+            applied
+        );
+        assert_ne!(
+            fingerprint(&meta(&[("app", "x")], &[("note", "a")], 1)),
+            applied
+        );
+        assert_ne!(
+            fingerprint(&meta(&[("app", "w")], &[("note", "a")], 2)),
+            applied
+        );
+        // the same key as a label is the operator's concern
+        assert_ne!(
+            fingerprint(&meta(
+                &[("app", "w"), ("deployment.kubernetes.io/revision", "1")],
+                &[("note", "a")],
+                1
+            )),
+            applied
+        );
+    }
 
     #[test]
     fn country_labels_are_read_and_the_index_tracks_objects() {

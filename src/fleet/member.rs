@@ -887,8 +887,15 @@ impl Member<'_> {
 
     /// Why the member refuses the Pods of `obj`'s pod template (Pod Security, admission
     /// policies), asked with a dry-run create of such a Pod (nothing is stored); `None` when it
-    /// admits them, when `obj` has no pod template, or when the member cannot say.
+    /// admits them, when `obj` has no pod template, or when the member cannot say. A
+    /// Deployment is not asked about: its controller names Pods it cannot create in the
+    /// Deployment's own status (`ReplicaFailure`), which its readiness reports.
     async fn pods_refused(&self, obj: &DesiredObject) -> Option<String> {
+        if crate::kinds::readiness(crate::kinds::group_of(&obj.api_version), &obj.kind)
+            == crate::kinds::Readiness::Deployment
+        {
+            return None;
+        }
         let key = (obj.namespace.clone(), obj.name.clone(), obj.hash.clone());
         if let Some(known) = self.memo.refusal(&key) {
             return known;

@@ -631,10 +631,22 @@ async fn main() {
         .iter()
         .map(|c| i1.writes[*c].asked - i0.writes[*c].asked)
         .sum();
+    // what the CPU went to: reconciles (the periodic resync among them) and the probes
+    let idle_reconciles: Vec<String> = i1
+        .reconciles
+        .iter()
+        .map(|(c, v)| {
+            format!(
+                "{c} {:.0}",
+                v - i0.reconciles.get(c).copied().unwrap_or(0.0)
+            )
+        })
+        .collect();
     println!(
-        "scale: idle {} s with {n} workloads placed: {idle_writes} operator writes stored ({idle_asked} reviews and dry runs; on mgmt: {}); CPU {:.2} s ({:.2}% of a core)",
+        "scale: idle {} s with {n} workloads placed: {idle_writes} operator writes stored ({idle_asked} reviews and dry runs; on mgmt: {}); reconciles {}; CPU {:.2} s ({:.2}% of a core)",
         idle.as_secs(),
         mgmt_writes(&i0, &i1, 1.0),
+        idle_reconciles.join(", "),
         i1.cpu_seconds - i0.cpu_seconds,
         100.0 * (i1.cpu_seconds - i0.cpu_seconds) / idle.as_secs_f64()
     );

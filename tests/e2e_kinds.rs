@@ -82,6 +82,30 @@ fn object<'a>(
         .find(|o| o.kind == kind)
 }
 
+/// Waits until the status of workload `name` shows its `kind` on zrh-1 not ready, saying `says`
+/// and the member's Pod Security refusal; returns that status.
+async fn refused_on_zrh1(
+    env: &Env,
+    ns: &str,
+    name: &str,
+    kind: &str,
+    says: &str,
+) -> residency_operator::api::ResidentWorkload {
+    let rw = wait_workload(&env.mgmt, ns, name, "the refusal in status", |rw| {
+        object(rw, "zrh-1", kind).is_some_and(|o| o.message.contains(says))
+    })
+    .await;
+    let o = object(&rw, "zrh-1", kind).unwrap();
+    assert!(!o.ready);
+    assert!(
+        o.message
+            .contains("violates PodSecurity \"restricted:latest\": privileged"),
+        "{}",
+        o.message
+    );
+    rw
+}
+
 #[tokio::test]
 async fn a_custom_resource_is_placed_judged_by_its_condition_and_drift_corrected() {
     let env: Env = setup().await;
@@ -360,19 +384,14 @@ async fn privileged_pods_and_host_paths_are_refused_by_the_members_visibly() {
     }
     // the Deployment is there, its privileged Pods are refused: its status says so, from the
     // member's Deployment controller
-    let rw = wait_workload(&env.mgmt, ns, "privileged", "the refusal in status", |rw| {
-        object(rw, "zrh-1", "Deployment")
-            .is_some_and(|o| o.message.contains("its Pods cannot be created"))
-    })
+    let rw = refused_on_zrh1(
+        &env,
+        ns,
+        "privileged",
+        "Deployment",
+        "its Pods cannot be created",
+    )
     .await;
-    let o = object(&rw, "zrh-1", "Deployment").unwrap();
-    assert!(!o.ready);
-    assert!(
-        o.message
-            .contains("violates PodSecurity \"restricted:latest\": privileged"),
-        "{}",
-        o.message
-    );
     assert!(condition(&rw, "Ready").is_some_and(|c| c.0 == "False"));
     let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(zrh1.clone(), ns)
         .list(&kube::api::ListParams::default().labels("app=root"))
@@ -382,25 +401,14 @@ async fn privileged_pods_and_host_paths_are_refused_by_the_members_visibly() {
         pods.items.is_empty(),
         "no privileged Pod exists on the member"
     );
-    let rw = wait_workload(
-        &env.mgmt,
+    refused_on_zrh1(
+        &env,
         ns,
         "privileged-set",
-        "the refusal in status",
-        |rw| {
-            object(rw, "zrh-1", "StatefulSet")
-                .is_some_and(|o| o.message.contains("the member refuses its Pods"))
-        },
+        "StatefulSet",
+        "the member refuses its Pods",
     )
     .await;
-    let o = object(&rw, "zrh-1", "StatefulSet").unwrap();
-    assert!(!o.ready);
-    assert!(
-        o.message
-            .contains("violates PodSecurity \"restricted:latest\": privileged"),
-        "{}",
-        o.message
-    );
     // the bare Pod with a host path is refused outright: that placement failed, with the message
     let rw = wait_workload(&env.mgmt, ns, "host-path", "Failed on zrh-1", |rw| {
         placement(rw, "zrh-1").is_some_and(|p| p.state == "Failed")

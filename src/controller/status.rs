@@ -549,9 +549,9 @@ pub fn in_progress(decision: &Decision, placements: &[Placement]) -> bool {
 /// on a target turning Ready or back (Applied <-> Ready, its objects' readiness), while every
 /// verdict stays: conditions' status and reason (so the workload turning Ready, or no longer
 /// Ready, is one), copies arriving, leaving or changing to any other state, targets, drift,
-/// data move. Such a change may wait a few seconds and go out merged with the next one: while
-/// one copy of a workload is ready and the other not yet, the second's readiness, which turns
-/// the workload Ready, usually comes first.
+/// data move. Such a change may wait (up to 30 s, the workload controller's spacing) and go
+/// out merged with the next one: while one copy of a workload is ready and the other not yet,
+/// the second's readiness, which turns the workload Ready, usually comes first.
 pub fn progress_only(
     previous: &crate::api::ResidentWorkloadStatus,
     next: &crate::api::ResidentWorkloadStatus,

@@ -132,8 +132,10 @@ pub fn error_policy(rw: Arc<ResidentWorkload>, err: &Error, ctx: Arc<Context>) -
 const EVENT_BACKSTOP: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A workload's status is written at most this often when only progress changed
-/// ([`status::progress_only`]); a change of any verdict is written at once.
-const PROGRESS_SPACING: std::time::Duration = std::time::Duration::from_secs(5);
+/// ([`status::progress_only`]); a change of any verdict is written at once. On slow members a
+/// placement's progress changes every few seconds: written each time, it would cost the
+/// management cluster more than the placement itself.
+const PROGRESS_SPACING: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A hash of what a workload asks for ([`super::intent`]). Its status, which only the operator
 /// writes, is left out: writing it does not reconcile the workload again.
@@ -930,16 +932,16 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
     let in_progress = status::in_progress(&decision, &status.placements);
     let awaits_events = status::awaits_events(&status.placements, queued);
     tracing::debug!(workload = %key, in_progress, awaits_events, "reconciled");
-    Ok(if let Some(wait) = held {
-        Action::requeue(wait)
-    } else if data.active || (in_progress && !awaits_events) {
-        Action::requeue(ctx.settings.progress_interval)
+    let next = if data.active || (in_progress && !awaits_events) {
+        ctx.settings.progress_interval
     } else if in_progress {
         // the member watches or a freed relocation slot wake it; this is the backstop
-        Action::requeue(ctx.settings.progress_interval.max(EVENT_BACKSTOP))
+        ctx.settings.progress_interval.max(EVENT_BACKSTOP)
     } else {
-        Action::requeue(ctx.settings.resync_interval)
-    })
+        ctx.settings.resync_interval
+    };
+    // progress held back goes out by the end of its wait at the latest
+    Ok(Action::requeue(held.map_or(next, |wait| wait.min(next))))
 }
 
 /// Deleting a workload removes what it placed (from the record), retaining volumes like an
@@ -1108,21 +1110,39 @@ fn events(
             .find(|p| p.cluster == c)
             .map(|p| p.state.clone())
     };
-    // one event per cluster, related to its MemberCluster
+    // copies that became Ready, or were removed, in one write: one event (related to the
+    // MemberCluster when it is one)
+    let placed: Vec<&str> = next
+        .placements
+        .iter()
+        .filter(|p| p.state == state::READY)
+        .filter(|p| state_of(previous, &p.cluster).as_deref() != Some(state::READY))
+        .map(|p| p.cluster.as_str())
+        .collect();
+    if !placed.is_empty() {
+        let note = format!("Ready on {}.", placed.join(", "));
+        let related = (placed.len() == 1).then_some(placed[0]);
+        publish_about(ctx, rw, related, EventType::Normal, "Placed", &note);
+    }
+    let removed: Vec<&str> = previous
+        .placements
+        .iter()
+        .filter(|p| state_of(next, &p.cluster).is_none() && p.state != state::RETAINED)
+        .map(|p| p.cluster.as_str())
+        .collect();
+    if !removed.is_empty() {
+        let note = format!(
+            "Removed from {} after the workload was Ready on {}.",
+            removed.join(", "),
+            next.targets.join(", ")
+        );
+        let related = (removed.len() == 1).then_some(removed[0]);
+        publish_about(ctx, rw, related, EventType::Normal, "Evicted", &note);
+    }
     for p in &next.placements {
         let before = state_of(previous, &p.cluster);
-        if p.state == state::READY && before.as_deref() != Some(state::READY) {
-            let note = format!("Ready on {}.", p.cluster);
-            publish_about(
-                ctx,
-                rw,
-                Some(&p.cluster),
-                EventType::Normal,
-                "Placed",
-                &note,
-            );
-        }
-        // a copy that became conflicting or retained: the placement's message says why
+        // a copy that became conflicting or retained (one event each, related to its
+        // MemberCluster): the placement's message says why
         for (st, reason) in [
             (state::CONFLICT, "Conflict"),
             (state::RETAINED, "VolumesRetained"),
@@ -1137,23 +1157,6 @@ fn events(
                     &p.message,
                 );
             }
-        }
-    }
-    for p in &previous.placements {
-        if state_of(next, &p.cluster).is_none() && p.state != state::RETAINED {
-            let note = format!(
-                "Removed from {} after the workload was Ready on {}.",
-                p.cluster,
-                next.targets.join(", ")
-            );
-            publish_about(
-                ctx,
-                rw,
-                Some(&p.cluster),
-                EventType::Normal,
-                "Evicted",
-                &note,
-            );
         }
     }
     let was = conditions::find(&previous.conditions, types::COMPLIANT).map(|c| c.reason.clone());

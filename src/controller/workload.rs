@@ -1096,6 +1096,13 @@ fn publish_drift(
     publish_about(ctx, rw, Some(cluster), EventType::Warning, reason, &note);
 }
 
+/// A Normal Event about copies on `clusters` (not empty), related to the MemberCluster when it
+/// is one.
+fn publish_on(ctx: &Context, rw: &ResidentWorkload, clusters: &[&str], reason: &str, note: &str) {
+    let related = (clusters.len() == 1).then_some(clusters[0]);
+    publish_about(ctx, rw, related, EventType::Normal, reason, note);
+}
+
 /// Events for what changed: placed, evicted, retained, unplaceable.
 fn events(
     ctx: &Context,
@@ -1121,8 +1128,7 @@ fn events(
         .collect();
     if !placed.is_empty() {
         let note = format!("Ready on {}.", placed.join(", "));
-        let related = (placed.len() == 1).then_some(placed[0]);
-        publish_about(ctx, rw, related, EventType::Normal, "Placed", &note);
+        publish_on(ctx, rw, &placed, "Placed", &note);
     }
     let removed: Vec<&str> = previous
         .placements
@@ -1136,8 +1142,7 @@ fn events(
             removed.join(", "),
             next.targets.join(", ")
         );
-        let related = (removed.len() == 1).then_some(removed[0]);
-        publish_about(ctx, rw, related, EventType::Normal, "Evicted", &note);
+        publish_on(ctx, rw, &removed, "Evicted", &note);
     }
     for p in &next.placements {
         let before = state_of(previous, &p.cluster);

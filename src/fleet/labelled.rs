@@ -437,11 +437,12 @@ pub fn fingerprint(meta: &kube::api::ObjectMeta) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     // absent and empty maps alike (the API server returns either)
     for (i, map) in [&meta.labels, &meta.annotations].into_iter().enumerate() {
-        let theirs = |k: &String| i == 1 && CONTROLLER_ANNOTATIONS.contains(&k.as_str());
-        let entries: Vec<_> = map.iter().flatten().filter(|(k, _)| !theirs(k)).collect();
-        entries.len().hash(&mut h);
-        for (k, v) in entries {
-            (k, v).hash(&mut h);
+        // on every watch event: hashed as it is iterated, nothing collected
+        let ours =
+            |(k, _): &(&String, &String)| i == 0 || !CONTROLLER_ANNOTATIONS.contains(&k.as_str());
+        map.iter().flatten().filter(ours).count().hash(&mut h);
+        for kv in map.iter().flatten().filter(ours) {
+            kv.hash(&mut h);
         }
     }
     match meta.generation {

@@ -20,7 +20,10 @@
 //! and peak resident memory, and its writes and CPU over an idle period with every
 //! workload placed (`BENCH_IDLE_SECONDS`, default 600). `BENCH_WORKLOADS` (default 1000)
 //! changes the count. The kwok nodes' pod capacity is raised to fit. Run it with
-//! `RESIDENCY_OPERATOR_LOG=info` to log as deployed (the tests log at debug).
+//! `RESIDENCY_OPERATOR_LOG=info` to log as deployed (the tests log at debug), on a fleet
+//! started with `RESIDENCY_FLEET_WATCH_CACHE=1`: its API servers keep their watch cache, as
+//! production API servers do (the tests' fleet reads everything from etcd, where every watch
+//! costs an etcd watch of its own). The first line says which fleet it ran on.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -531,7 +534,15 @@ async fn main() {
         raise_pod_capacity(&client, n + 100).await;
         clients.insert(c.to_string(), client);
     }
-    println!("scale: {n} workloads (ConfigMap + Deployment) on zrh-1, zrh-2 and msk-1");
+    let cached = std::env::var("RESIDENCY_FLEET_WATCH_CACHE").is_ok_and(|v| v == "1");
+    println!(
+        "scale: {n} workloads (ConfigMap + Deployment) on zrh-1, zrh-2 and msk-1; API servers {}",
+        if cached {
+            "with their watch cache (as in production)"
+        } else {
+            "WITHOUT their watch cache (every watch an etcd watch; start the fleet with RESIDENCY_FLEET_WATCH_CACHE=1)"
+        }
+    );
 
     // the bound: a plain client, IN_FLIGHT requests at a time
     for c in clients.values() {

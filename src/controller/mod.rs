@@ -304,6 +304,13 @@ impl WrittenFrom {
         m.insert(key.to_string(), (base, made, Instant::now()));
     }
 
+    /// Whether `rw` is the version the write made.
+    fn made(&self, key: &str, rw: &ResidentWorkload) -> bool {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(key)
+            .is_some_and(|(_, made, _)| made.is_some() && *made == rw.metadata.resource_version)
+    }
+
     /// The version the write made, when `rw` is the version it was written from.
     fn made_from(&self, key: &str, rw: &ResidentWorkload) -> Option<Option<String>> {
         let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -396,6 +403,17 @@ impl Written {
     /// version `made`.
     pub fn finalizer_added(&self, key: &str, base: Option<String>, made: Option<String>) {
         self.finalizer_added.note(key, base, made);
+    }
+
+    /// Whether `rw` is the very version a reconcile made by adding the finalizer: that
+    /// reconcile went on with it, so it asks for nothing new.
+    pub fn made_by_finalizer_patch(&self, rw: &ResidentWorkload) -> bool {
+        let key = format!(
+            "{}/{}",
+            rw.metadata.namespace.as_deref().unwrap_or_default(),
+            rw.metadata.name.as_deref().unwrap_or_default()
+        );
+        self.finalizer_added.made(&key, rw)
     }
 
     /// The version a reconcile made by adding the finalizer to `rw` (the workload `key`), when
@@ -761,6 +779,10 @@ mod tests {
             Some(Some("3".into()))
         );
         assert_eq!(w.finalizer_added_to("ns/w", &rw("3", &[])), None);
+        // version 3 is the patch's own: it triggers nothing; 2 and 4 are others'
+        assert!(w.made_by_finalizer_patch(&rw("3", &[])));
+        assert!(!w.made_by_finalizer_patch(&rw("2", &[])));
+        assert!(!w.made_by_finalizer_patch(&rw("4", &[])));
         w.finalized("ns/w", Some("5".into()));
         assert!(w.was_finalized("ns/w", &rw("5", &[])));
         assert!(!w.was_finalized("ns/w", &rw("6", &[])));

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
@@ -86,6 +86,52 @@ where
     })
 }
 
+/// A watch's events, as one consumer of several sees them.
+type Events<K> = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static>,
+>;
+
+/// One watch, several consumers: every event of `events` goes to each of the `N` streams
+/// returned, in order. A consumer that falls behind holds the others back (bounded channels), as
+/// one stream would. A watch error goes to none: the watch retries with backoff, and the cache it
+/// fills keeps its state meanwhile. `listed` runs once, after the first full list has gone out.
+/// The task stops when the watch ends or a consumer is gone.
+fn fan_out<K, const N: usize>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    listed: impl FnOnce() + Send + 'static,
+) -> ([Events<K>; N], tokio::task::JoinHandle<()>)
+where
+    K: Clone + Send + Sync + 'static,
+{
+    let channels: [(_, tokio::sync::mpsc::Receiver<watcher::Event<K>>); N] =
+        std::array::from_fn(|_| tokio::sync::mpsc::channel(1024));
+    let senders: Vec<_> = channels.iter().map(|(tx, _)| tx.clone()).collect();
+    let task = tokio::spawn(async move {
+        let mut events = std::pin::pin!(events);
+        let mut listed = Some(listed);
+        while let Some(event) = events.next().await {
+            let Ok(event) = event else { continue };
+            let done = matches!(event, watcher::Event::InitDone);
+            for tx in &senders {
+                if tx.send(event.clone()).await.is_err() {
+                    return; // the operator is stopping
+                }
+            }
+            if done && let Some(f) = listed.take() {
+                f();
+            }
+        }
+    });
+    let streams = channels.map(|(_, rx)| {
+        futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+        )
+        .boxed()
+    });
+    (streams, task)
+}
+
 /// A policy's spec (its `generation`): what re-probes the members' admission policies.
 fn policy_spec(p: &ResidencyPolicy) -> u64 {
     p.metadata.generation.unwrap_or_default() as u64
@@ -103,55 +149,40 @@ pub async fn run(
     let wc = watcher::Config::default();
     let config = controller::Config::default().concurrency(settings.concurrency);
 
+    // one watch per kind, shared by the controllers that follow it; the reconcilers start once
+    // both caches hold a full list (they check `ctx.ready`)
+    let lists = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listed = |what: &'static str| {
+        let (lists, ready) = (lists.clone(), ready.clone());
+        move || {
+            info!(kind = what, "listed");
+            if lists.fetch_add(1, Ordering::AcqRel) + 1 == 2 {
+                ready.store(true, Ordering::Relaxed);
+                info!("caches synced; controllers running");
+            }
+        }
+    };
     let (clusters, cluster_writer) = reflector::store::<MemberCluster>();
-    let cluster_events = watcher(Api::<MemberCluster>::all(client.clone()), wc.clone())
-        .backoff(WatchBackoff::default())
-        .reflect(cluster_writer)
-        .touched_objects();
+    let ([cluster_events, cluster_spec], cluster_task) = fan_out(
+        watcher(Api::<MemberCluster>::all(client.clone()), wc.clone())
+            .backoff(WatchBackoff::default())
+            .reflect(cluster_writer),
+        listed("MemberCluster"),
+    );
+    let cluster_events = cluster_events.touched_objects();
     let (policies, policy_writer) = reflector::store::<ResidencyPolicy>();
-    // workloads follow what a policy asks (spec, labels, annotations, deletion), not its status,
-    // which its controller rewrites while workloads move
-    let policy_events = changes_of(
+    let ([policy_events, policy_specs, policy_asks], policy_task) = fan_out(
         watcher(Api::<ResidencyPolicy>::all(client.clone()), wc.clone())
             .backoff(WatchBackoff::default())
             .reflect(policy_writer),
-        |p| super::intent(p.meta()),
+        listed("ResidencyPolicy"),
     );
+    // workloads follow what a policy asks (spec, labels, annotations, deletion), not its status,
+    // which its controller rewrites while workloads move
+    let policy_events = changes_of(policy_events, |p| super::intent(p.meta()));
 
     let (policy_retrigger, policy_rx) = tokio::sync::mpsc::channel(1024);
-    // a workload is reconciled when what it asks for changes, not on its own status writes
-    // (the cache still takes every change); every change of one, its status included, asks
-    // the policies governing it to count again (one watch of the workloads serves both)
     let (workloads, workload_writer) = reflector::store::<ResidentWorkload>();
-    let (tap_policies, tap) = (policies.clone(), policy_retrigger.clone());
-    let workload_changes = watcher(Api::<ResidentWorkload>::all(client.clone()), wc.clone())
-        .backoff(WatchBackoff::default())
-        // who wrote which field is the API server's record, never read here: not kept in memory
-        .modify(|w| w.metadata.managed_fields = None)
-        .reflect(workload_writer)
-        .then(move |event| {
-            let governing = match &event {
-                Ok(
-                    watcher::Event::Apply(w)
-                    | watcher::Event::InitApply(w)
-                    | watcher::Event::Delete(w),
-                ) => policy::map_workload(&tap_policies, w),
-                _ => Vec::new(),
-            };
-            let tap = tap.clone();
-            async move {
-                for p in governing {
-                    // the policy controller gone means the operator is stopping
-                    let _ = tap.send(p).await;
-                }
-                event
-            }
-        })
-        .applied_objects()
-        .predicate_filter(workload::asks_for, Default::default());
-    let workloads_ctrl = Controller::for_stream(workload_changes, workloads.clone())
-        .with_config(config.clone())
-        .trigger_backoff(WatchBackoff::default());
     let (member_events, member_rx) = tokio::sync::mpsc::channel(1024);
     let (cluster_retrigger, cluster_rx) = tokio::sync::mpsc::channel(1024);
     let cluster_triggers = futures::stream::unfold(cluster_rx, |mut rx| async move {
@@ -180,7 +211,7 @@ pub async fn run(
         discovery: Default::default(),
         reports: Default::default(),
         report_queue: Default::default(),
-        policy_events: policy_retrigger,
+        policy_events: policy_retrigger.clone(),
         fence,
         relocations: super::Relocations::default(),
         written: Default::default(),
@@ -190,6 +221,44 @@ pub async fn run(
         admission_gate: Default::default(),
     });
 
+    // a workload is reconciled when what it asks for changes, not on its own status writes
+    // (the cache still takes every change); every change of one, its status included, asks
+    // the policies governing it to count again (one watch of the workloads serves both)
+    let (tap_policies, tap) = (policies.clone(), policy_retrigger);
+    let workload_changes = watcher(Api::<ResidentWorkload>::all(client.clone()), wc.clone())
+        .backoff(WatchBackoff::default())
+        // who wrote which field is the API server's record, never read here: not kept in memory
+        .modify(|w| w.metadata.managed_fields = None)
+        .reflect(workload_writer)
+        .then(move |event| {
+            let governing = match &event {
+                Ok(
+                    watcher::Event::Apply(w)
+                    | watcher::Event::InitApply(w)
+                    | watcher::Event::Delete(w),
+                ) => policy::map_workload(&tap_policies, w),
+                _ => Vec::new(),
+            };
+            let tap = tap.clone();
+            async move {
+                for p in governing {
+                    // the policy controller gone means the operator is stopping
+                    let _ = tap.send(p).await;
+                }
+                event
+            }
+        })
+        .applied_objects()
+        .predicate_filter(workload::asks_for, Default::default())
+        // the version the operator's own finalizer patch made: the reconcile that wrote it
+        // went on with it, so it asks for nothing new
+        .try_filter({
+            let ctx = ctx.clone();
+            move |w| futures::future::ready(!ctx.written.made_by_finalizer_patch(w))
+        });
+    let workloads_ctrl = Controller::for_stream(workload_changes, workloads.clone())
+        .with_config(config.clone())
+        .trigger_backoff(WatchBackoff::default());
     let (w1, w2, p2) = (workloads.clone(), workloads, policies.clone());
     let (changes, c2) = (workload::ClusterChanges::default(), clusters.clone());
     let workload_loop = workloads_ctrl
@@ -205,51 +274,53 @@ pub async fn run(
         .shutdown_on_signal()
         .run(workload::reconcile, workload::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    // every member's admission policies follow the policies: a policy's spec change (or its
-    // deletion) re-probes every member
-    let cluster_ctrl = Controller::new(Api::<MemberCluster>::all(client.clone()), wc.clone())
-        .with_config(config.clone())
-        .trigger_backoff(WatchBackoff::default());
-    let members = cluster_ctrl.store();
+    // a member is probed when what it asks for changes (and every probe interval), not on its
+    // own status writes: while workloads are placed its inventory changes with every copy, and
+    // each write would probe it again. Every member's admission policies follow the policies:
+    // a policy's spec change (or its deletion) re-probes every member.
+    let cluster_ctrl = Controller::for_stream(
+        cluster_spec.applied_objects().predicate_filter(
+            |mc: &MemberCluster| Some(super::intent(mc.meta())),
+            Default::default(),
+        ),
+        clusters.clone(),
+    )
+    .with_config(config.clone())
+    .trigger_backoff(WatchBackoff::default());
+    let members = clusters;
     let cluster_loop = cluster_ctrl
-        .watches_stream(
-            changes_of(
-                watcher(Api::<ResidencyPolicy>::all(client.clone()), wc.clone())
-                    .backoff(WatchBackoff::default()),
-                policy_spec,
-            ),
-            move |_| {
-                members
-                    .state()
-                    .iter()
-                    .map(|m| reflector::ObjectRef::from_obj(m.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(changes_of(policy_specs, policy_spec), move |_| {
+            members
+                .state()
+                .iter()
+                .map(|m| reflector::ObjectRef::from_obj(m.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .reconcile_on(cluster_triggers)
         .shutdown_on_signal()
         .run(cluster::reconcile, cluster::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    let policy_ctrl = Controller::new(Api::<ResidencyPolicy>::all(client.clone()), wc)
-        .with_config(config)
-        .trigger_backoff(WatchBackoff::default());
+    // a policy counts again when what it asks for changes, when the workloads or member objects
+    // of its countries change (the triggers) and every 30 s; not on its own status writes
+    let policy_ctrl = Controller::for_stream(
+        policy_asks.applied_objects().predicate_filter(
+            |p: &ResidencyPolicy| Some(super::intent(p.meta())),
+            Default::default(),
+        ),
+        policies,
+    )
+    .with_config(config)
+    .trigger_backoff(WatchBackoff::default());
     let policy_loop = policy_ctrl
         .reconcile_on(policy_triggers)
         .shutdown_on_signal()
         .run(policy::reconcile, policy::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    // The only waiter on these two stores: a store wakes just one concurrent waiter, so the
-    // reconcilers check `ctx.ready` instead of waiting themselves. The workload store belongs to
-    // its controller, which waits for it before reconciling.
-    let readiness = async move {
-        let _ = clusters.wait_until_ready().await;
-        let _ = policies.wait_until_ready().await;
-        ready.store(true, Ordering::Relaxed);
-        info!("caches synced; controllers running");
-    };
     let reports = tokio::spawn(super::reports::run(ctx.clone()));
-    tokio::join!(workload_loop, cluster_loop, policy_loop, readiness);
-    reports.abort();
+    tokio::join!(workload_loop, cluster_loop, policy_loop);
+    for task in [reports, cluster_task, policy_task] {
+        task.abort();
+    }
     info!("controllers stopped");
     Ok(())
 }

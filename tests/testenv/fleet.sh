@@ -26,6 +26,9 @@
 #   RESIDENCY_FLEET_PVS        pre-created PersistentVolumes per member (default 40)
 #   RESIDENCY_FLEET_TIMEOUT    seconds to wait for each component (default 120)
 #   RESIDENCY_FLEET_REAL_NODES 0: no real nodes (default 1: one per member, see nodes.sh)
+#   RESIDENCY_FLEET_WATCH_CACHE 1: the API servers keep their watch cache, as in production
+#                              (default 0: every read and watch goes to etcd, see start_apiserver);
+#                              fixed when the fleet is first started, kept by `up` after `stop`
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -150,6 +153,8 @@ start_etcd() {
 
 start_apiserver() {
   local name="$1" port="$2" d="$STATE/pki/$1" admission=(--disable-admission-plugins ServiceAccount)
+  local cache=(--watch-cache=false)
+  [[ "$(watch_cache)" == 1 ]] && cache=()
   # the operator runs in-cluster on mgmt: its Pods get a service-account token there
   [[ "$name" == mgmt ]] && admission=()
   mkdir -p "$STATE/certs/$name"
@@ -161,14 +166,29 @@ start_apiserver() {
     --service-account-issuer "https://127.0.0.1:$port" --service-account-key-file "$d/sa.pub" \
     --service-account-signing-key-file "$d/sa.key" \
     --service-cluster-ip-range 10.0.0.0/24 --allow-privileged=true --kubelet-preferred-address-types InternalIP \
-    "${admission[@]}" --profiling=false --v=0 --watch-cache=false \
+    "${admission[@]}" --profiling=false --v=0 "${cache[@]}" \
     --audit-policy-file "$STATE/audit-policy.yaml" --audit-log-path "$STATE/logs/$name-audit.log" \
     --audit-log-format json --audit-log-maxsize 100
 }
 
 # --watch-cache=false: every read is a quorum read from etcd. Four apiservers share one etcd
 # here, and tests compare what different clients read at nearly the same moment; reads served
-# from the watch cache were seen to lag behind in that setup.
+# from the watch cache were seen to lag behind in that setup. The price: every watch is its own
+# etcd watch, decoded for each watcher. Production API servers keep the cache, and so does a
+# fleet started with RESIDENCY_FLEET_WATCH_CACHE=1 (the scale benchmark's): watches there cost
+# what they cost in production.
+#
+# The choice is made when the fleet is first started and kept in its state, so a component
+# stopped and started again (`stop`, `up`) runs as before.
+watch_cache() {
+  local f="$STATE/watch-cache" v="${RESIDENCY_FLEET_WATCH_CACHE:-0}"
+  if [[ -f "$f" ]]; then
+    cat "$f"
+  else
+    [[ -d "$STATE" ]] && echo "$v" >"$f"
+    echo "$v"
+  fi
+}
 #
 # Audit log of every write (create, update, patch, delete) at Metadata level: who wrote what,
 # with its user agent. Benchmarks count the operator's writes from it.
@@ -412,6 +432,7 @@ export RESIDENCY_KUBECTL=$BIN/kubectl
 export RESIDENCY_HELM=$BIN/helm
 export RESIDENCY_FLEET_DIR=$STATE
 export RESIDENCY_FLEET_POD_HOST=$POD_HOST_IP
+export RESIDENCY_FLEET_WATCH_CACHE=$(watch_cache)
 EOF
 }
 

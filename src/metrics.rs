@@ -106,6 +106,8 @@ pub struct Metrics {
     pub member_verified: Family<ClusterLabels, Gauge>,
     /// Writes to member clusters.
     pub member_writes: Family<WriteLabels, Counter>,
+    /// Objects read from member clusters because the watches could not vouch for them.
+    pub member_reads: Family<WriteLabels, Counter>,
     /// Drifted objects found, by cluster, kind and action (`corrected` or `reported`).
     pub drift: Family<DriftLabels, Counter>,
     /// Copies kept as they are on a cluster that is allowed but unhealthy (or gone), counted
@@ -148,6 +150,7 @@ impl Metrics {
         let member_ready = Family::<ClusterLabels, Gauge>::default();
         let member_verified = Family::<ClusterLabels, Gauge>::default();
         let member_writes = Family::<WriteLabels, Counter>::default();
+        let member_reads = Family::<WriteLabels, Counter>::default();
         let drift = Family::<DriftLabels, Counter>::default();
         let held = Family::<HoldLabels, Counter>::default();
         let copies = Family::<CopyLabels, Gauge>::default();
@@ -232,6 +235,11 @@ impl Metrics {
             "Writes (apply, delete, label) sent to member clusters",
             member_writes.clone(),
         );
+        registry.register(
+            "member_reads",
+            "Objects read from member clusters (the watches could not vouch for them, or Audit drift checks)",
+            member_reads.clone(),
+        );
         Self {
             reconciliations,
             errors,
@@ -239,6 +247,7 @@ impl Metrics {
             member_ready,
             member_verified,
             member_writes,
+            member_reads,
             drift,
             held,
             copies,
@@ -278,6 +287,16 @@ impl Metrics {
             .get_or_create(&WriteLabels {
                 cluster: cluster.to_string(),
                 verb: verb.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records one object read from a member (`reason`: `place` or `observe`).
+    pub fn read(&self, cluster: &str, reason: &str) {
+        self.member_reads
+            .get_or_create(&WriteLabels {
+                cluster: cluster.to_string(),
+                verb: reason.to_string(),
             })
             .inc();
     }
@@ -398,6 +417,7 @@ mod tests {
         m.reconciled("workload", Duration::from_millis(12));
         m.failed("workload", "member_api");
         m.wrote("zrh-1", "apply");
+        m.read("zrh-1", "place");
         m.member_health("zrh-1", true, false);
         let text = m.encode();
         assert!(
@@ -408,6 +428,7 @@ mod tests {
             "residency_reconcile_errors_total{controller=\"workload\",category=\"member_api\"} 1"
         ));
         assert!(text.contains("residency_member_writes_total{cluster=\"zrh-1\",verb=\"apply\"} 1"));
+        assert!(text.contains("residency_member_reads_total{cluster=\"zrh-1\",verb=\"place\"} 1"));
         assert!(text.contains("residency_member_location_verified{cluster=\"zrh-1\"} 0"));
         assert!(text.contains("residency_reconcile_duration_seconds_bucket"));
     }

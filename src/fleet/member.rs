@@ -795,6 +795,7 @@ impl Member<'_> {
             return Ok(Read::Unchanged(r));
         }
         let get = async {
+            self.metrics.read(self.name, "place");
             api.get_opt(&obj.name)
                 .await
                 .map_err(self.err(format!("get {} {}", obj.kind, obj.name)))
@@ -971,6 +972,7 @@ impl Member<'_> {
         let mut out = Vec::new();
         let apis = self.apis(objects).await?;
         for (obj, api) in objects.iter().zip(apis) {
+            self.metrics.read(self.name, "observe");
             let live = api
                 .get_opt(&obj.name)
                 .await

@@ -47,8 +47,10 @@ impl States {
     }
 
     /// Records `key`'s readiness now (`None`: deleted) and returns `workload` to reconcile when
-    /// its readiness flipped: it appeared, went, became ready or stopped being ready. A status
-    /// write that leaves readiness alone asks for nothing.
+    /// its readiness flipped: it appeared ready, went, became ready or stopped being ready. A
+    /// status write that leaves readiness alone asks for nothing, and neither does an object
+    /// that appears not ready yet: the reconcile that applied it recorded that much, and its
+    /// turning ready is the news.
     pub fn update(
         &self,
         key: super::labelled::Key,
@@ -61,9 +63,11 @@ impl States {
             Some(r) => m.insert(key, r),
             None => m.remove(&key),
         };
-        (before.map(|r| r.ready) != now)
-            .then_some(workload)
-            .flatten()
+        let flipped = match (before.map(|r| r.ready), now) {
+            (None, Some(false)) => false,
+            (before, now) => before != now,
+        };
+        flipped.then_some(workload).flatten()
     }
 
     /// After a relist of `kind`: forgets its objects the list (`namespace`, `name`) no longer
@@ -152,13 +156,18 @@ mod tests {
             })
         };
         let f = States::default();
-        assert!(f.update(key(), r(false), w()).is_some(), "appeared");
+        assert!(
+            f.update(key(), r(false), w()).is_none(),
+            "appeared, not ready yet"
+        );
         assert!(f.update(key(), r(false), w()).is_none(), "status write");
         assert!(f.update(key(), r(true), w()).is_some(), "became ready");
         assert!(f.update(key(), r(true), w()).is_none());
         assert!(f.update(key(), None, w()).is_some(), "deleted");
         assert!(f.update(key(), None, w()).is_none());
         assert!(f.update(key(), r(true), None).is_none(), "not placed");
+        f.update(key(), None, w());
+        assert!(f.update(key(), r(true), w()).is_some(), "appeared ready");
         // a relist keeps what it shows again, and forgets the rest at its end
         let other = ("Deployment".to_string(), "ns".to_string(), "e".to_string());
         f.update(other.clone(), r(true), w());

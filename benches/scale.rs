@@ -20,9 +20,10 @@
 //!
 //! It prints each phase's time and its ratio to the bound, the operator's writes per workload
 //! and cluster (from the audit logs, by user agent; the management cluster's by request, e.g.
-//! `patch residentworkloads/status`), reconciles per workload, CPU
+//! `patch residentworkloads/status`), the objects it read from members, reconciles per workload, CPU
 //! seconds, the CPU seconds of each fleet component (for the bound too: where the time went)
-//! and peak resident memory, and its writes and CPU over an idle period with every
+//! and peak resident memory, what one of the benchmark's own readiness checks (every 2 s, in
+//! every phase of both runs) costs the fleet, and its writes and CPU over an idle period with every
 //! workload placed (`BENCH_IDLE_SECONDS`, default 600). `BENCH_WORKLOADS` (default 1000)
 //! changes the count. The kwok nodes' pod capacity is raised to fit. Run it with
 //! `RESIDENCY_OPERATOR_LOG=info` to log as deployed (the tests log at debug), on a fleet
@@ -778,6 +779,26 @@ async fn main() {
     );
 
     tokio::time::sleep(Duration::from_secs(10)).await; // let in-flight work settle
+    // what the benchmark's own readiness checks cost the fleet (every POLL, in every phase of
+    // both runs): work that grows with a phase's length, not with the work done in it
+    let p0 = fleet_cpu(&dir);
+    let t = Instant::now();
+    const POLLS: u32 = 10;
+    for _ in 0..POLLS {
+        for c in ZURICH {
+            member_state(&clients[c], OPERATOR_NS)
+                .await
+                .expect("member state");
+        }
+    }
+    let poll_cpu: f64 = fleet_cpu(&dir).values().sum::<f64>() - p0.values().sum::<f64>();
+    println!(
+        "scale: one readiness check of two members with {n} workloads: {:.2} s, fleet CPU {:.2} s ({:.2} cores at one every {} s)",
+        t.elapsed().as_secs_f64() / f64::from(POLLS),
+        poll_cpu / f64::from(POLLS),
+        poll_cpu / f64::from(POLLS) / POLL.as_secs_f64(),
+        POLL.as_secs()
+    );
     let i0 = sample(&dir, op).await;
     tokio::time::sleep(idle).await;
     let i1 = sample(&dir, op).await;
@@ -801,12 +822,13 @@ async fn main() {
         })
         .collect();
     println!(
-        "scale: idle {} s with {n} workloads placed: {idle_writes} operator writes stored ({idle_asked} reviews and dry runs; on mgmt: {}); reconciles {}; CPU {:.2} s ({:.2}% of a core)",
+        "scale: idle {} s with {n} workloads placed: {idle_writes} operator writes stored ({idle_asked} reviews and dry runs; on mgmt: {}); reconciles {}; CPU {:.2} s ({:.2}% of a core); fleet CPU {}",
         idle.as_secs(),
         mgmt_writes(&i0, &i1, 1.0),
         idle_reconciles.join(", "),
         i1.cpu_seconds - i0.cpu_seconds,
-        100.0 * (i1.cpu_seconds - i0.cpu_seconds) / idle.as_secs_f64()
+        100.0 * (i1.cpu_seconds - i0.cpu_seconds) / idle.as_secs_f64(),
+        fleet_cpu_line(&i0.fleet_cpu, &i1.fleet_cpu)
     );
 
     let t = Instant::now();

@@ -1,4 +1,10 @@
 //! Wiring: caches, watches with mappers, the three controllers, graceful shutdown.
+//!
+//! One watch per CRD, fanned out to the controllers that follow it ([`fan_out`]): the
+//! workloads' feeds both the workload controller and the policies' counts; the MemberClusters'
+//! feeds the workload controller (relevant changes) and the cluster controller (what a member
+//! asks for); the policies' feeds all three. No controller is triggered by its own status
+//! writes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

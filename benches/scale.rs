@@ -217,34 +217,41 @@ fn peak_rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
-async fn sample(dir: &str, op: &operator::Operator) -> Sample {
-    let metrics = operator::http_get(op, "/metrics").await;
-    let reconciles = metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("residency_reconciliations_total{controller=\""))
-        .filter_map(|l| {
-            let (controller, value) = l.split_once("\"}")?;
-            Some((controller.to_string(), value.trim().parse().ok()?))
-        })
-        .collect();
-    let mut reads: BTreeMap<String, f64> = BTreeMap::new();
+/// How much the counter of `key` grew from `before` to `after`.
+fn since(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, key: &str) -> f64 {
+    let at = |m: &BTreeMap<String, f64>| m.get(key).copied().unwrap_or(0.0);
+    at(after) - at(before)
+}
+
+/// The counter `name` of an OpenMetrics text, summed by the value of its first label
+/// (`residency_member_reads_total{cluster="zrh-1",reason="place"} 3` counts for `zrh-1`).
+fn by_first_label(metrics: &str, name: &str) -> BTreeMap<String, f64> {
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
     for l in metrics.lines() {
-        let Some(l) = l.strip_prefix("residency_member_reads_total{cluster=\"") else {
+        let Some(labels) = l.strip_prefix(name).and_then(|l| l.strip_prefix('{')) else {
             continue;
         };
-        let Some((cluster, rest)) = l.split_once('"') else {
+        let Some((_, rest)) = labels.split_once("=\"") else {
+            continue;
+        };
+        let Some((first, rest)) = rest.split_once('"') else {
             continue;
         };
         let value = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
-        *reads.entry(cluster.to_string()).or_default() += value.unwrap_or(0.0);
+        *out.entry(first.to_string()).or_default() += value.unwrap_or(0.0);
     }
+    out
+}
+
+async fn sample(dir: &str, op: &operator::Operator) -> Sample {
+    let metrics = operator::http_get(op, "/metrics").await;
     Sample {
-        reads,
+        reads: by_first_label(&metrics, "residency_member_reads_total"),
         writes: CLUSTERS
             .iter()
             .map(|c| (c.to_string(), operator_writes(dir, c)))
             .collect(),
-        reconciles,
+        reconciles: by_first_label(&metrics, "residency_reconciliations_total"),
         cpu_seconds: cpu_seconds(op.pid),
         fleet_cpu: fleet_cpu(dir),
     }
@@ -275,9 +282,7 @@ fn report(phase: &str, n: usize, clusters: &[&str], before: &Sample, after: &Sam
         on as f64 / (n * clusters.len()) as f64,
         clusters.join("+")
     );
-    let read = |c: &str| {
-        after.reads.get(c).copied().unwrap_or(0.0) - before.reads.get(c).copied().unwrap_or(0.0)
-    };
+    let read = |c: &str| since(&before.reads, &after.reads, c);
     println!(
         "scale: {phase}: operator reads of objects on members {:.0}; {:.2} per workload and member on {}",
         CLUSTERS.iter().map(|c| read(c)).sum::<f64>(),
@@ -290,9 +295,9 @@ fn report(phase: &str, n: usize, clusters: &[&str], before: &Sample, after: &Sam
     );
     let reconciles: Vec<String> = after
         .reconciles
-        .iter()
-        .map(|(c, v)| {
-            let d = v - before.reconciles.get(c).copied().unwrap_or(0.0);
+        .keys()
+        .map(|c| {
+            let d = since(&before.reconciles, &after.reconciles, c);
             format!("{c} {d:.0} ({:.2} per workload)", d / n as f64)
         })
         .collect();
@@ -813,13 +818,8 @@ async fn main() {
     // what the CPU went to: reconciles (the periodic resync among them) and the probes
     let idle_reconciles: Vec<String> = i1
         .reconciles
-        .iter()
-        .map(|(c, v)| {
-            format!(
-                "{c} {:.0}",
-                v - i0.reconciles.get(c).copied().unwrap_or(0.0)
-            )
-        })
+        .keys()
+        .map(|c| format!("{c} {:.0}", since(&i0.reconciles, &i1.reconciles, c)))
         .collect();
     println!(
         "scale: idle {} s with {n} workloads placed: {idle_writes} operator writes stored ({idle_asked} reviews and dry runs; on mgmt: {}); reconciles {}; CPU {:.2} s ({:.2}% of a core); fleet CPU {}",

@@ -43,6 +43,16 @@ pub struct WriteLabels {
     pub verb: String,
 }
 
+/// Labels of member read metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadLabels {
+    /// MemberCluster name.
+    pub cluster: String,
+    /// `place` (the watches could not vouch for the object before applying it) or `observe`
+    /// (an Audit drift check).
+    pub reason: String,
+}
+
 /// Labels of drift metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DriftLabels {
@@ -107,7 +117,7 @@ pub struct Metrics {
     /// Writes to member clusters.
     pub member_writes: Family<WriteLabels, Counter>,
     /// Objects read from member clusters because the watches could not vouch for them.
-    pub member_reads: Family<WriteLabels, Counter>,
+    pub member_reads: Family<ReadLabels, Counter>,
     /// Drifted objects found, by cluster, kind and action (`corrected` or `reported`).
     pub drift: Family<DriftLabels, Counter>,
     /// Copies kept as they are on a cluster that is allowed but unhealthy (or gone), counted
@@ -150,7 +160,7 @@ impl Metrics {
         let member_ready = Family::<ClusterLabels, Gauge>::default();
         let member_verified = Family::<ClusterLabels, Gauge>::default();
         let member_writes = Family::<WriteLabels, Counter>::default();
-        let member_reads = Family::<WriteLabels, Counter>::default();
+        let member_reads = Family::<ReadLabels, Counter>::default();
         let drift = Family::<DriftLabels, Counter>::default();
         let held = Family::<HoldLabels, Counter>::default();
         let copies = Family::<CopyLabels, Gauge>::default();
@@ -294,9 +304,9 @@ impl Metrics {
     /// Records one object read from a member (`reason`: `place` or `observe`).
     pub fn read(&self, cluster: &str, reason: &str) {
         self.member_reads
-            .get_or_create(&WriteLabels {
+            .get_or_create(&ReadLabels {
                 cluster: cluster.to_string(),
-                verb: reason.to_string(),
+                reason: reason.to_string(),
             })
             .inc();
     }
@@ -428,7 +438,9 @@ mod tests {
             "residency_reconcile_errors_total{controller=\"workload\",category=\"member_api\"} 1"
         ));
         assert!(text.contains("residency_member_writes_total{cluster=\"zrh-1\",verb=\"apply\"} 1"));
-        assert!(text.contains("residency_member_reads_total{cluster=\"zrh-1\",verb=\"place\"} 1"));
+        assert!(
+            text.contains("residency_member_reads_total{cluster=\"zrh-1\",reason=\"place\"} 1")
+        );
         assert!(text.contains("residency_member_location_verified{cluster=\"zrh-1\"} 0"));
         assert!(text.contains("residency_reconcile_duration_seconds_bucket"));
     }

@@ -408,12 +408,7 @@ impl Written {
     /// Whether `rw` is the very version a reconcile made by adding the finalizer: that
     /// reconcile went on with it, so it asks for nothing new.
     pub fn made_by_finalizer_patch(&self, rw: &ResidentWorkload) -> bool {
-        let key = format!(
-            "{}/{}",
-            rw.metadata.namespace.as_deref().unwrap_or_default(),
-            rw.metadata.name.as_deref().unwrap_or_default()
-        );
-        self.finalizer_added.made(&key, rw)
+        self.finalizer_added.made(&workload_key(rw), rw)
     }
 
     /// The version a reconcile made by adding the finalizer to `rw` (the workload `key`), when
@@ -733,6 +728,18 @@ pub fn intent(meta: &kube::api::ObjectMeta) -> u64 {
     meta.finalizers.hash(&mut h);
     meta.deletion_timestamp.is_some().hash(&mut h);
     h.finish()
+}
+
+/// [`intent`] as a watch predicate: an object's own status writes, which only the operator
+/// makes, do not trigger its reconcile again.
+pub fn asks_for<K: kube::Resource>(o: &K) -> Option<u64> {
+    Some(intent(o.meta()))
+}
+
+/// A workload's key in the operator's own records (`namespace/name`).
+pub fn workload_key(rw: &ResidentWorkload) -> String {
+    use kube::ResourceExt;
+    format!("{}/{}", rw.namespace().unwrap_or_default(), rw.name_any())
 }
 
 /// 1 s, 2 s, 4 s, ... capped at 300 s.

@@ -376,10 +376,7 @@ impl<'a> Records<'a> {
                     .iter()
                     .flat_map(|s| s.placements.iter().map(|p| p.cluster.as_str()))
                     .collect();
-                (
-                    format!("{}/{}", w.namespace().unwrap_or_default(), w.name_any()),
-                    clusters,
-                )
+                (super::workload_key(w), clusters)
             })
             .collect();
         Self { placed }

@@ -156,13 +156,15 @@ pub async fn run(
     let config = controller::Config::default().concurrency(settings.concurrency);
 
     // one watch per kind, shared by the controllers that follow it; the reconcilers start once
-    // both caches hold a full list (they check `ctx.ready`)
+    // the caches of decisions (MemberClusters, ResidencyPolicies) hold a full list (they check
+    // `ctx.ready`)
+    const DECISION_CACHES: usize = 2;
     let lists = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let listed = |what: &'static str| {
         let (lists, ready) = (lists.clone(), ready.clone());
         move || {
             info!(kind = what, "listed");
-            if lists.fetch_add(1, Ordering::AcqRel) + 1 == 2 {
+            if lists.fetch_add(1, Ordering::AcqRel) + 1 == DECISION_CACHES {
                 ready.store(true, Ordering::Relaxed);
                 info!("caches synced; controllers running");
             }
@@ -255,7 +257,7 @@ pub async fn run(
             }
         })
         .applied_objects()
-        .predicate_filter(workload::asks_for, Default::default())
+        .predicate_filter(super::asks_for, Default::default())
         // the version the operator's own finalizer patch made: the reconcile that wrote it
         // went on with it, so it asks for nothing new
         .try_filter({
@@ -285,10 +287,9 @@ pub async fn run(
     // each write would probe it again. Every member's admission policies follow the policies:
     // a policy's spec change (or its deletion) re-probes every member.
     let cluster_ctrl = Controller::for_stream(
-        cluster_spec.applied_objects().predicate_filter(
-            |mc: &MemberCluster| Some(super::intent(mc.meta())),
-            Default::default(),
-        ),
+        cluster_spec
+            .applied_objects()
+            .predicate_filter(super::asks_for, Default::default()),
         clusters.clone(),
     )
     .with_config(config.clone())
@@ -309,10 +310,9 @@ pub async fn run(
     // a policy counts again when what it asks for changes, when the workloads or member objects
     // of its countries change (the triggers) and every 30 s; not on its own status writes
     let policy_ctrl = Controller::for_stream(
-        policy_asks.applied_objects().predicate_filter(
-            |p: &ResidencyPolicy| Some(super::intent(p.meta())),
-            Default::default(),
-        ),
+        policy_asks
+            .applied_objects()
+            .predicate_filter(super::asks_for, Default::default()),
         policies,
     )
     .with_config(config)

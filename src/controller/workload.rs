@@ -41,7 +41,7 @@ pub async fn reconcile(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<A
     let start = Instant::now();
     let ns = rw.namespace().unwrap_or_default();
     let api: Api<ResidentWorkload> = Api::namespaced(ctx.client.clone(), &ns);
-    let key = format!("{ns}/{}", rw.name_any());
+    let key = super::workload_key(&rw);
     let deleting = rw.metadata.deletion_timestamp.is_some();
     let version = rw.metadata.resource_version.clone();
     if deleting && ctx.written.was_finalized(&key, &rw) {
@@ -122,7 +122,7 @@ async fn with_finalizer(
 
 /// Logs, counts and requeues with per-object exponential backoff.
 pub fn error_policy(rw: Arc<ResidentWorkload>, err: &Error, ctx: Arc<Context>) -> Action {
-    let key = format!("{}/{}", rw.namespace().unwrap_or_default(), rw.name_any());
+    let key = super::workload_key(&rw);
     warn!(workload = %key, category = err.category(), error = %err, "reconcile failed");
     ctx.metrics.failed(CONTROLLER, err.category());
     Action::requeue(ctx.backoff.next(&key))
@@ -136,12 +136,6 @@ const EVENT_BACKSTOP: std::time::Duration = std::time::Duration::from_secs(15);
 /// placement's progress changes every few seconds: written each time, it would cost the
 /// management cluster more than the placement itself.
 const PROGRESS_SPACING: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// A hash of what a workload asks for ([`super::intent`]). Its status, which only the operator
-/// writes, is left out: writing it does not reconcile the workload again.
-pub fn asks_for(rw: &ResidentWorkload) -> Option<u64> {
-    Some(super::intent(rw.meta()))
-}
 
 /// The placement decision for `rw` from the current caches (pure once the caches are read).
 pub fn decide(
@@ -638,7 +632,7 @@ async fn apply(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action> {
     ctx.may_write()?;
     let ns = rw.namespace().unwrap_or_default();
     let name = rw.name_any();
-    let key = format!("{ns}/{name}");
+    let key = super::workload_key(&rw);
     let previous = ctx.written.previous(&key, &rw);
     let generation = rw.metadata.generation;
 
@@ -953,7 +947,7 @@ async fn cleanup(rw: Arc<ResidentWorkload>, ctx: Arc<Context>) -> Result<Action>
         return Err(Error::CleanupBlocked("caches are not synced yet".into()));
     }
     ctx.may_write()?;
-    let key = format!("{}/{}", rw.namespace().unwrap_or_default(), rw.name_any());
+    let key = super::workload_key(&rw);
     // the newest record of copies, even when the cache has not seen the last status write
     let previous = ctx.written.previous(&key, &rw);
     let mut record = previous.placements.clone();
@@ -1261,6 +1255,7 @@ pub fn map_cluster(
 
 #[cfg(test)]
 mod tests {
+    use super::super::asks_for;
     use super::*;
     use kube::runtime::{reflector, watcher};
 

@@ -181,13 +181,8 @@ start_apiserver() {
 # The choice is made when the fleet is first started and kept in its state, so a component
 # stopped and started again (`stop`, `up`) runs as before.
 watch_cache() {
-  local f="$STATE/watch-cache" v="${RESIDENCY_FLEET_WATCH_CACHE:-0}"
-  if [[ -f "$f" ]]; then
-    cat "$f"
-  else
-    [[ -d "$STATE" ]] && echo "$v" >"$f"
-    echo "$v"
-  fi
+  local f="$STATE/watch-cache"
+  if [[ -f "$f" ]]; then cat "$f"; else echo "${RESIDENCY_FLEET_WATCH_CACHE:-0}"; fi
 }
 #
 # Audit log of every write (create, update, patch, delete) at Metadata level: who wrote what,
@@ -334,6 +329,7 @@ cmd_up() {
   "$HERE/build.sh" >/dev/null
   mkdir -p "$STATE"/{pids,logs,pki,kubeconfigs}
   echo "$PORT_BASE" >"$STATE/port-base"
+  [[ -f "$STATE/watch-cache" ]] || echo "${RESIDENCY_FLEET_WATCH_CACHE:-0}" >"$STATE/watch-cache"
   local row name role country region i=0
   for row in "${FLEET[@]}"; do read -r name role country region <<<"$row"; pki "$name"; done
   write_kubeconfigs

@@ -658,6 +658,22 @@ async fn management_floor(mgmt: &Client, n: usize) -> [f64; 3] {
     [place, relocate, delete]
 }
 
+/// On a fleet started with its CPUs split (`RESIDENCY_FLEET_SPLIT_CPUS=1`), moves this process
+/// (every thread, and so the operator it starts) to the management cluster's CPUs, which it
+/// returns.
+fn pin_to_management_cpus() -> Option<String> {
+    let cpus = std::env::var("RESIDENCY_FLEET_MGMT_CPUS")
+        .ok()
+        .filter(|c| !c.is_empty())?;
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpus, &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("taskset");
+    assert!(status.success(), "taskset -a -p -c {cpus}: {status}");
+    Some(cpus)
+}
+
 struct Phase {
     name: &'static str,
     bound: f64,
@@ -679,12 +695,19 @@ async fn main() {
         clients.insert(c.to_string(), client);
     }
     let cached = std::env::var("RESIDENCY_FLEET_WATCH_CACHE").is_ok_and(|v| v == "1");
+    let split = pin_to_management_cpus();
     println!(
-        "scale: {n} workloads (ConfigMap + Deployment) on zrh-1, zrh-2 and msk-1; API servers {}",
+        "scale: {n} workloads (ConfigMap + Deployment) on zrh-1, zrh-2 and msk-1; API servers {}; {}",
         if cached {
             "with their watch cache (as in production)"
         } else {
             "WITHOUT their watch cache (every watch an etcd watch; start the fleet with RESIDENCY_FLEET_WATCH_CACHE=1)"
+        },
+        match &split {
+            Some(cpus) => format!(
+                "as deployed: the management cluster, the operator and this client on CPU {cpus}, the members and etcd on the others"
+            ),
+            None => "every component shares every CPU (RESIDENCY_FLEET_SPLIT_CPUS=1 runs them as deployed)".into(),
         }
     );
 

@@ -29,6 +29,9 @@
 #   RESIDENCY_FLEET_WATCH_CACHE 1: the API servers keep their watch cache, as in production
 #                              (default 0: every read and watch goes to etcd, see start_apiserver);
 #                              fixed when the fleet is first started, kept by `up` after `stop`
+#   RESIDENCY_FLEET_SPLIT_CPUS 1: the management cluster on the last CPU, the members and etcd on
+#                              the others, as deployed (default 0: all share every CPU; see
+#                              cpus_of in lib.sh); fixed like the watch cache
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -330,6 +333,7 @@ cmd_up() {
   mkdir -p "$STATE"/{pids,logs,pki,kubeconfigs}
   echo "$PORT_BASE" >"$STATE/port-base"
   [[ -f "$STATE/watch-cache" ]] || echo "${RESIDENCY_FLEET_WATCH_CACHE:-0}" >"$STATE/watch-cache"
+  if [[ ! -f "$STATE/cpus" ]]; then local cpus; cpus="$(split_cpus)"; echo "$cpus" >"$STATE/cpus"; fi
   local row name role country region i=0
   for row in "${FLEET[@]}"; do read -r name role country region <<<"$row"; pki "$name"; done
   write_kubeconfigs
@@ -429,6 +433,7 @@ export RESIDENCY_HELM=$BIN/helm
 export RESIDENCY_FLEET_DIR=$STATE
 export RESIDENCY_FLEET_POD_HOST=$POD_HOST_IP
 export RESIDENCY_FLEET_WATCH_CACHE=$(watch_cache)
+export RESIDENCY_FLEET_MGMT_CPUS=$(cpus_of mgmt-)
 EOF
 }
 

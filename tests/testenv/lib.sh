@@ -27,6 +27,26 @@ is_running() {
   [[ -r "/proc/$pid/cmdline" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$STATE"
 }
 
+# The CPUs a component runs on (empty: any). A fleet started with RESIDENCY_FLEET_SPLIT_CPUS=1
+# runs as deployed: the management cluster's components on the last CPU, the members' and the
+# shared etcd on the others, so the members' work is not slowed by the management cluster's
+# (which production runs on machines of its own). The layout is fixed when the fleet is first
+# started ($STATE/cpus: "MGMT MEMBERS") and kept by `up` after `stop`.
+split_cpus() {
+  local f="$STATE/cpus"
+  if [[ -f "$f" ]]; then cat "$f"; return; fi
+  [[ "${RESIDENCY_FLEET_SPLIT_CPUS:-0}" == 1 ]] || return 0
+  local n; n="$(nproc)"
+  (( n >= 2 )) || die "RESIDENCY_FLEET_SPLIT_CPUS=1 needs two CPUs or more"
+  echo "$((n - 1)) 0-$((n - 2))"
+}
+cpus_of() {
+  local layout mgmt members; layout="$(split_cpus)"
+  [[ -n "$layout" ]] || return 0
+  read -r mgmt members <<<"$layout"
+  if [[ "$1" == mgmt-* ]]; then echo "$mgmt"; else echo "$members"; fi
+}
+
 # start ID CMD... : start CMD in the background unless ID already runs
 start() {
   local id="$1"; shift
@@ -35,8 +55,10 @@ start() {
     return 0
   fi
   log "$id: starting"
+  local pin=() cpus; cpus="$(cpus_of "$id")"
+  [[ -n "$cpus" ]] && pin=(taskset -c "$cpus")
   # setsid: the component must not receive the terminal's signals; we stop it by pid.
-  setsid "$@" >"$(logfile "$id")" 2>&1 < /dev/null &
+  setsid "${pin[@]}" "$@" >"$(logfile "$id")" 2>&1 < /dev/null &
   echo $! >"$(pidfile "$id")"
 }
 

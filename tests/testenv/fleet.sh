@@ -7,7 +7,8 @@
 #   tests/testenv/fleet.sh env      print the environment the tests read (eval "$(... env)")
 #   tests/testenv/fleet.sh stop ID  stop one component (e.g. msk-1-kube-apiserver); `up` restarts it
 #
-# Topology (DESIGN.md section 6): one shared etcd (one key prefix per cluster), and
+# Topology (DESIGN.md section 6): one shared etcd (one key prefix per cluster; in the split
+# layout the management cluster has its own), and
 #   mgmt    management cluster: kube-apiserver, controller-manager, scheduler (CRDs, the
 #           operator's own objects, and its Pods on mgmt's real node)
 #   zrh-1   CH/zurich member, nodes in region eu-central-2 (zones eu-central-2a, eu-central-2b)
@@ -29,9 +30,10 @@
 #   RESIDENCY_FLEET_WATCH_CACHE 1: the API servers keep their watch cache, as in production
 #                              (default 0: every read and watch goes to etcd, see start_apiserver);
 #                              fixed when the fleet is first started, kept by `up` after `stop`
-#   RESIDENCY_FLEET_SPLIT_CPUS 1: the management cluster on the last CPU, the members and etcd on
-#                              the others, as deployed (default 0: all share every CPU; see
-#                              cpus_of in lib.sh); fixed like the watch cache
+#   RESIDENCY_FLEET_SPLIT_CPUS 1: as deployed: the management cluster, with an etcd of its own,
+#                              on the last CPU, the members and their etcd on the others
+#                              (default 0: all share every CPU and one etcd; see cpus_of in
+#                              lib.sh); fixed like the watch cache
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -143,15 +145,24 @@ EOF
 
 kc() { "$BIN/kubectl" --kubeconfig "$STATE/kubeconfigs/$1.yaml" "${@:2}"; }
 
+# start_etcd [ID CLIENT_PORT]: the fleet's etcd (one key prefix per cluster), or with ID a second
+# one (the management cluster's own, in the split layout)
 start_etcd() {
-  mkdir -p "$STATE/etcd"
-  start etcd "$BIN/etcd" --name fleet --data-dir "$STATE/etcd/data" \
-    --listen-client-urls "http://127.0.0.1:$PORT_BASE" --advertise-client-urls "http://127.0.0.1:$PORT_BASE" \
-    --listen-peer-urls "http://127.0.0.1:$((PORT_BASE + 1))" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$((PORT_BASE + 1))" \
-    --initial-cluster "fleet=http://127.0.0.1:$((PORT_BASE + 1))" \
+  local id="${1:-etcd}" port="${2:-$PORT_BASE}"
+  mkdir -p "$STATE/$id"
+  start "$id" "$BIN/etcd" --name fleet --data-dir "$STATE/$id/data" \
+    --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+    --listen-peer-urls "http://127.0.0.1:$((port + 1))" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
+    --initial-cluster "fleet=http://127.0.0.1:$((port + 1))" \
     --unsafe-no-fsync --quota-backend-bytes 4294967296 --log-level warn
-  wait_until etcd "healthy" curl -fsS "http://127.0.0.1:$PORT_BASE/health"
+  wait_until "$id" "healthy" curl -fsS "http://127.0.0.1:$port/health"
+}
+
+# The etcd port of cluster NAME: the shared etcd's, or in the split layout (as deployed) the
+# management cluster's own etcd's, so that its writes take none of the members' CPU either
+etcd_port() {
+  if [[ "$1" == mgmt && -n "$(split_cpus)" ]]; then echo $((PORT_BASE + 2)); else echo "$PORT_BASE"; fi
 }
 
 start_apiserver() {
@@ -162,7 +173,7 @@ start_apiserver() {
   [[ "$name" == mgmt ]] && admission=()
   mkdir -p "$STATE/certs/$name"
   start "$name-kube-apiserver" "$BIN/kube-apiserver" \
-    --etcd-servers "http://127.0.0.1:$PORT_BASE" --etcd-prefix "/fleet/$name" \
+    --etcd-servers "http://127.0.0.1:$(etcd_port "$name")" --etcd-prefix "/fleet/$name" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$port" \
     --cert-dir "$STATE/certs/$name" --tls-cert-file "$d/apiserver.crt" --tls-private-key-file "$d/apiserver.key" \
     --client-ca-file "$d/ca.crt" --authorization-mode RBAC \
@@ -339,6 +350,7 @@ cmd_up() {
   write_kubeconfigs
   write_audit_policy
   start_etcd
+  [[ "$(etcd_port mgmt)" == "$PORT_BASE" ]] || start_etcd mgmt-etcd "$(etcd_port mgmt)"
   # apiservers one after another: on two cores, parallel start-up only slows each of them down
   for row in "${FLEET[@]}"; do
     read -r name role country region <<<"$row"

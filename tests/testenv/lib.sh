@@ -28,8 +28,8 @@ is_running() {
 }
 
 # The CPUs a component runs on (empty: any). A fleet started with RESIDENCY_FLEET_SPLIT_CPUS=1
-# runs as deployed: the management cluster's components on the last CPU, the members' and the
-# shared etcd on the others, so the members' work is not slowed by the management cluster's
+# runs as deployed: the management cluster's components (its own etcd among them) on the last
+# CPU, the members' and their etcd on the others, so the members' work is not slowed by the management cluster's
 # (which production runs on machines of its own). The layout is fixed when the fleet is first
 # started ($STATE/cpus: "MGMT MEMBERS") and kept by `up` after `stop`.
 split_cpus() {

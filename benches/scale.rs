@@ -721,7 +721,7 @@ async fn main() {
         },
         match &split {
             Some(cpus) => format!(
-                "as deployed: the management cluster (its own etcd among it), the operator and this client on CPU {cpus}, the members and their etcd on the others"
+                "as deployed: the management cluster with its own etcd, the operator and this client on CPU {cpus}, the members and their etcd on the others"
             ),
             None => "every component shares every CPU (RESIDENCY_FLEET_SPLIT_CPUS=1 runs them as deployed)".into(),
         }

@@ -29,16 +29,16 @@ is_running() {
 
 # The CPUs a component runs on (empty: any). A fleet started with RESIDENCY_FLEET_SPLIT_CPUS=1
 # runs as deployed: the management cluster's components (its own etcd among them) on the last
-# CPU, the members' and their etcd on the others, so the members' work is not slowed by the management cluster's
-# (which production runs on machines of its own). The layout is fixed when the fleet is first
-# started ($STATE/cpus: "MGMT MEMBERS") and kept by `up` after `stop`.
+# CPU, the members' and their etcd on the others, so the members' work is not slowed by the
+# management cluster's (which production runs on machines of its own). The layout is fixed
+# when the fleet is first started ($STATE/cpus: "MGMT MEMBERS") and kept by `up` after `stop`.
 split_cpus() {
   local f="$STATE/cpus"
   if [[ -f "$f" ]]; then cat "$f"; return; fi
   [[ "${RESIDENCY_FLEET_SPLIT_CPUS:-0}" == 1 ]] || return 0
   local n; n="$(nproc)"
   (( n >= 2 )) || die "RESIDENCY_FLEET_SPLIT_CPUS=1 needs two CPUs or more"
-  echo "$((n - 1)) 0-$((n - 2))"
+  if (( n == 2 )); then echo "1 0"; else echo "$((n - 1)) 0-$((n - 2))"; fi
 }
 cpus_of() {
   local layout mgmt members; layout="$(split_cpus)"

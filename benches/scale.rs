@@ -959,4 +959,7 @@ async fn main() {
             .delete(DIRECT_NS, &DeleteParams::default())
             .await;
     }
+    let _ = Api::<Namespace>::all(mgmt.clone())
+        .delete(FLOOR_NS, &DeleteParams::default())
+        .await;
 }

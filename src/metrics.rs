@@ -116,7 +116,8 @@ pub struct Metrics {
     pub member_verified: Family<ClusterLabels, Gauge>,
     /// Writes to member clusters.
     pub member_writes: Family<WriteLabels, Counter>,
-    /// Objects read from member clusters because the watches could not vouch for them.
+    /// Objects read from member clusters, by reason: the watches could not vouch for them
+    /// before an apply (`place`), or an Audit drift check (`observe`).
     pub member_reads: Family<ReadLabels, Counter>,
     /// Drifted objects found, by cluster, kind and action (`corrected` or `reported`).
     pub drift: Family<DriftLabels, Counter>,

@@ -414,7 +414,9 @@ cmd_down() {
 
 cmd_status() {
   local f id pid rss total=0
-  [[ -z "$(split_cpus)" ]] || echo "as deployed: management cluster on CPU $(cpus_of mgmt-), members on CPUs $(cpus_of etcd)"
+  local mgmt_cpus member_cpus
+  read -r mgmt_cpus member_cpus <<<"$(split_cpus)"
+  [[ -z "$mgmt_cpus" ]] || echo "as deployed: management cluster on CPU $mgmt_cpus, members on CPU $member_cpus"
   printf '%-34s %8s %10s\n' COMPONENT PID RSS_MIB
   for f in "$STATE"/pids/*.pid; do
     [[ -e "$f" ]] || continue

@@ -72,6 +72,7 @@ async fn wait_verified(mgmt: &Client, cluster: &str, verified: bool) {
 #[tokio::test]
 async fn a_node_label_flap_on_an_allowed_member_removes_nothing() {
     let _lock = CLUSTER_LOCK.write().await;
+    let _restore = RestoreOnFailure;
     let env = setup().await;
     let ns = "faults-flap";
     namespace(&env.mgmt, ns).await;
@@ -178,6 +179,7 @@ async fn a_node_label_flap_on_an_allowed_member_removes_nothing() {
 #[tokio::test]
 async fn under_retain_a_statefulset_that_says_delete_keeps_its_volumes() {
     let _lock = CLUSTER_LOCK.write().await;
+    let _restore = RestoreOnFailure;
     let env = setup().await;
     let ns = "faults-retention";
     namespace(&env.mgmt, ns).await;
@@ -477,6 +479,7 @@ async fn event_reasons(mgmt: &Client, ns: &str, uids: &[Option<String>]) -> Vec<
 #[tokio::test]
 async fn a_workload_deleted_while_its_member_is_down_waits_or_is_abandoned() {
     let _lock = CLUSTER_LOCK.write().await;
+    let _restore = RestoreOnFailure;
     let env = setup().await;
     let ns = "faults-delete-down";
     namespace(&env.mgmt, ns).await;
@@ -574,6 +577,7 @@ async fn a_workload_deleted_while_its_member_is_down_waits_or_is_abandoned() {
 #[tokio::test]
 async fn a_policy_edit_while_a_target_is_down_relocates_without_loss() {
     let _lock = CLUSTER_LOCK.write().await;
+    let _restore = RestoreOnFailure;
     let env = setup().await;
     let ns = "faults-edit-down";
     namespace(&env.mgmt, ns).await;
@@ -661,6 +665,7 @@ fn compact_etcd() -> String {
 #[tokio::test]
 async fn the_management_cluster_restarted_mid_relocation_with_watches_expired_converges() {
     let _lock = CLUSTER_LOCK.write().await;
+    let _restore = RestoreOnFailure;
     let env = setup().await;
     let ns = "faults-mgmt-restart";
     namespace(&env.mgmt, ns).await;
@@ -798,6 +803,7 @@ async fn a_missing_secret_source_changes_nothing_until_it_exists() {
 async fn a_member_cluster_holding_data_is_not_forgotten_when_deleted() {
     use k8s_openapi::api::core::v1::PersistentVolumeClaim;
     let _lock = CLUSTER_LOCK.write().await;
+    let _restore = RestoreOnFailure;
     let env = setup().await;
     // a namespace of its own each run (an earlier run's may still be terminating)
     let ns = &common::unique("faults-member-delete");

@@ -98,6 +98,7 @@ async fn conflicting_policies_place_nothing_and_are_named() {
 #[tokio::test]
 async fn an_unverified_cluster_receives_nothing_new() {
     let _lock = CLUSTER_LOCK.write().await;
+    let _restore = RestoreOnFailure;
     let env = setup().await;
     let ns = "rules-unverified";
     namespace(&env.mgmt, ns).await;
@@ -183,6 +184,7 @@ async fn an_unverified_cluster_receives_nothing_new() {
 #[tokio::test]
 async fn an_unreachable_member_keeps_its_copy_until_it_is_back() {
     let _lock = CLUSTER_LOCK.write().await;
+    let _restore = RestoreOnFailure;
     let env = setup().await;
     let ns = "rules-unreachable";
     namespace(&env.mgmt, ns).await;
@@ -431,6 +433,7 @@ async fn the_operator_fails_fast_without_its_crds() {
 async fn kubeconfigs_with_exec_plugins_are_refused() {
     // adds a MemberCluster, which other tests would see in their decisions
     let _lock = CLUSTER_LOCK.write().await;
+    let _restore = RestoreOnFailure;
     let env = setup().await;
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
         Api::namespaced(env.mgmt.clone(), operator::OPERATOR_NS);
@@ -700,6 +703,7 @@ async fn a_hand_made_object_labelled_with_a_country_is_reported_on_the_policy() 
 #[tokio::test]
 async fn a_pod_on_a_node_outside_the_attested_region_is_flagged() {
     let _lock = CLUSTER_LOCK.write().await;
+    let _restore = RestoreOnFailure;
     let env = setup().await;
     let ns = "rules-pod-region";
     namespace(&env.mgmt, ns).await;
@@ -742,11 +746,13 @@ async fn a_pod_on_a_node_outside_the_attested_region_is_flagged() {
         }
     };
     relabel("us-east-1").await;
+    // the Pod's evidence and zrh-1's verification change apart (the Pod watch and the
+    // MemberCluster's own check): the workload's status is final once both are in
     let rw = wait_workload(
         &env.mgmt,
         ns,
         "niue",
-        "the Pod flagged outside the attested region",
+        "the Pod flagged outside the attested region, and no eligible cluster left",
         |rw| {
             rw.status.as_ref().is_some_and(|s| {
                 s.placements.iter().any(|p| {
@@ -755,7 +761,7 @@ async fn a_pod_on_a_node_outside_the_attested_region_is_flagged() {
                             e.outside.iter().any(|o| o.contains("(region us-east-1)"))
                         })
                 })
-            })
+            }) && condition(rw, "Compliant").is_some_and(|c| c.1 == "NoEligibleCluster")
         },
     )
     .await;
@@ -768,14 +774,12 @@ async fn a_pod_on_a_node_outside_the_attested_region_is_flagged() {
         "{outside:?}"
     );
     // the copy is kept (no other cluster may hold it) and the workload is not compliant
-    let compliant = s
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Compliant")
-        .unwrap();
-    assert_eq!(
-        (compliant.status.as_str(), compliant.reason.as_str()),
-        ("False", "NoEligibleCluster")
+    assert!(
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Compliant" && c.status == "False"),
+        "{:?}",
+        s.conditions
     );
     assert_eq!(
         placed_on(&env.members[0].1, ns, "niue").await,

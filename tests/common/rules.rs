@@ -7,11 +7,11 @@ use std::time::Duration;
 use super::operator::{self, delete_and_wait};
 use super::{Fleet, apply_path, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim};
 use kube::Client;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use residency_operator::api::{ResidencyPolicy, ResidentWorkload};
+use residency_operator::api::{MemberCluster, ResidencyPolicy, ResidentWorkload};
 use serde_json::{Value, json};
 
 /// How long a fleet test waits for a state.
@@ -27,17 +27,106 @@ pub struct Env {
     pub members: Vec<(&'static str, Client)>,
 }
 
+/// The MemberClusters of `examples/seed/10-clusters.yaml`.
+pub const SEED_MEMBERS: [&str; 3] = ["zrh-1", "zrh-2", "msk-1"];
+const SEED_CLUSTERS: &str = "examples/seed/10-clusters.yaml";
+const REGION: &str = "topology.kubernetes.io/region";
+
 pub async fn setup() -> Env {
     let fleet = Fleet::from_env();
     operator::start(&fleet).await;
     let mgmt = fleet.mgmt_client().await;
-    apply_path(&mgmt, "examples/seed/10-clusters.yaml").await;
-    super::clusters_verified(&mgmt, &["zrh-1", "zrh-2", "msk-1"]).await;
+    apply_path(&mgmt, SEED_CLUSTERS).await;
+    super::clusters_verified(&mgmt, &SEED_MEMBERS).await;
     let mut members = Vec::new();
-    for name in ["zrh-1", "zrh-2", "msk-1"] {
+    for name in SEED_MEMBERS {
         members.push((name, fleet.member(name).await));
     }
     Env { mgmt, members }
+}
+
+/// Puts the shared fleet back as the tests expect it when a test that changed it fails: a
+/// relabelled node, a stopped API server, a cordoned, deleted or added MemberCluster would
+/// otherwise stay so and fail every test after it, in this binary and the next ones. A test
+/// that changes the fleet holds one for its whole run (`let _restore = RestoreOnFailure;` right
+/// after taking the write lock, so it is dropped before the lock). When the test passes it does
+/// nothing: the test restores what it changed itself and checks what follows.
+pub struct RestoreOnFailure;
+
+impl Drop for RestoreOnFailure {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        eprintln!("the test failed: restoring the fleet for the tests after it");
+        // the test's runtime is unwinding: a runtime and clients of its own, on a thread of its
+        // own (a panic there must not become a panic in this drop, which would abort)
+        let restored = std::thread::spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(restore_fleet())
+        })
+        .join();
+        if restored.is_err() {
+            eprintln!("restoring the fleet failed too: the tests after this one may fail");
+        }
+    }
+}
+
+/// Every component running, every member's nodes in its region, the seed MemberClusters as
+/// declared and schedulable and no others; then waits until each is Ready and LocationVerified.
+async fn restore_fleet() {
+    if std::env::var_os("RESIDENCY_FLEET_DIR").is_some() {
+        // starts what a test stopped; what runs stays as it is
+        super::fleet_sh(&["up"]);
+    }
+    let fleet = Fleet::from_env();
+    for member in &fleet.members {
+        let nodes: Api<Node> = Api::all(fleet.client(&member.context).await);
+        let relabel = json!({"metadata": {"labels": {REGION: member.region}}});
+        for node in nodes.list(&ListParams::default()).await.expect("nodes") {
+            if node.labels().get(REGION) != Some(&member.region) {
+                nodes
+                    .patch(
+                        &node.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&relabel),
+                    )
+                    .await
+                    .expect("relabel a node");
+            }
+        }
+    }
+    let mgmt = fleet.mgmt_client().await;
+    let clusters: Api<MemberCluster> = Api::all(mgmt.clone());
+    for mc in clusters
+        .list(&ListParams::default())
+        .await
+        .expect("clusters")
+    {
+        let name = mc.name_any();
+        if !SEED_MEMBERS.contains(&name.as_str()) {
+            let _ = clusters.delete(&name, &DeleteParams::default()).await;
+        } else if mc.metadata.deletion_timestamp.is_some() {
+            // a seed member whose deletion waits for its data: let it go, it is added again
+            let forget = json!({"metadata": {"annotations": {"residency.io/forget-data": "true"}}});
+            let _ = clusters
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&forget))
+                .await;
+            delete_and_wait(&clusters, &name, T).await;
+        }
+    }
+    apply_path(&mgmt, SEED_CLUSTERS).await;
+    let schedulable = json!({"spec": {"schedulable": null}});
+    for name in SEED_MEMBERS {
+        clusters
+            .patch(name, &PatchParams::default(), &Patch::Merge(&schedulable))
+            .await
+            .expect("uncordon");
+    }
+    super::clusters_verified(&mgmt, &SEED_MEMBERS).await;
 }
 
 pub async fn namespace(client: &Client, ns: &str) {

@@ -322,8 +322,9 @@ spec:
           values: [$name-node-$zone]
 EOF
   done
-  # --server-side: a seed that is already there is not an error (idempotent)
-  kc "$name" apply --server-side --field-manager residency-fleet -f "$f" >/dev/null
+  # --server-side: a seed that is already there is not an error (idempotent); --force-conflicts:
+  # up puts the seed back as it is written, over a test's edit (a relabelled node, say)
+  kc "$name" apply --server-side --force-conflicts --field-manager residency-fleet -f "$f" >/dev/null
 }
 
 nodes_ready() {

@@ -268,7 +268,7 @@ spec:
         - {key: kubernetes.io/hostname, operator: In, values: [$name-real]}
 EOF
   done
-  kc "$name" apply --server-side --field-manager residency-fleet -f "$f" >/dev/null
+  kc "$name" apply --server-side --force-conflicts --field-manager residency-fleet -f "$f" >/dev/null
 }
 
 node_ready() {

@@ -3,7 +3,8 @@
 //! needs and nothing more (SubjectAccessReviews on the member, and the guard policy refusing
 //! the identity's own requests outside its namespaces); a member whose binding is removed is
 //! `Ready=False, reason=Forbidden` naming what is missing and gets no write meanwhile; `join
-//! --rotate` replaces the credential while the operator keeps working.
+//! --rotate` replaces the credential while the operator keeps working; the identity's watch of
+//! a deleted workload namespace ends, a refused one of a namespace that exists goes on.
 
 mod common;
 
@@ -506,4 +507,65 @@ async fn reconcile_errors() -> u64 {
         .filter(|l| l.starts_with("residency_reconcile_errors_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// The operator watches Secrets per workload namespace when its identity may not list them in
+/// every namespace, with the permission its own binding there gives. Once the namespace is
+/// deleted, that watch is refused at its next list: it must end (a placement there starts it
+/// again), not retry for as long as the operator runs. A refusal in a namespace that exists is
+/// a missing permission, not an end: that watch goes on retrying.
+#[tokio::test]
+async fn a_watch_of_a_deleted_namespace_ends_and_one_merely_refused_goes_on() {
+    use residency_operator::fleet::{labelled, member::Memo};
+    let _serial = SERIAL.lock().await;
+    let env: Env = setup().await;
+    let zrh1 = &env.members[0].1;
+    let identity = as_identity("zrh-1").await;
+    let (policies, _writer) = kube::runtime::reflector::store();
+    let (policy_tx, _policy_rx) = tokio::sync::mpsc::channel(16);
+    let (workloads_tx, _workloads_rx) = tokio::sync::mpsc::channel(16);
+    let sinks = labelled::Sinks {
+        index: std::sync::Arc::new(labelled::Index::default()),
+        policies,
+        policy_tx,
+        workloads_tx,
+        memo: std::sync::Arc::new(Memo::default()),
+    };
+    let secrets = kube::core::ApiResource::erase::<Secret>(&());
+    let watch = |ns: &str| {
+        labelled::watch_kind(
+            identity.clone(),
+            "zrh-1",
+            secrets.clone(),
+            Some(ns),
+            sinks.clone(),
+        )
+    };
+
+    let deleted = common::unique("join-deleted");
+    assert!(
+        Api::<Namespace>::all(zrh1.clone())
+            .get_opt(&deleted)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), watch(&deleted))
+        .await
+        .expect("the watch of a namespace that is gone ends")
+        .expect("and does not panic");
+    eprintln!("the watch of {deleted} ended after {:?}", started.elapsed());
+
+    assert!(
+        !can(zrh1, "list", "", "secrets", Some("kube-system"), None).await,
+        "the identity may not list kube-system's Secrets"
+    );
+    let refused = watch("kube-system");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        !refused.is_finished(),
+        "a refused watch of a namespace that exists goes on"
+    );
+    refused.abort();
 }

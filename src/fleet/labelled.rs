@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, PartialObjectMeta};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -15,6 +16,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc::Sender;
 use tokio::task::JoinHandle;
+use tracing::info;
 
 use crate::api::{ResidencyPolicy, ResidentWorkload, labels};
 use crate::desired;
@@ -243,7 +245,9 @@ pub fn start(
 /// A metadata watch of one kind on a member (any kind, a workload's own custom resources
 /// included), in every namespace or in `namespace`. Each event updates the country index
 /// (re-evaluating the policies of the countries involved) and, for an object the operator
-/// placed, triggers its workload (drift detection).
+/// placed, triggers its workload (drift detection). A watch of one namespace ends when the
+/// member refuses it and says the namespace does not exist: its objects are gone with it and
+/// are forgotten (without the end, it would retry, refused, for as long as the operator runs).
 pub fn watch_kind(
     client: Client,
     cluster: &str,
@@ -251,6 +255,7 @@ pub fn watch_kind(
     namespace: Option<&str>,
     sinks: Sinks,
 ) -> JoinHandle<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
     let api: Api<PartialObjectMeta<DynamicObject>> = match namespace {
         Some(ns) => Api::namespaced_with(client, ns, &ar),
         None => Api::all_with(client, &ar),
@@ -275,6 +280,7 @@ pub fn watch_kind(
         };
         while let Some(event) = stream.next().await {
             let triggers = seen.triggers(&event);
+            let mut ends = false;
             let changed: BTreeSet<String> = match event {
                 Ok(watcher::Event::Init) => BTreeSet::new(),
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
@@ -300,7 +306,16 @@ pub fn watch_kind(
                     index.listed(&cluster);
                     gone
                 }
-                Err(_) => BTreeSet::new(),
+                Err(e) => match namespace.as_deref() {
+                    // the permission of a namespace's watch is the operator's binding there: once
+                    // refused, the namespace may be gone, and its objects with it
+                    Some(ns) if refused(&e) && namespace_gone(&namespaces, ns).await => {
+                        info!(%cluster, namespace = ns, %kind, "namespace gone: its watch ends");
+                        ends = true;
+                        index.keep_listed(&cluster, &kind, Some(ns), &BTreeSet::new())
+                    }
+                    _ => BTreeSet::new(),
+                },
             };
             // after the index took the change: a reconcile reads the object's new print there
             for w in triggers {
@@ -308,21 +323,41 @@ pub fn watch_kind(
                     return; // the controller is gone
                 }
             }
-            if changed.is_empty() {
-                continue;
-            }
-            for p in policies.state() {
-                if p.spec
-                    .countries
-                    .iter()
-                    .any(|c| changed.contains(c.as_str()))
-                    && tx.send(ObjectRef::from_obj(p.as_ref())).await.is_err()
-                {
-                    return;
+            if !changed.is_empty() {
+                for p in policies.state() {
+                    if p.spec
+                        .countries
+                        .iter()
+                        .any(|c| changed.contains(c.as_str()))
+                        && tx.send(ObjectRef::from_obj(p.as_ref())).await.is_err()
+                    {
+                        return;
+                    }
                 }
+            }
+            if ends {
+                // a placement in the namespace starts it again ([`super::watch::Watches::ensure`])
+                return;
             }
         }
     })
+}
+
+/// Whether a watch's error is the API server refusing it (forbidden, or not found).
+fn refused(e: &watcher::Error) -> bool {
+    let code = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code,
+        watcher::Error::WatchError(s) => s.code,
+        _ => return false,
+    };
+    code == 403 || code == 404
+}
+
+/// Whether the member says `namespace` does not exist (an error reading it says nothing).
+async fn namespace_gone(namespaces: &Api<Namespace>, namespace: &str) -> bool {
+    matches!(namespaces.get_opt(namespace).await, Ok(None))
 }
 
 /// What a member watch last saw of each object a workload placed, to trigger that workload
@@ -456,6 +491,22 @@ pub fn fingerprint(meta: &kube::api::ObjectMeta) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watch_is_refused_when_forbidden_or_not_found_not_when_it_merely_failed() {
+        let status = |code: u16| -> Box<kube::core::Status> {
+            Box::new(serde_json::from_value(serde_json::json!({"code": code})).unwrap())
+        };
+        let api = |code| kube::Error::Api(status(code));
+        assert!(refused(&watcher::Error::InitialListFailed(api(403))));
+        assert!(refused(&watcher::Error::WatchStartFailed(api(404))));
+        assert!(refused(&watcher::Error::WatchFailed(api(403))));
+        assert!(refused(&watcher::Error::WatchError(status(403))));
+        // the API server unavailable, a gone resource version, a connection lost: retried
+        assert!(!refused(&watcher::Error::InitialListFailed(api(503))));
+        assert!(!refused(&watcher::Error::WatchError(status(410))));
+        assert!(!refused(&watcher::Error::NoResourceVersion));
+    }
 
     #[test]
     fn the_print_follows_labels_annotations_and_spec_but_not_the_members_controllers() {

@@ -93,10 +93,12 @@ impl Watches {
         }
     }
 
-    /// Starts the watch of `key` (an `apiVersion/kind`) with `start`, unless it runs already.
+    /// Starts the watch of `key` (an `apiVersion/kind`, and a namespace when it watches one)
+    /// with `start`, unless it runs already. A watch that ended (its namespace was deleted) is
+    /// started again.
     pub fn ensure(&self, key: &str, start: impl FnOnce() -> JoinHandle<()>) {
         let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
-        if !kinds.contains_key(key) {
+        if kinds.get(key).is_none_or(JoinHandle::is_finished) {
             kinds.insert(key.to_string(), start());
         }
     }

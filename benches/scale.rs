@@ -21,6 +21,15 @@
 //! etcd, the operator and this benchmark on the last CPU, the members and their etcd on the
 //! others, so that a phase takes as long as the members need for it.
 //!
+//! This machine's speed varies by tens of percent from one minute to the next (a shared host),
+//! and it runs both runs: a phase's ratio mixes the operator's cost with how fast the machine
+//! ran meanwhile. The members' controllers, schedulers and kwok do the same work in both runs
+//! (the same objects ask for the same ReplicaSets, Pods, bindings and status updates; their
+//! writes are counted from the members' audit logs and must agree within 5%), on the same CPUs
+//! as the members' API servers: their CPU seconds in the operator's run against the bound's say
+//! how much slower the members' CPU ran, and each phase's ratio is printed at the bound's speed
+//! too.
+//!
 //! It prints each phase's time and its ratio to the bound, the operator's writes per workload
 //! and cluster (from the audit logs, by user agent; the management cluster's by request, e.g.
 //! `patch residentworkloads/status`), the objects it read from members, reconciles per workload, CPU
@@ -109,21 +118,46 @@ struct Writes {
     by_request: BTreeMap<String, usize>,
 }
 
-fn operator_writes(dir: &str, cluster: &str) -> Writes {
+/// Runs `f` on every line of `cluster`'s audit log (rotated files included).
+fn audit_lines(dir: &str, cluster: &str, mut f: impl FnMut(&str)) {
     let Ok(entries) = std::fs::read_dir(format!("{dir}/logs")) else {
         panic!("no audit logs under {dir}/logs");
     };
     let prefix = format!("{cluster}-audit");
-    let mut out = Writes::default();
     for e in entries.flatten() {
-        if !e.file_name().to_string_lossy().starts_with(&prefix) {
-            continue;
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let bytes = std::fs::read(e.path()).unwrap_or_default();
+            String::from_utf8_lossy(&bytes).lines().for_each(&mut f);
         }
-        let bytes = std::fs::read(e.path()).unwrap_or_default();
-        for line in String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter(|l| l.contains("\"userAgent\":\"residency-operator/"))
-        {
+    }
+}
+
+/// The writes the members' controllers, schedulers and kwok have made so far in namespace `ns`
+/// (their ReplicaSets, Pods, bindings, status updates, Events), from the members' audit logs.
+/// The same objects ask the same of them, whoever wrote the objects: with the same count in
+/// the bound's run and the operator's, their CPU seconds measure how fast the members' CPU ran.
+fn controller_writes(dir: &str, ns: &str) -> usize {
+    let in_ns = format!("\"namespace\":\"{ns}\"");
+    let mut n = 0;
+    for cluster in CLUSTERS.iter().filter(|c| **c != "mgmt") {
+        audit_lines(dir, cluster, |l| {
+            if l.contains(&in_ns)
+                && l.contains("\"stage\":\"ResponseComplete\"")
+                && ["kube-controller-manager/", "kube-scheduler/", "kwok/"]
+                    .iter()
+                    .any(|ua| l.contains(&format!("\"userAgent\":\"{ua}")))
+            {
+                n += 1;
+            }
+        });
+    }
+    n
+}
+
+fn operator_writes(dir: &str, cluster: &str) -> Writes {
+    let mut out = Writes::default();
+    audit_lines(dir, cluster, |line| {
+        if line.contains("\"userAgent\":\"residency-operator/") {
             let v: Value = serde_json::from_str(line).unwrap_or_default();
             let uri = v["requestURI"].as_str().unwrap_or_default();
             let resource = v["objectRef"]["resource"].as_str().unwrap_or_default();
@@ -141,7 +175,7 @@ fn operator_writes(dir: &str, cluster: &str) -> Writes {
                     .or_default() += 1;
             }
         }
-    }
+    });
     out
 }
 
@@ -154,6 +188,8 @@ struct Sample {
     reads: BTreeMap<String, f64>,
     cpu_seconds: f64,
     fleet_cpu: BTreeMap<String, f64>,
+    /// [`controller_writes`] in the operator's namespace.
+    controller_writes: usize,
 }
 
 fn cpu_seconds(pid: u32) -> f64 {
@@ -190,7 +226,35 @@ fn fleet_cpu(dir: &str) -> BTreeMap<String, f64> {
 /// role (mgmt's API server, its own etcd in the split layout, its controllers and scheduler, the
 /// members' API servers, etcd, the members' controllers and schedulers, kwok).
 fn fleet_cpu_line(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> String {
-    let mut by_role: BTreeMap<&str, f64> = BTreeMap::new();
+    let by_role = by_role(before, after);
+    let all: f64 = by_role.values().sum();
+    let members: f64 = by_role
+        .iter()
+        .filter(|(r, _)| !r.starts_with("mgmt"))
+        .map(|(_, v)| v)
+        .sum();
+    let parts: Vec<String> = by_role.iter().map(|(r, v)| format!("{r} {v:.1}")).collect();
+    format!(
+        "{all:.1} s, members and etcd {members:.1} s ({})",
+        parts.join(", ")
+    )
+}
+
+/// The members' controllers, schedulers and kwok: CPU seconds between two readings.
+fn reference_cpu(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> f64 {
+    let roles = by_role(before, after);
+    ["member controllers", "kwok"]
+        .iter()
+        .map(|r| roles.get(r).copied().unwrap_or(0.0))
+        .sum()
+}
+
+/// The fleet's CPU seconds between two readings, by role.
+fn by_role(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> BTreeMap<&'static str, f64> {
+    let mut by_role: BTreeMap<&'static str, f64> = BTreeMap::new();
     for (id, v) in after {
         let d = v - before.get(id).copied().unwrap_or(0.0);
         let role = if id == "mgmt-kube-apiserver" {
@@ -210,17 +274,7 @@ fn fleet_cpu_line(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>)
         };
         *by_role.entry(role).or_default() += d;
     }
-    let all: f64 = by_role.values().sum();
-    let members: f64 = by_role
-        .iter()
-        .filter(|(r, _)| !r.starts_with("mgmt"))
-        .map(|(_, v)| v)
-        .sum();
-    let parts: Vec<String> = by_role.iter().map(|(r, v)| format!("{r} {v:.1}")).collect();
-    format!(
-        "{all:.1} s, members and etcd {members:.1} s ({})",
-        parts.join(", ")
-    )
+    by_role
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -270,6 +324,7 @@ async fn sample(dir: &str, op: &operator::Operator) -> Sample {
         reconciles: by_first_label(&metrics, "residency_reconciliations_total"),
         cpu_seconds: cpu_seconds(op.pid),
         fleet_cpu: fleet_cpu(dir),
+        controller_writes: controller_writes(dir, OPERATOR_NS),
     }
 }
 
@@ -696,6 +751,20 @@ struct Phase {
     floor: f64,
     operator: f64,
     limit: f64,
+    /// The members' controllers, schedulers and kwok in the bound's run and the operator's:
+    /// their writes and CPU seconds.
+    reference: [(usize, f64); 2],
+}
+
+impl Phase {
+    /// How many times slower the members' CPU ran in the operator's run than in the bound's,
+    /// from the work that was the same in both: `None` when it was not (writes more than 5%
+    /// apart: some of it happens after a phase ends, and counts in the next).
+    fn slower(&self) -> Option<f64> {
+        let [(wb, cb), (wo, co)] = self.reference;
+        let same = wb > 0 && wb.abs_diff(wo) as f64 <= 0.05 * wb as f64;
+        (same && cb > 0.0).then(|| co / cb)
+    }
 }
 
 #[tokio::main]
@@ -732,12 +801,14 @@ async fn main() {
         ensure_namespace(c, DIRECT_NS).await;
     }
     let none = || async { Ok(()) };
+    let w0 = controller_writes(&dir, DIRECT_NS);
     let c0 = fleet_cpu(&dir);
     let t = Instant::now();
     apply_direct(&clients, &ZURICH, n).await;
     wait_members(&clients, DIRECT_NS, n, &ZURICH, &[], none).await;
     let bound_place = t.elapsed().as_secs_f64();
     let c1 = fleet_cpu(&dir);
+    let w1 = controller_writes(&dir, DIRECT_NS);
     let t = Instant::now();
     apply_direct(&clients, &MOSCOW, n).await;
     wait_members(&clients, DIRECT_NS, n, &MOSCOW, &[], none).await;
@@ -745,11 +816,13 @@ async fn main() {
     wait_members(&clients, DIRECT_NS, n, &MOSCOW, &ZURICH, none).await;
     let bound_relocate = t.elapsed().as_secs_f64();
     let c2 = fleet_cpu(&dir);
+    let w2 = controller_writes(&dir, DIRECT_NS);
     let t = Instant::now();
     delete_direct(&clients, &MOSCOW, n).await;
     wait_members(&clients, DIRECT_NS, n, &[], &MOSCOW, none).await;
     let bound_delete = t.elapsed().as_secs_f64();
     let c3 = fleet_cpu(&dir);
+    let w3 = controller_writes(&dir, DIRECT_NS);
     println!(
         "scale: bound (plain client, {IN_FLIGHT} in flight): place {bound_place:.1} s, relocate {bound_relocate:.1} s, delete {bound_delete:.1} s"
     );
@@ -917,6 +990,13 @@ async fn main() {
             floor: floor_place,
             operator: op_place,
             limit: 1.1,
+            reference: [
+                (w1 - w0, reference_cpu(&c0, &c1)),
+                (
+                    s1.controller_writes - s0.controller_writes,
+                    reference_cpu(&s0.fleet_cpu, &s1.fleet_cpu),
+                ),
+            ],
         },
         Phase {
             name: "relocate",
@@ -924,6 +1004,13 @@ async fn main() {
             floor: floor_relocate,
             operator: op_relocate,
             limit: 1.3,
+            reference: [
+                (w2 - w1, reference_cpu(&c1, &c2)),
+                (
+                    s2.controller_writes - s1.controller_writes,
+                    reference_cpu(&s1.fleet_cpu, &s2.fleet_cpu),
+                ),
+            ],
         },
         Phase {
             name: "delete",
@@ -931,6 +1018,13 @@ async fn main() {
             floor: floor_delete,
             operator: op_delete,
             limit: 1.1,
+            reference: [
+                (w3 - w2, reference_cpu(&c2, &c3)),
+                (
+                    s3.controller_writes - s2.controller_writes,
+                    reference_cpu(&s2.fleet_cpu, &s3.fleet_cpu),
+                ),
+            ],
         },
     ];
     for p in &phases {
@@ -944,6 +1038,19 @@ async fn main() {
             if ratio <= p.limit { "" } else { " OVER" },
             p.bound + p.floor,
             p.operator / (p.bound + p.floor)
+        );
+        let [(wb, cb), (wo, co)] = p.reference;
+        println!(
+            "scale: {}: the members' controllers, schedulers and kwok wrote {wb} times for the bound and {wo} for the operator, in {cb:.1} and {co:.1} CPU-s: {}",
+            p.name,
+            match p.slower() {
+                Some(slower) => format!(
+                    "the same work, so the members' CPU ran {slower:.2} times as slow in the operator's run; at the bound's speed the ratio is {:.2} (target <= {})",
+                    ratio / slower,
+                    p.limit
+                ),
+                None => "not the same work (some of it comes after a phase ends and counts in the next): no speed to compare".into(),
+            }
         );
     }
     println!(

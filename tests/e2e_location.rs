@@ -451,8 +451,20 @@ async fn volumes_are_located_through_the_nodes_they_are_pinned_to() {
     )
     .await;
     located(&mgmt, "zrh-1", "False", "NodeOutsideAttestedRegions").await;
-    let rw = evidence_on_zrh1(&mgmt, ns, "fiji", "three volumes outside", |e| {
+    evidence_on_zrh1(&mgmt, ns, "fiji", "three volumes outside", |e| {
         e.outside.len() == 3
+    })
+    .await;
+    // not compliant; while zrh-1 is unverified, the placement's reason (no eligible cluster)
+    // comes first. The workload hears of its volumes' places (the member's watches) and of
+    // zrh-1's verification (the MemberCluster) apart: its status is final once both are in.
+    let workloads: Api<ResidentWorkload> = Api::namespaced(mgmt.clone(), ns);
+    let rw = eventually("fiji: Compliant=False (NoEligibleCluster)", T, || async {
+        let rw = workloads.get("fiji").await.map_err(|e| e.to_string())?;
+        match compliant(&rw) {
+            (s, r, _) if s == "False" && r == "NoEligibleCluster" => Ok(rw),
+            other => Err(format!("{other:?}")),
+        }
     })
     .await;
     let ev = rw.status.as_ref().unwrap().placements[0]
@@ -468,13 +480,6 @@ async fn volumes_are_located_through_the_nodes_they_are_pinned_to() {
         ]
     );
     assert!(ev.unverifiable.is_empty(), "{ev:?}");
-    // not compliant; while zrh-1 is unverified, the placement's reason (no eligible cluster)
-    // comes first
-    let (status, reason, _) = compliant(&rw);
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "NoEligibleCluster")
-    );
     // the volumes pinned to Zurich's nodes are still inside
     let tonga =
         evidence_on_zrh1(&mgmt, ns, "tonga", "still inside", |e| e.outside.is_empty()).await;

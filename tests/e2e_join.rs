@@ -328,6 +328,7 @@ async fn member_ready(mgmt: &Client, name: &str) -> Option<(String, String, Stri
 #[tokio::test]
 async fn a_member_whose_binding_is_removed_is_forbidden_and_untouched_and_rotation_fails_nothing() {
     let _serial = SERIAL.lock().await;
+    let _restore = common::rules::RestoreOnFailure;
     let env: Env = setup().await;
     let fleet = Fleet::from_env();
     let zrh1 = &env.members[0].1;

@@ -46,7 +46,8 @@ pub async fn setup() -> Env {
 }
 
 /// Puts the shared fleet back as the tests expect it when a test that changed it fails: a
-/// relabelled node, a stopped API server, a cordoned, deleted or added MemberCluster would
+/// relabelled node, a stopped API server, a member identity's removed binding, a cordoned,
+/// deleted or added MemberCluster would
 /// otherwise stay so and fail every test after it, in this binary and the next ones. A test
 /// that changes the fleet holds one for its whole run (`let _restore = RestoreOnFailure;` right
 /// after taking the write lock, so it is dropped before the lock). When the test passes it does
@@ -75,14 +76,16 @@ impl Drop for RestoreOnFailure {
     }
 }
 
-/// Every component running, every member's nodes in its region, the seed MemberClusters as
-/// declared and schedulable and no others; then waits until each is Ready and LocationVerified.
+/// Every component running, every member's nodes in its region, every member joined again (its
+/// identity's bindings and kubeconfig Secret), the seed MemberClusters as declared and
+/// schedulable and no others; then waits until each is Ready and LocationVerified.
 async fn restore_fleet() {
     if std::env::var_os("RESIDENCY_FLEET_DIR").is_some() {
         // starts what a test stopped; what runs stays as it is
         super::fleet_sh(&["up"]);
     }
     let fleet = Fleet::from_env();
+    operator::member_secrets(&fleet, &fleet.mgmt_client().await).await;
     for member in &fleet.members {
         let nodes: Api<Node> = Api::all(fleet.client(&member.context).await);
         let relabel = json!({"metadata": {"labels": {REGION: member.region}}});

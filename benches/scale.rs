@@ -137,25 +137,21 @@ fn audit_lines(dir: &str, cluster: &str, mut f: impl FnMut(&str)) {
 /// The same objects ask the same of them, whoever wrote the objects: with the same count in
 /// the bound's run and the operator's, their CPU seconds measure how fast the members' CPU ran.
 fn controller_writes(dir: &str, ns: &str) -> usize {
-    let in_ns = format!("\"namespace\":\"{ns}\"");
-    let mut n = 0;
-    for cluster in CLUSTERS.iter().filter(|c| **c != "mgmt") {
-        audit_lines(dir, cluster, |l| {
-            if l.contains(&in_ns)
-                && l.contains("\"stage\":\"ResponseComplete\"")
-                && ["kube-controller-manager/", "kube-scheduler/", "kwok/"]
-                    .iter()
-                    .any(|ua| l.contains(&format!("\"userAgent\":\"{ua}")))
-            {
-                n += 1;
-            }
-        });
-    }
-    n
+    CLUSTERS
+        .iter()
+        .filter(|c| **c != "mgmt")
+        .map(|c| audit(dir, c, ns).1)
+        .sum()
 }
 
-fn operator_writes(dir: &str, cluster: &str) -> Writes {
+/// One pass over `cluster`'s audit log: the operator's writes, and the writes of the cluster's
+/// controllers, schedulers and kwok in namespace `ns` (see [`controller_writes`]).
+fn audit(dir: &str, cluster: &str, ns: &str) -> (Writes, usize) {
+    let in_ns = format!("\"namespace\":\"{ns}\"");
+    let controllers = ["kube-controller-manager/", "kube-scheduler/", "kwok/"]
+        .map(|ua| format!("\"userAgent\":\"{ua}"));
     let mut out = Writes::default();
+    let mut by_controllers = 0;
     audit_lines(dir, cluster, |line| {
         if line.contains("\"userAgent\":\"residency-operator/") {
             let v: Value = serde_json::from_str(line).unwrap_or_default();
@@ -174,9 +170,14 @@ fn operator_writes(dir: &str, cluster: &str) -> Writes {
                     .entry(format!("{verb} {resource}{sub}"))
                     .or_default() += 1;
             }
+        } else if line.contains(&in_ns)
+            && line.contains("\"stage\":\"ResponseComplete\"")
+            && controllers.iter().any(|ua| line.contains(ua.as_str()))
+        {
+            by_controllers += 1;
         }
     });
-    out
+    (out, by_controllers)
 }
 
 /// The operator's counters at one moment.
@@ -188,7 +189,7 @@ struct Sample {
     reads: BTreeMap<String, f64>,
     cpu_seconds: f64,
     fleet_cpu: BTreeMap<String, f64>,
-    /// [`controller_writes`] in the operator's namespace.
+    /// [`controller_writes`] in the operator's namespace (the members', not mgmt's).
     controller_writes: usize,
 }
 
@@ -315,16 +316,21 @@ fn by_first_label(metrics: &str, name: &str) -> BTreeMap<String, f64> {
 
 async fn sample(dir: &str, op: &operator::Operator) -> Sample {
     let metrics = operator::http_get(op, "/metrics").await;
+    let audits: Vec<(String, (Writes, usize))> = CLUSTERS
+        .iter()
+        .map(|c| (c.to_string(), audit(dir, c, OPERATOR_NS)))
+        .collect();
     Sample {
         reads: by_first_label(&metrics, "residency_member_reads_total"),
-        writes: CLUSTERS
+        controller_writes: audits
             .iter()
-            .map(|c| (c.to_string(), operator_writes(dir, c)))
-            .collect(),
+            .filter(|(c, _)| c != "mgmt")
+            .map(|(_, (_, n))| n)
+            .sum(),
+        writes: audits.into_iter().map(|(c, (w, _))| (c, w)).collect(),
         reconciles: by_first_label(&metrics, "residency_reconciliations_total"),
         cpu_seconds: cpu_seconds(op.pid),
         fleet_cpu: fleet_cpu(dir),
-        controller_writes: controller_writes(dir, OPERATOR_NS),
     }
 }
 

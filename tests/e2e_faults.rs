@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::rules::*;
 use common::{AuditWrite, audit_mark, audit_writes_since, eventually};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Event, Node, Secret};
+use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use residency_operator::api::{MemberCluster, ResidentWorkload};
@@ -45,14 +45,6 @@ async fn operator_writes(mark: &Option<common::AuditMark>, ns: &str) -> Vec<Audi
         .filter(|w| w.user_agent.starts_with("residency-operator/"))
         .filter(|w| w.namespace == ns || (w.resource == "namespaces" && w.name == ns))
         .collect()
-}
-
-async fn set_region(member: &Client, node: &str, region: &str) {
-    let patch = json!({"metadata": {"labels": {"topology.kubernetes.io/region": region}}});
-    Api::<Node>::all(member.clone())
-        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap_or_else(|e| panic!("relabel {node}: {e}"));
 }
 
 async fn wait_verified(mgmt: &Client, cluster: &str, verified: bool) {

@@ -451,21 +451,24 @@ async fn volumes_are_located_through_the_nodes_they_are_pinned_to() {
     )
     .await;
     located(&mgmt, "zrh-1", "False", "NodeOutsideAttestedRegions").await;
-    evidence_on_zrh1(&mgmt, ns, "fiji", "three volumes outside", |e| {
-        e.outside.len() == 3
-    })
-    .await;
     // not compliant; while zrh-1 is unverified, the placement's reason (no eligible cluster)
     // comes first. The workload hears of its volumes' places (the member's watches) and of
     // zrh-1's verification (the MemberCluster) apart: its status is final once both are in.
-    let workloads: Api<ResidentWorkload> = Api::namespaced(mgmt.clone(), ns);
-    let rw = eventually("fiji: Compliant=False (NoEligibleCluster)", T, || async {
-        let rw = workloads.get("fiji").await.map_err(|e| e.to_string())?;
-        match compliant(&rw) {
-            (s, r, _) if s == "False" && r == "NoEligibleCluster" => Ok(rw),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    let rw = common::rules::wait_workload(
+        &mgmt,
+        ns,
+        "fiji",
+        "three volumes outside, Compliant=False (NoEligibleCluster)",
+        |rw| {
+            rw.status.as_ref().is_some_and(|s| {
+                s.placements.iter().any(|p| {
+                    p.cluster == "zrh-1"
+                        && p.evidence.as_ref().is_some_and(|e| e.outside.len() == 3)
+                })
+            }) && common::rules::condition(rw, "Compliant")
+                .is_some_and(|c| c.0 == "False" && c.1 == "NoEligibleCluster")
+        },
+    )
     .await;
     let ev = rw.status.as_ref().unwrap().placements[0]
         .evidence

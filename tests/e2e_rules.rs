@@ -11,7 +11,6 @@ use common::operator::{self, delete_and_wait};
 use common::rules::*;
 use common::{Fleet, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use residency_operator::api::{MemberCluster, ResidencyPolicy, ResidentWorkload};
@@ -103,21 +102,7 @@ async fn an_unverified_cluster_receives_nothing_new() {
     let ns = "rules-unverified";
     namespace(&env.mgmt, ns).await;
     let zrh2 = &env.members[1].1;
-    let nodes: Api<Node> = Api::all(zrh2.clone());
-    let relabel = |region: &'static str| {
-        let nodes = nodes.clone();
-        async move {
-            let patch = json!({"metadata": {"labels": {"topology.kubernetes.io/region": region}}});
-            nodes
-                .patch(
-                    "zrh-2-node-b",
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-                .unwrap();
-        }
-    };
+    let relabel = |region: &'static str| set_region(zrh2, "zrh-2-node-b", region);
     relabel("us-east-1").await;
     let clusters: Api<MemberCluster> = Api::all(env.mgmt.clone());
     eventually("zrh-2 unverified", T, || async {
@@ -731,18 +716,10 @@ async fn a_pod_on_a_node_outside_the_attested_region_is_flagged() {
     assert_eq!(ev.node_regions, ["eu-central-2"]);
 
     // the nodes of zrh-1 now say they are in another region
-    let nodes: Api<Node> = Api::all(env.members[0].1.clone());
-    let relabel = |region: &'static str| {
-        let nodes = nodes.clone();
-        async move {
-            for n in ["zrh-1-node-a", "zrh-1-node-b"] {
-                let patch =
-                    json!({"metadata": {"labels": {"topology.kubernetes.io/region": region}}});
-                nodes
-                    .patch(n, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .unwrap();
-            }
+    let zrh1 = &env.members[0].1;
+    let relabel = |region: &'static str| async move {
+        for n in ["zrh-1-node-a", "zrh-1-node-b"] {
+            set_region(zrh1, n, region).await;
         }
     };
     relabel("us-east-1").await;

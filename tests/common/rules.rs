@@ -45,13 +45,22 @@ pub async fn setup() -> Env {
     Env { mgmt, members }
 }
 
+/// Sets a node's `topology.kubernetes.io/region` label.
+pub async fn set_region(member: &Client, node: &str, region: &str) {
+    let patch = json!({"metadata": {"labels": {REGION: region}}});
+    Api::<Node>::all(member.clone())
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("relabel {node}: {e}"));
+}
+
 /// Puts the shared fleet back as the tests expect it when a test that changed it fails: a
 /// relabelled node, a stopped API server, a member identity's removed binding, a cordoned,
-/// deleted or added MemberCluster would
-/// otherwise stay so and fail every test after it, in this binary and the next ones. A test
-/// that changes the fleet holds one for its whole run (`let _restore = RestoreOnFailure;` right
-/// after taking the write lock, so it is dropped before the lock). When the test passes it does
-/// nothing: the test restores what it changed itself and checks what follows.
+/// deleted or added MemberCluster would otherwise stay so and fail every test after it, in
+/// this binary and the next ones. A test that changes the fleet holds one for its whole run
+/// (`let _restore = RestoreOnFailure;` right after taking its lock, so it is dropped before the
+/// lock). When the test passes it does nothing: the test restores what it changed itself and
+/// checks what follows.
 pub struct RestoreOnFailure;
 
 impl Drop for RestoreOnFailure {
@@ -85,24 +94,17 @@ async fn restore_fleet() {
         super::fleet_sh(&["up"]);
     }
     let fleet = Fleet::from_env();
-    operator::member_secrets(&fleet, &fleet.mgmt_client().await).await;
+    let mgmt = fleet.mgmt_client().await;
+    operator::member_secrets(&fleet, &mgmt).await;
     for member in &fleet.members {
-        let nodes: Api<Node> = Api::all(fleet.client(&member.context).await);
-        let relabel = json!({"metadata": {"labels": {REGION: member.region}}});
+        let client = fleet.client(&member.context).await;
+        let nodes: Api<Node> = Api::all(client.clone());
         for node in nodes.list(&ListParams::default()).await.expect("nodes") {
             if node.labels().get(REGION) != Some(&member.region) {
-                nodes
-                    .patch(
-                        &node.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(&relabel),
-                    )
-                    .await
-                    .expect("relabel a node");
+                set_region(&client, &node.name_any(), &member.region).await;
             }
         }
     }
-    let mgmt = fleet.mgmt_client().await;
     let clusters: Api<MemberCluster> = Api::all(mgmt.clone());
     for mc in clusters
         .list(&ListParams::default())

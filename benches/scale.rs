@@ -4,8 +4,8 @@
 //!
 //! Every workload is a ConfigMap and a Deployment of one replica. Three phases are timed twice:
 //!
-//! - the bound: the same objects written straight to the members with a plain client, 64
-//!   requests in flight: placed on zrh-1 and zrh-2 until every Deployment is Available;
+//! - the bound: the same objects created straight on the members with a plain client (one
+//!   create each, as the operator makes a new object), 64 requests in flight: placed on zrh-1 and zrh-2 until every Deployment is Available;
 //!   relocated (created on msk-1 until Available, then deleted from zrh-1 and zrh-2 until
 //!   nothing is left, ReplicaSets and Pods included); deleted from msk-1 until nothing is left;
 //! - the operator: the same phases driven through ResidentWorkloads (applied 64 in flight) and
@@ -470,15 +470,21 @@ async fn apply_direct(clients: &BTreeMap<String, Client>, on: &[&str], n: usize)
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let pp = PatchParams::apply(MANAGER).force();
+        // a create, as the operator makes an object its watches do not show
+        let pp = PostParams {
+            dry_run: false,
+            field_manager: Some(MANAGER.to_string()),
+        };
         let r = if kind == "ConfigMap" {
+            let cm: ConfigMap = serde_json::from_value(body).map_err(|e| e.to_string())?;
             Api::<ConfigMap>::namespaced(client, DIRECT_NS)
-                .patch(&name, &pp, &Patch::Apply(&body))
+                .create(&pp, &cm)
                 .await
                 .map(|_| ())
         } else {
+            let d: Deployment = serde_json::from_value(body).map_err(|e| e.to_string())?;
             Api::<Deployment>::namespaced(client, DIRECT_NS)
-                .patch(&name, &pp, &Patch::Apply(&body))
+                .create(&pp, &d)
                 .await
                 .map(|_| ())
         };

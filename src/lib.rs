@@ -18,6 +18,7 @@ pub mod join;
 pub mod kinds;
 pub mod leader;
 pub mod location;
+pub mod managed_fields;
 pub mod metrics;
 pub mod mover;
 pub mod placement;

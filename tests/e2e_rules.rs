@@ -480,7 +480,9 @@ current-context: c
 }
 
 #[tokio::test]
-async fn a_manifest_dropped_from_the_spec_is_removed_from_the_members() {
+async fn a_field_or_manifest_dropped_from_the_spec_is_removed_from_the_members() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::ConfigMap;
     let _lock = CLUSTER_LOCK.read().await;
     let env = setup().await;
     let ns = "rules-prune";
@@ -494,7 +496,74 @@ async fn a_manifest_dropped_from_the_spec_is_removed_from_the_members() {
     )
     .await;
     let mut body = processing(ns, "marshall", &["MH"]);
+    body["spec"]["manifests"][0]["data"]["gone-later"] = json!("x");
+    body["spec"]["manifests"][1]["spec"]["revisionHistoryLimit"] = json!(3);
     apply_workload(&env.mgmt, &body).await.unwrap();
+    wait_workload(&env.mgmt, ns, "marshall", "Ready on zrh-1, zrh-2", |rw| {
+        ready_on(rw, &["zrh-1", "zrh-2"])
+    })
+    .await;
+    let operations = |fields: Option<
+        Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry>,
+    >| {
+        fields
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.manager.as_deref() == Some("residency-operator"))
+            .filter_map(|e| e.operation)
+            .collect::<Vec<_>>()
+    };
+    // the objects were created (a create never writes into an existing object); a field
+    // dropped later is still removed, as an apply removes it
+    for (name, c) in env.members.iter().filter(|(n, _)| n.starts_with("zrh")) {
+        let cm = Api::<ConfigMap>::namespaced(c.clone(), ns)
+            .get("marshall-config")
+            .await
+            .unwrap();
+        assert_eq!(operations(cm.metadata.managed_fields), ["Update"], "{name}");
+    }
+    body["spec"]["manifests"][0]["data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("gone-later");
+    body["spec"]["manifests"][1]["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("revisionHistoryLimit");
+    apply_workload(&env.mgmt, &body).await.unwrap();
+    for (name, c) in env.members.iter().filter(|(n, _)| n.starts_with("zrh")) {
+        let cms = Api::<ConfigMap>::namespaced(c.clone(), ns);
+        let deployments = Api::<Deployment>::namespaced(c.clone(), ns);
+        eventually("the dropped fields are removed", T, || async {
+            let cm = cms
+                .get("marshall-config")
+                .await
+                .map_err(|e| e.to_string())?;
+            let d = deployments
+                .get("marshall")
+                .await
+                .map_err(|e| e.to_string())?;
+            let data = cm.data.clone().unwrap_or_default();
+            let history = d.spec.as_ref().and_then(|s| s.revision_history_limit);
+            // 10: the member's default, once the operator no longer sets it
+            if data.contains_key("gone-later") || history != Some(10) {
+                return Err(format!(
+                    "{name}: data {data:?}, revisionHistoryLimit {history:?}"
+                ));
+            }
+            Ok(())
+        })
+        .await;
+        let cm = cms.get("marshall-config").await.unwrap();
+        assert_eq!(
+            cm.data.unwrap().get("k").map(String::as_str),
+            Some("v"),
+            "{name}"
+        );
+        assert_eq!(operations(cm.metadata.managed_fields), ["Apply"], "{name}");
+        let d = deployments.get("marshall").await.unwrap();
+        assert_eq!(operations(d.metadata.managed_fields), ["Apply"], "{name}");
+    }
     wait_workload(&env.mgmt, ns, "marshall", "Ready on zrh-1, zrh-2", |rw| {
         ready_on(rw, &["zrh-1", "zrh-2"])
     })

@@ -198,6 +198,8 @@ enum Read {
     Unchanged(readiness::Readiness),
     /// It was read (`None`: it does not exist).
     Live(Option<Box<DynamicObject>>),
+    /// The watches do not show it: it is created, which reads it when one exists after all.
+    Unseen,
 }
 
 /// One object read (and applied when needed).
@@ -689,18 +691,18 @@ impl Member<'_> {
                 (obj.kind.clone(), obj.namespace.clone(), obj.name.clone());
             let mut r = match read {
                 Read::Unchanged(r) => r,
-                Read::Live(live) => {
-                    let checked = self
-                        .check(
-                            obj,
-                            &api,
-                            live.map(|l| *l),
-                            workload,
-                            placed_before,
-                            ignore,
-                            adopt,
-                        )
-                        .await?;
+                read => {
+                    let checked = match read {
+                        Read::Live(live) => {
+                            let live = live.map(|l| *l);
+                            self.check(obj, &api, live, workload, placed_before, ignore, adopt)
+                                .await?
+                        }
+                        _ => {
+                            self.create(obj, &api, workload, placed_before, ignore, adopt)
+                                .await?
+                        }
+                    };
                     let (print, generation, drift, readiness) = match checked {
                         Checked::Placed {
                             print,
@@ -794,22 +796,114 @@ impl Member<'_> {
         if let Some(r) = self.unchanged(&key, obj) {
             return Ok(Read::Unchanged(r));
         }
-        let get = async {
-            self.metrics.read(self.name, "place");
-            api.get_opt(&obj.name)
-                .await
-                .map_err(self.err(format!("get {} {}", obj.kind, obj.name)))
-        };
         let unseen = self
             .watched
             .as_ref()
             .is_some_and(|w| w.labelled.print_of(self.name, &key).is_none());
-        let live = if unseen {
-            futures::future::join(get, self.pods_refused(obj)).await.0?
-        } else {
-            get.await?
+        if unseen {
+            // a new object is never ready at once: the member's answer is wanted soon
+            self.pods_refused(obj).await;
+            return Ok(Read::Unseen);
+        }
+        Ok(Read::Live(self.get(obj, api).await?.map(Box::new)))
+    }
+
+    async fn get(
+        &self,
+        obj: &DesiredObject,
+        api: &Api<DynamicObject>,
+    ) -> Result<Option<DynamicObject>, MemberError> {
+        self.metrics.read(self.name, "place");
+        api.get_opt(&obj.name)
+            .await
+            .map_err(self.err(format!("get {} {}", obj.kind, obj.name)))
+    }
+
+    /// Creates `obj`, which the watches do not show on the member. A create fails when an
+    /// object of that name exists, so it never writes into one (an apply would merge into it,
+    /// between a read and the write). When it fails - the object exists after all, the
+    /// watches had not shown it yet, or the member refused it - the object is read: an existing
+    /// one is checked as any other, else the create's error stands.
+    #[allow(clippy::too_many_arguments)]
+    async fn create(
+        &self,
+        obj: &DesiredObject,
+        api: &Api<DynamicObject>,
+        workload: &str,
+        placed_before: &[(String, String)],
+        ignore: &(dyn Fn(&str, &str) -> Vec<String> + Sync),
+        adopt: bool,
+    ) -> Result<Checked, MemberError> {
+        let body: DynamicObject = serde_json::from_value(obj.object.clone()).map_err(|e| {
+            self.err(format!("create {} {}", obj.kind, obj.name))(kube::Error::SerdeError(e))
+        })?;
+        let pp = kube::api::PostParams {
+            dry_run: false,
+            field_manager: Some(FIELD_MANAGER.into()),
         };
-        Ok(Read::Live(live.map(Box::new)))
+        let created = self
+            .send(
+                format!("create {} {}", obj.kind, obj.name),
+                "create",
+                api.create(&pp, &body),
+            )
+            .await;
+        match created {
+            Ok(live) => Ok(Self::placed(obj, &live, self.absent(obj, placed_before))),
+            Err(
+                e @ MemberError {
+                    source: Cause::Api(kube::Error::Api(_)),
+                    ..
+                },
+            ) => {
+                let exists = matches!(&e.source, Cause::Api(kube::Error::Api(s)) if s.code == 409);
+                match self.get(obj, api).await? {
+                    Some(live) => {
+                        let checked = self.check(
+                            obj,
+                            api,
+                            Some(live),
+                            workload,
+                            placed_before,
+                            ignore,
+                            adopt,
+                        );
+                        checked.await
+                    }
+                    // made and deleted meanwhile: applied as a missing object
+                    None if exists => {
+                        self.check(obj, api, None, workload, placed_before, ignore, adopt)
+                            .await
+                    }
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The drift of a missing object: one recorded here was deleted out of band.
+    fn absent(&self, obj: &DesiredObject, placed_before: &[(String, String)]) -> Vec<FieldDrift> {
+        if placed_before.contains(&(obj.kind.clone(), obj.name.clone())) {
+            vec![FieldDrift {
+                path: drift::OBJECT.into(),
+                desired: "present".into(),
+                live: "<absent>".into(),
+            }]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// What is known of `obj` once `live` is as desired.
+    fn placed(obj: &DesiredObject, live: &DynamicObject, drift: Vec<FieldDrift>) -> Checked {
+        let value = serde_json::to_value(live).unwrap_or_default();
+        Checked::Placed {
+            print: super::labelled::fingerprint(&live.metadata),
+            generation: live.metadata.generation.is_some(),
+            drift,
+            readiness: readiness::evaluate(&obj.api_version, &obj.kind, &value),
+        }
     }
 
     /// Applies one object (read as `live`) when it is missing, out of date or drifted (unless
@@ -840,13 +934,7 @@ impl Member<'_> {
             .as_ref()
             .is_some_and(|l| l.labels().contains_key(labels::RETAINED));
         let drift = match &live {
-            None if placed_before.contains(&(obj.kind.clone(), obj.name.clone())) => {
-                vec![FieldDrift {
-                    path: drift::OBJECT.into(),
-                    desired: "present".into(),
-                    live: "<absent>".into(),
-                }]
-            }
+            None => self.absent(obj, placed_before),
             Some(l) if live_hash.as_deref() == Some(obj.hash.as_str()) && !retained => {
                 let value = serde_json::to_value(l).unwrap_or_default();
                 drift::compare(&obj.object, &value, &ignore(&obj.kind, &obj.name))
@@ -858,6 +946,9 @@ impl Member<'_> {
         let live = match live {
             Some(l) if up_to_date && drift.is_empty() => l,
             _ => {
+                if let Some(l) = &live {
+                    self.upgrade(api, l, what).await?;
+                }
                 if retained {
                     // a retained volume is back in use here: it is no longer a leftover
                     let unlabel = json!({"metadata": {"labels": {labels::RETAINED: null}}});
@@ -876,14 +967,38 @@ impl Member<'_> {
                 .await?
             }
         };
-        let value = serde_json::to_value(&live).unwrap_or_default();
-        let readiness = readiness::evaluate(&obj.api_version, &obj.kind, &value);
-        Ok(Checked::Placed {
-            print: super::labelled::fingerprint(&live.metadata),
-            generation: live.metadata.generation.is_some(),
-            drift,
-            readiness,
-        })
+        Ok(Self::placed(obj, &live, drift))
+    }
+
+    /// Before the first apply to an object the operator created: its fields become those of its
+    /// applies ([`crate::managed_fields`]), so that a field the desired state drops is removed.
+    /// The write carries the object's `resourceVersion`: it fails if the object changed since
+    /// it was read.
+    async fn upgrade(
+        &self,
+        api: &Api<DynamicObject>,
+        live: &DynamicObject,
+        what: &str,
+    ) -> Result<(), MemberError> {
+        let entries = live.metadata.managed_fields.as_deref().unwrap_or_default();
+        let Some(upgraded) = crate::managed_fields::upgraded(entries, FIELD_MANAGER) else {
+            return Ok(());
+        };
+        let patch = json!({"metadata": {
+            "resourceVersion": live.metadata.resource_version,
+            "managedFields": upgraded,
+        }});
+        self.send(
+            format!("take the fields of {what} over for its applies"),
+            "upgrade",
+            api.patch(
+                &live.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            ),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Why the member refuses the Pods of `obj`'s pod template (Pod Security, admission

@@ -1,11 +1,11 @@
 //! Pure: which fields of a placed object the operator owns. A new object is made with a create,
 //! which fails when an object of that name exists, so it never merges into someone else's (an
-//! apply would); every later change is a server-side apply. A create records the operator's
-//! fields as an `Update` entry, which its applies do not own: a field the desired state later
-//! drops would stay. Before the first apply to such an object, [`upgraded`] turns that entry into
-//! the operator's `Apply` entry, as client-go's `csaupgrade` does after client-side apply. The
-//! entry also holds the fields the member defaulted; the next apply drops them and the member
-//! defaults them again, to the same values.
+//! apply would); every later change is a server-side apply. A create records its fields as an
+//! `Update` entry (of [`crate::api::CREATE_MANAGER`]), which the applies do not own: a field the
+//! desired state later drops would stay. Before the first apply to such an object, [`upgraded`]
+//! folds that entry into the applies' `Apply` entry, as client-go's `csaupgrade` does after
+//! client-side apply. The entry also holds the fields the member defaulted; the next apply drops
+//! them and the member defaults them again, to the same values.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 use serde_json::Value;
@@ -13,19 +13,23 @@ use serde_json::Value;
 const UPDATE: &str = "Update";
 const APPLY: &str = "Apply";
 
-/// The managed fields with `manager`'s `Update` entry of the object's main resource folded into
-/// its `Apply` entry (made from it when there is none), or `None` when there is no such entry
-/// (nothing to do).
-pub fn upgraded(entries: &[ManagedFieldsEntry], manager: &str) -> Option<Vec<ManagedFieldsEntry>> {
-    let of = |e: &ManagedFieldsEntry, operation: &str| {
+/// The managed fields with the `Update` entry of `created_by` (of the object's main resource)
+/// folded into the `Apply` entry of `applied_by` (made from it when there is none), or `None`
+/// when there is no such entry (nothing to do).
+pub fn upgraded(
+    entries: &[ManagedFieldsEntry],
+    created_by: &str,
+    applied_by: &str,
+) -> Option<Vec<ManagedFieldsEntry>> {
+    let of = |e: &ManagedFieldsEntry, manager: &str, operation: &str| {
         e.manager.as_deref() == Some(manager)
             && e.operation.as_deref() == Some(operation)
             && e.subresource.as_deref().unwrap_or_default().is_empty()
     };
-    let at = entries.iter().position(|e| of(e, UPDATE))?;
+    let at = entries.iter().position(|e| of(e, created_by, UPDATE))?;
     let mut out = entries.to_vec();
     let mut update = out.remove(at);
-    match out.iter_mut().find(|e| of(e, APPLY)) {
+    match out.iter_mut().find(|e| of(e, applied_by, APPLY)) {
         Some(apply) => {
             let mut fields = apply
                 .fields_v1
@@ -39,6 +43,7 @@ pub fn upgraded(entries: &[ManagedFieldsEntry], manager: &str) -> Option<Vec<Man
             apply.fields_type = Some("FieldsV1".into());
         }
         None => {
+            update.manager = Some(applied_by.into());
             update.operation = Some(APPLY.into());
             out.insert(at, update);
         }
@@ -83,34 +88,33 @@ mod tests {
     fn a_created_objects_entry_becomes_the_apply_entry() {
         let fields = json!({"f:data": {"f:a": {}}, "f:metadata": {"f:labels": {"f:x": {}}}});
         let entries = [
-            entry("residency-operator", "Update", fields.clone()),
+            entry("op-create", "Update", fields.clone()),
             entry("kubectl-edit", "Update", json!({"f:data": {"f:b": {}}})),
+            entry("op", "Update", json!({"f:spec": {"f:replicas": {}}})),
         ];
-        let out = upgraded(&entries, "residency-operator").unwrap();
-        assert_eq!(out.len(), 2);
+        let out = upgraded(&entries, "op-create", "op").unwrap();
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].manager.as_deref(), Some("op"));
         assert_eq!(out[0].operation.as_deref(), Some("Apply"));
         assert_eq!(out[0].fields_v1, Some(FieldsV1(fields)));
         assert_eq!(
-            out[1], entries[1],
-            "another manager's entry is kept as it was"
+            out[1..],
+            entries[1..],
+            "the other entries (the operator's own updates too) are kept as they were"
         );
     }
 
     #[test]
     fn an_existing_apply_entry_takes_the_union() {
         let entries = [
+            entry("op", "Apply", json!({"f:data": {"f:a": {}}})),
             entry(
-                "residency-operator",
-                "Apply",
-                json!({"f:data": {"f:a": {}}}),
-            ),
-            entry(
-                "residency-operator",
+                "op-create",
                 "Update",
                 json!({"f:data": {"f:b": {}}, "f:spec": {".": {}}}),
             ),
         ];
-        let out = upgraded(&entries, "residency-operator").unwrap();
+        let out = upgraded(&entries, "op-create", "op").unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].operation.as_deref(), Some("Apply"));
         assert_eq!(
@@ -124,13 +128,14 @@ mod tests {
     #[test]
     fn nothing_to_do_without_the_operators_update_entry() {
         let entries = [
-            entry("residency-operator", "Apply", json!({"f:data": {}})),
+            entry("op", "Apply", json!({"f:data": {}})),
+            entry("op", "Update", json!({"f:spec": {"f:replicas": {}}})),
             entry("someone", "Update", json!({"f:data": {}})),
         ];
-        assert_eq!(upgraded(&entries, "residency-operator"), None);
-        let mut status = entry("residency-operator", "Update", json!({"f:status": {}}));
+        assert_eq!(upgraded(&entries, "op-create", "op"), None);
+        let mut status = entry("op-create", "Update", json!({"f:status": {}}));
         status.subresource = Some("status".into());
-        assert_eq!(upgraded(&[status], "residency-operator"), None);
-        assert_eq!(upgraded(&[], "residency-operator"), None);
+        assert_eq!(upgraded(&[status], "op-create", "op"), None);
+        assert_eq!(upgraded(&[], "op-create", "op"), None);
     }
 }

@@ -509,8 +509,9 @@ async fn a_field_or_manifest_dropped_from_the_spec_is_removed_from_the_members()
         fields
             .unwrap_or_default()
             .into_iter()
-            .filter(|e| e.manager.as_deref() == Some("residency-operator"))
-            .filter_map(|e| e.operation)
+            .filter(|e| e.subresource.is_none())
+            .filter_map(|e| Some(format!("{} {}", e.manager?, e.operation?)))
+            .filter(|e| e.starts_with("residency-operator"))
             .collect::<Vec<_>>()
     };
     // the objects were created (a create never writes into an existing object); a field
@@ -520,7 +521,11 @@ async fn a_field_or_manifest_dropped_from_the_spec_is_removed_from_the_members()
             .get("marshall-config")
             .await
             .unwrap();
-        assert_eq!(operations(cm.metadata.managed_fields), ["Update"], "{name}");
+        assert_eq!(
+            operations(cm.metadata.managed_fields),
+            ["residency-operator-create Update"],
+            "{name}"
+        );
     }
     body["spec"]["manifests"][0]["data"]
         .as_object_mut()
@@ -560,9 +565,17 @@ async fn a_field_or_manifest_dropped_from_the_spec_is_removed_from_the_members()
             Some("v"),
             "{name}"
         );
-        assert_eq!(operations(cm.metadata.managed_fields), ["Apply"], "{name}");
+        assert_eq!(
+            operations(cm.metadata.managed_fields),
+            ["residency-operator Apply"],
+            "{name}"
+        );
         let d = deployments.get("marshall").await.unwrap();
-        assert_eq!(operations(d.metadata.managed_fields), ["Apply"], "{name}");
+        assert_eq!(
+            operations(d.metadata.managed_fields),
+            ["residency-operator Apply"],
+            "{name}"
+        );
     }
     wait_workload(&env.mgmt, ns, "marshall", "Ready on zrh-1, zrh-2", |rw| {
         ready_on(rw, &["zrh-1", "zrh-2"])

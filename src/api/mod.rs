@@ -23,6 +23,10 @@ use kube::CustomResourceExt;
 pub const GROUP: &str = "residency.io";
 /// Field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "residency-operator";
+/// Field manager of the creates of placed objects, until their first apply takes their fields
+/// over ([`crate::managed_fields`]). Not [`FIELD_MANAGER`]: the operator's other writes (a
+/// data move's fence, a retained label) are recorded under that name too, and stay theirs.
+pub const CREATE_MANAGER: &str = "residency-operator-create";
 /// Finalizer on ResidentWorkloads.
 pub const FINALIZER: &str = "residency.io/cleanup";
 

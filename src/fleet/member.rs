@@ -839,7 +839,7 @@ impl Member<'_> {
         })?;
         let pp = kube::api::PostParams {
             dry_run: false,
-            field_manager: Some(FIELD_MANAGER.into()),
+            field_manager: Some(crate::api::CREATE_MANAGER.into()),
         };
         let created = self
             .send(
@@ -981,7 +981,9 @@ impl Member<'_> {
         what: &str,
     ) -> Result<(), MemberError> {
         let entries = live.metadata.managed_fields.as_deref().unwrap_or_default();
-        let Some(upgraded) = crate::managed_fields::upgraded(entries, FIELD_MANAGER) else {
+        let Some(upgraded) =
+            crate::managed_fields::upgraded(entries, crate::api::CREATE_MANAGER, FIELD_MANAGER)
+        else {
             return Ok(());
         };
         let patch = json!({"metadata": {

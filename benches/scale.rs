@@ -2,16 +2,21 @@
 //! against a bound measured in the same run (needs the fleet: tests/testenv/fleet.sh up, then
 //! eval "$(tests/testenv/fleet.sh env)"; run with `cargo bench --bench scale`).
 //!
-//! Every workload is a ConfigMap and a Deployment of one replica. Three phases are timed twice:
+//! Every workload is a ConfigMap and a Deployment of one replica. Three phases are timed three
+//! times, the bound before and after the operator:
 //!
 //! - the bound: the same objects created straight on the members with a plain client (one
-//!   create each, as the operator makes a new object), 64 requests in flight: placed on zrh-1 and zrh-2 until every Deployment is Available;
-//!   relocated (created on msk-1 until Available, then deleted from zrh-1 and zrh-2 until
-//!   nothing is left, ReplicaSets and Pods included); deleted from msk-1 until nothing is left;
+//!   create each, as the operator makes a new object), 64 requests in flight: placed on zrh-1
+//!   and zrh-2 until every Deployment is Available; relocated (created on msk-1 until
+//!   Available, then deleted from zrh-1 and zrh-2 until nothing is left, ReplicaSets and Pods
+//!   included); deleted from msk-1 until nothing is left;
 //! - the operator: the same phases driven through ResidentWorkloads (applied 64 in flight) and
 //!   one policy edit (CH/zurich -> RU/moscow), done when the members show the same state *and*
 //!   every workload's status reports it. The operator probes members every 10 s (its default)
-//!   and may relocate all workloads at once (`--max-relocations`, like the bound).
+//!   and may relocate all workloads at once (`--max-relocations`, like the bound);
+//! - the bound again, once the operator has stopped. Each phase's ratio is to the mean of the
+//!   bound's two runs: a run leaves the members bigger (its Events, etcd's history) and the
+//!   next one slower, so a bound run only before the operator's would favour the bound.
 //!
 //! Between the two, the management cluster's least work is timed with a plain client and no
 //! operator running (the management floor: the writes any operator of this design needs there,
@@ -26,7 +31,7 @@
 //! ran meanwhile. The members' controllers, schedulers and kwok do the same work in both runs
 //! (the same objects ask for the same ReplicaSets, Pods, bindings and status updates; their
 //! writes are counted from the members' audit logs and must agree within 5%), on the same CPUs
-//! as the members' API servers: their CPU seconds in the operator's run against the bound's say
+//! as the members' API servers: their CPU seconds in the operator's run against the bound's (the mean of its two) say
 //! how much slower the members' CPU ran, and each phase's ratio is printed at the bound's speed
 //! too.
 //!
@@ -624,6 +629,84 @@ async fn wait_members<F, Fut>(
     }
 }
 
+/// The bound's three phases, timed: their seconds and, for each, the members' controllers',
+/// schedulers' and kwok's writes and CPU seconds (see [`controller_writes`]).
+struct BoundRun {
+    secs: [f64; 3],
+    reference: [(usize, f64); 3],
+}
+
+/// Runs the bound's phases once in [`DIRECT_NS`] (`when`: which run, for the printed lines).
+async fn bound_run(
+    clients: &BTreeMap<String, Client>,
+    dir: &str,
+    n: usize,
+    when: &str,
+) -> BoundRun {
+    let none = || async { Ok(()) };
+    let w0 = controller_writes(dir, DIRECT_NS);
+    let c0 = fleet_cpu(dir);
+    let t = Instant::now();
+    apply_direct(clients, &ZURICH, n).await;
+    wait_members(clients, DIRECT_NS, n, &ZURICH, &[], none).await;
+    let place = t.elapsed().as_secs_f64();
+    let c1 = fleet_cpu(dir);
+    let w1 = controller_writes(dir, DIRECT_NS);
+    let t = Instant::now();
+    apply_direct(clients, &MOSCOW, n).await;
+    wait_members(clients, DIRECT_NS, n, &MOSCOW, &[], none).await;
+    delete_direct(clients, &ZURICH, n).await;
+    wait_members(clients, DIRECT_NS, n, &MOSCOW, &ZURICH, none).await;
+    let relocate = t.elapsed().as_secs_f64();
+    let c2 = fleet_cpu(dir);
+    let w2 = controller_writes(dir, DIRECT_NS);
+    let t = Instant::now();
+    delete_direct(clients, &MOSCOW, n).await;
+    wait_members(clients, DIRECT_NS, n, &[], &MOSCOW, none).await;
+    let delete = t.elapsed().as_secs_f64();
+    let c3 = fleet_cpu(dir);
+    let w3 = controller_writes(dir, DIRECT_NS);
+    println!(
+        "scale: bound {when} (plain client, {IN_FLIGHT} in flight): place {place:.1} s, relocate {relocate:.1} s, delete {delete:.1} s"
+    );
+    for (phase, (a, b)) in
+        ["place", "relocate", "delete"]
+            .iter()
+            .zip([(&c0, &c1), (&c1, &c2), (&c2, &c3)])
+    {
+        println!(
+            "scale: bound {when}: {phase}: fleet CPU {}",
+            fleet_cpu_line(a, b)
+        );
+    }
+    BoundRun {
+        secs: [place, relocate, delete],
+        reference: [
+            (w1 - w0, reference_cpu(&c0, &c1)),
+            (w2 - w1, reference_cpu(&c1, &c2)),
+            (w3 - w2, reference_cpu(&c2, &c3)),
+        ],
+    }
+}
+
+/// Stops the operator (SIGTERM) and waits until it has exited.
+async fn stop(op: &operator::Operator) {
+    let _ = std::process::Command::new("kill")
+        .arg(op.pid.to_string())
+        .status();
+    common::eventually("the operator to exit", Duration::from_secs(60), || async {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", op.pid)).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.trim_start().chars().next());
+        match state {
+            None | Some(Some('Z')) => Ok(()),
+            _ => Err("still running".to_string()),
+        }
+    })
+    .await;
+}
+
 async fn policy(api: &Api<ResidencyPolicy>, country: &str, region: &str) {
     let body = json!({"apiVersion": "residency.io/v1alpha1", "kind": "ResidencyPolicy",
         "metadata": {"name": "bench-scale"},
@@ -759,16 +842,23 @@ fn pin_to_management_cpus() -> Option<String> {
 
 struct Phase {
     name: &'static str,
-    bound: f64,
+    /// The bound's seconds before the operator's run and after it.
+    bounds: [f64; 2],
     floor: f64,
     operator: f64,
     limit: f64,
-    /// The members' controllers, schedulers and kwok in the bound's run and the operator's:
-    /// their writes and CPU seconds.
+    /// The members' controllers, schedulers and kwok in the bound's runs (their mean) and the
+    /// operator's: their writes and CPU seconds.
     reference: [(usize, f64); 2],
 }
 
 impl Phase {
+    /// The bound: the mean of its run before the operator's and after it (a linear drift of the
+    /// machine's or the fleet's speed over the benchmark cancels out).
+    fn bound(&self) -> f64 {
+        (self.bounds[0] + self.bounds[1]) / 2.0
+    }
+
     /// How many times slower the members' CPU ran in the operator's run than in the bound's,
     /// from the work that was the same in both: `None` when it was not (writes more than 5%
     /// apart: some of it happens after a phase ends, and counts in the next).
@@ -808,48 +898,12 @@ async fn main() {
         }
     );
 
-    // the bound: a plain client, IN_FLIGHT requests at a time
+    // the bound: a plain client, IN_FLIGHT requests at a time; run again once the operator is
+    // gone (the fleet a run leaves behind, its Events and etcd history, slows the next one)
     for c in clients.values() {
         ensure_namespace(c, DIRECT_NS).await;
     }
-    let none = || async { Ok(()) };
-    let w0 = controller_writes(&dir, DIRECT_NS);
-    let c0 = fleet_cpu(&dir);
-    let t = Instant::now();
-    apply_direct(&clients, &ZURICH, n).await;
-    wait_members(&clients, DIRECT_NS, n, &ZURICH, &[], none).await;
-    let bound_place = t.elapsed().as_secs_f64();
-    let c1 = fleet_cpu(&dir);
-    let w1 = controller_writes(&dir, DIRECT_NS);
-    let t = Instant::now();
-    apply_direct(&clients, &MOSCOW, n).await;
-    wait_members(&clients, DIRECT_NS, n, &MOSCOW, &[], none).await;
-    delete_direct(&clients, &ZURICH, n).await;
-    wait_members(&clients, DIRECT_NS, n, &MOSCOW, &ZURICH, none).await;
-    let bound_relocate = t.elapsed().as_secs_f64();
-    let c2 = fleet_cpu(&dir);
-    let w2 = controller_writes(&dir, DIRECT_NS);
-    let t = Instant::now();
-    delete_direct(&clients, &MOSCOW, n).await;
-    wait_members(&clients, DIRECT_NS, n, &[], &MOSCOW, none).await;
-    let bound_delete = t.elapsed().as_secs_f64();
-    let c3 = fleet_cpu(&dir);
-    let w3 = controller_writes(&dir, DIRECT_NS);
-    println!(
-        "scale: bound (plain client, {IN_FLIGHT} in flight): place {bound_place:.1} s, relocate {bound_relocate:.1} s, delete {bound_delete:.1} s"
-    );
-    println!(
-        "scale: bound: place: fleet CPU {}",
-        fleet_cpu_line(&c0, &c1)
-    );
-    println!(
-        "scale: bound: relocate: fleet CPU {}",
-        fleet_cpu_line(&c1, &c2)
-    );
-    println!(
-        "scale: bound: delete: fleet CPU {}",
-        fleet_cpu_line(&c2, &c3)
-    );
+    let before = bound_run(&clients, &dir, n, "before the operator").await;
 
     // the management cluster's least work, before the operator runs (it would take the workloads)
     let mgmt = fleet.mgmt_client().await;
@@ -995,65 +1049,56 @@ async fn main() {
     let s3 = sample(&dir, op).await;
     report("delete", n, &MOSCOW, &s2, &s3);
 
-    let phases = [
-        Phase {
-            name: "place",
-            bound: bound_place,
-            floor: floor_place,
-            operator: op_place,
-            limit: 1.1,
-            reference: [
-                (w1 - w0, reference_cpu(&c0, &c1)),
-                (
-                    s1.controller_writes - s0.controller_writes,
-                    reference_cpu(&s0.fleet_cpu, &s1.fleet_cpu),
-                ),
-            ],
-        },
-        Phase {
-            name: "relocate",
-            bound: bound_relocate,
-            floor: floor_relocate,
-            operator: op_relocate,
-            limit: 1.3,
-            reference: [
-                (w2 - w1, reference_cpu(&c1, &c2)),
-                (
-                    s2.controller_writes - s1.controller_writes,
-                    reference_cpu(&s1.fleet_cpu, &s2.fleet_cpu),
-                ),
-            ],
-        },
-        Phase {
-            name: "delete",
-            bound: bound_delete,
-            floor: floor_delete,
-            operator: op_delete,
-            limit: 1.1,
-            reference: [
-                (w3 - w2, reference_cpu(&c2, &c3)),
-                (
-                    s3.controller_writes - s2.controller_writes,
-                    reference_cpu(&s2.fleet_cpu, &s3.fleet_cpu),
-                ),
-            ],
-        },
+    let peak = peak_rss_mib(op.pid);
+    stop(op).await;
+    let after = bound_run(&clients, &dir, n, "after the operator").await;
+
+    let operator_runs = [
+        (op_place, &s0, &s1),
+        (op_relocate, &s1, &s2),
+        (op_delete, &s2, &s3),
     ];
+    let phases: Vec<Phase> = ["place", "relocate", "delete"]
+        .into_iter()
+        .zip([1.1, 1.3, 1.1])
+        .zip([floor_place, floor_relocate, floor_delete])
+        .zip(operator_runs)
+        .enumerate()
+        .map(|(i, (((name, limit), floor), (secs, s, e)))| {
+            let ((wb, cb), (wa, ca)) = (before.reference[i], after.reference[i]);
+            Phase {
+                name,
+                bounds: [before.secs[i], after.secs[i]],
+                floor,
+                operator: secs,
+                limit,
+                reference: [
+                    ((wb + wa) / 2, (cb + ca) / 2.0),
+                    (
+                        e.controller_writes - s.controller_writes,
+                        reference_cpu(&s.fleet_cpu, &e.fleet_cpu),
+                    ),
+                ],
+            }
+        })
+        .collect();
     for p in &phases {
-        let ratio = p.operator / p.bound;
+        let bound = p.bound();
+        let ratio = p.operator / bound;
         println!(
-            "scale: {}: operator {:.1} s, bound {:.1} s, ratio {ratio:.2} (target <= {}){}; against the bound plus the management floor ({:.1} s): {:.2}",
+            "scale: {}: operator {:.1} s, bound {bound:.1} s (before {:.1}, after {:.1}), ratio {ratio:.2} (target <= {}){}; against the bound plus the management floor ({:.1} s): {:.2}",
             p.name,
             p.operator,
-            p.bound,
+            p.bounds[0],
+            p.bounds[1],
             p.limit,
             if ratio <= p.limit { "" } else { " OVER" },
-            p.bound + p.floor,
-            p.operator / (p.bound + p.floor)
+            bound + p.floor,
+            p.operator / (bound + p.floor)
         );
         let [(wb, cb), (wo, co)] = p.reference;
         println!(
-            "scale: {}: the members' controllers, schedulers and kwok wrote {wb} times for the bound and {wo} for the operator, in {cb:.1} and {co:.1} CPU-s: {}",
+            "scale: {}: the members' controllers, schedulers and kwok wrote {wb} times for the bound (mean of its runs) and {wo} for the operator, in {cb:.1} and {co:.1} CPU-s: {}",
             p.name,
             match p.slower() {
                 Some(slower) => format!(
@@ -1066,8 +1111,7 @@ async fn main() {
         );
     }
     println!(
-        "scale: operator peak resident memory {:.1} MiB (target <= 100); CPU {:.1} s in all",
-        peak_rss_mib(op.pid),
+        "scale: operator peak resident memory {peak:.1} MiB (target <= 100); CPU {:.1} s in all",
         s3.cpu_seconds
     );
     let _ = policies

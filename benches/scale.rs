@@ -408,8 +408,23 @@ fn mgmt_writes(before: &Sample, after: &Sample, per: f64) -> String {
         .join(", ")
 }
 
+/// Creates namespace `ns`, first waiting for one a previous run deleted to be gone.
 async fn ensure_namespace(client: &Client, ns: &str) {
     let api: Api<Namespace> = Api::all(client.clone());
+    common::eventually(
+        &format!("namespace {ns} not terminating"),
+        PHASE_TIMEOUT,
+        || async {
+            match api.get_opt(ns).await {
+                Ok(Some(n)) if n.metadata.deletion_timestamp.is_some() => {
+                    Err("terminating".to_string())
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
     let body: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
     match api.create(&PostParams::default(), &body).await {
         Ok(_) => {}
@@ -1017,7 +1032,7 @@ async fn main() {
     .await;
     let op_relocate = t.elapsed().as_secs_f64();
     let s2 = sample(&dir, op).await;
-    report("relocate", n, &["zrh-1", "zrh-2", "msk-1"], &s1, &s2);
+    report("relocate", n, &["zrh-1", "zrh-2", "msk-1"], &i1, &s2);
 
     let t = Instant::now();
     in_parallel((0..n).collect(), |i| {
@@ -1055,7 +1070,7 @@ async fn main() {
 
     let operator_runs = [
         (op_place, &s0, &s1),
-        (op_relocate, &s1, &s2),
+        (op_relocate, &i1, &s2),
         (op_delete, &s2, &s3),
     ];
     let phases: Vec<Phase> = ["place", "relocate", "delete"]

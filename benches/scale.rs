@@ -411,20 +411,7 @@ fn mgmt_writes(before: &Sample, after: &Sample, per: f64) -> String {
 /// Creates namespace `ns`, first waiting for one a previous run deleted to be gone.
 async fn ensure_namespace(client: &Client, ns: &str) {
     let api: Api<Namespace> = Api::all(client.clone());
-    common::eventually(
-        &format!("namespace {ns} not terminating"),
-        PHASE_TIMEOUT,
-        || async {
-            match api.get_opt(ns).await {
-                Ok(Some(n)) if n.metadata.deletion_timestamp.is_some() => {
-                    Err("terminating".to_string())
-                }
-                Ok(_) => Ok(()),
-                Err(e) => Err(e.to_string()),
-            }
-        },
-    )
-    .await;
+    common::namespace_not_terminating(client, ns, PHASE_TIMEOUT).await;
     let body: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
     match api.create(&PostParams::default(), &body).await {
         Ok(_) => {}

@@ -110,21 +110,7 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
 
     // an earlier run's namespaces may still be terminating on the members
     for client in [&zrh1, &zrh2, &msk1] {
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        eventually(
-            "no terminating threat-intel namespace",
-            Duration::from_secs(180),
-            || async {
-                match namespaces.get_opt(NS).await {
-                    Ok(Some(ns)) if ns.metadata.deletion_timestamp.is_some() => {
-                        Err("terminating".to_string())
-                    }
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(e.to_string()),
-                }
-            },
-        )
-        .await;
+        common::namespace_not_terminating(client, NS, Duration::from_secs(180)).await;
     }
 
     // every member's audit log from here on: no write of the operator may be refused by a

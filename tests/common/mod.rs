@@ -108,6 +108,27 @@ where
     }
 }
 
+/// Waits until namespace `ns` is not terminating on `client` (absent or live): a previous run
+/// may have deleted it, and nothing can be created in it until it is gone.
+pub async fn namespace_not_terminating(client: &Client, ns: &str, timeout: Duration) {
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(client.clone());
+    eventually(
+        &format!("namespace {ns} not terminating"),
+        timeout,
+        || async {
+            match namespaces.get_opt(ns).await {
+                Ok(Some(n)) if n.metadata.deletion_timestamp.is_some() => {
+                    Err("terminating".to_string())
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+}
+
 /// A container `securityContext` within the `restricted` Pod Security standard, which the
 /// namespaces the operator creates on members enforce by default.
 pub fn restricted() -> serde_json::Value {

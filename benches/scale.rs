@@ -18,7 +18,12 @@
 //!   bound's two runs: a run leaves the members bigger (its Events, etcd's history) and the
 //!   next one slower, so a bound run only before the operator's would favour the bound.
 //!
-//! Between the two, the management cluster's least work is timed with a plain client and no
+//! `BENCH_ROUNDS` (default 1) repeats the operator's run (a new operator process each time)
+//! and the bound after it: run r is compared with the bound's runs on either side, and each
+//! phase's median ratio over the runs is printed too. On a shared host one run's ratio moves
+//! by ten percent or more; a median of several is the figure to judge.
+//!
+//! Between the first bound run and the operator's, the management cluster's least work is timed with a plain client and no
 //! operator running (the management floor: the writes any operator of this design needs there,
 //! none of its Events), and each phase's ratio is printed against the bound plus that floor too:
 //! on one machine the management cluster shares the cores with the members. A fleet started
@@ -27,22 +32,22 @@
 //! others, so that a phase takes as long as the members need for it.
 //!
 //! This machine's speed varies by tens of percent from one minute to the next (a shared host),
-//! and it runs both runs: a phase's ratio mixes the operator's cost with how fast the machine
-//! ran meanwhile. The members' controllers, schedulers and kwok do the same work in both runs
+//! and it runs every run: a phase's ratio mixes the operator's cost with how fast the machine
+//! ran meanwhile. The members' controllers, schedulers and kwok do the same work in every run
 //! (the same objects ask for the same ReplicaSets, Pods, bindings and status updates; their
 //! writes are counted from the members' audit logs and must agree within 5%), on the same CPUs
-//! as the members' API servers: their CPU seconds in the operator's run against the bound's (the mean of its two) say
-//! how much slower the members' CPU ran, and each phase's ratio is printed at the bound's speed
-//! too.
+//! as the members' API servers: their CPU seconds in the operator's run against the bound's
+//! (the mean of the bound's runs on either side) say how much slower the members' CPU ran, and
+//! each phase's ratio is printed at the bound's speed too.
 //!
 //! It prints each phase's time and its ratio to the bound, the operator's writes per workload
 //! and cluster (from the audit logs, by user agent; the management cluster's by request, e.g.
 //! `patch residentworkloads/status`), the objects it read from members, reconciles per workload, CPU
 //! seconds, the CPU seconds of each fleet component (for the bound too: where the time went)
 //! and peak resident memory, what one of the benchmark's own readiness checks (every 2 s, in
-//! every phase of both runs) costs the fleet, and its writes and CPU over an idle period with every
-//! workload placed (`BENCH_IDLE_SECONDS`, default 600). `BENCH_WORKLOADS` (default 1000)
-//! changes the count. The kwok nodes' pod capacity is raised to fit. Run it with
+//! every phase of every run) costs the fleet, and its writes and CPU over an idle period with
+//! every workload placed (`BENCH_IDLE_SECONDS`, default 600; in the first run only).
+//! `BENCH_WORKLOADS` (default 1000) changes the count. The kwok nodes' pod capacity is raised to fit. Run it with
 //! `RESIDENCY_OPERATOR_LOG=info` to log as deployed (the tests log at debug), on a fleet
 //! started with `RESIDENCY_FLEET_WATCH_CACHE=1`: its API servers keep their watch cache, as
 //! production API servers do (the tests' fleet reads everything from etcd, where every watch
@@ -319,8 +324,8 @@ fn by_first_label(metrics: &str, name: &str) -> BTreeMap<String, f64> {
     out
 }
 
-async fn sample(dir: &str, op: &operator::Operator) -> Sample {
-    let metrics = operator::http_get(op, "/metrics").await;
+async fn sample(dir: &str, op: &Running) -> Sample {
+    let metrics = op.metrics().await;
     let audits: Vec<(String, (Writes, usize))> = CLUSTERS
         .iter()
         .map(|c| (c.to_string(), audit(dir, c, OPERATOR_NS)))
@@ -691,22 +696,222 @@ async fn bound_run(
     }
 }
 
-/// Stops the operator (SIGTERM) and waits until it has exited.
-async fn stop(op: &operator::Operator) {
-    let _ = std::process::Command::new("kill")
-        .arg(op.pid.to_string())
-        .status();
-    common::eventually("the operator to exit", Duration::from_secs(60), || async {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", op.pid)).unwrap_or_default();
-        let state = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r.trim_start().chars().next());
-        match state {
-            None | Some(Some('Z')) => Ok(()),
-            _ => Err("still running".to_string()),
+/// An operator process the benchmark started (a new one for each run of its phases).
+struct Running {
+    child: tokio::process::Child,
+    pid: u32,
+    /// Where it serves /metrics.
+    http: String,
+}
+
+impl Running {
+    /// Starts the operator as deployed: members probed every 10 s (the default), not every 2 s
+    /// as in the tests, and allowed to relocate every workload at once, as the bound does (the
+    /// default, 32, bounds what one policy edit sets in motion).
+    async fn start(fleet: &Fleet, n: usize, run: usize) -> Running {
+        let slots = n.to_string();
+        let name = format!("operator-scale-{}-{run}", std::process::id());
+        let (child, port, log) = operator::spawn(
+            fleet,
+            &name,
+            &["--probe-interval", "10", "--max-relocations", &slots],
+        );
+        let http = format!("http://127.0.0.1:{port}");
+        let url = format!("{http}/readyz");
+        common::eventually("operator /readyz", Duration::from_secs(60), || async {
+            match tokio::process::Command::new("curl")
+                .args(["-fsS", &url])
+                .output()
+                .await
+            {
+                Ok(o) if o.status.success() => Ok(()),
+                _ => Err("not ready".to_string()),
+            }
+        })
+        .await;
+        println!("operator running (run {}); log: {}", run + 1, log.display());
+        let pid = child.id().unwrap_or_default();
+        Running { child, pid, http }
+    }
+
+    async fn metrics(&self) -> String {
+        let o = tokio::process::Command::new("curl")
+            .args(["-fsS", &format!("{}/metrics", self.http)])
+            .output()
+            .await
+            .expect("curl");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Stops it (SIGTERM) and waits until it has exited.
+    async fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg(self.pid.to_string())
+            .status();
+        let _ = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
+    }
+}
+
+/// One run of the operator's three phases: their seconds, each phase's samples at its start
+/// and end, and the operator's peak resident memory and CPU seconds.
+struct OperatorRun {
+    secs: [f64; 3],
+    samples: [(Sample, Sample); 3],
+    peak: f64,
+    cpu: f64,
+}
+
+/// Runs the operator's phases once with a new operator process (`run`: which run), stopped at
+/// the end; `idle`: how long to leave it idle with every workload placed, measured.
+async fn operator_run(
+    fleet: &Fleet,
+    mgmt: &Client,
+    clients: &BTreeMap<String, Client>,
+    dir: &str,
+    n: usize,
+    idle: Option<Duration>,
+    run: usize,
+) -> OperatorRun {
+    let op = Running::start(fleet, n, run).await;
+    apply_path(mgmt, "examples/seed/10-clusters.yaml").await;
+    common::clusters_verified(mgmt, &["zrh-1", "zrh-2", "msk-1"]).await;
+    operator::ensure_namespace(mgmt, OPERATOR_NS).await;
+    let policies: Api<ResidencyPolicy> = Api::all(mgmt.clone());
+    let workloads: Api<ResidentWorkload> = Api::namespaced(mgmt.clone(), OPERATOR_NS);
+    policy(&policies, "CH", "zurich").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let s0 = sample(dir, &op).await;
+    let t = Instant::now();
+    in_parallel((0..n).collect(), |i| {
+        let api = workloads.clone();
+        async move {
+            api.patch(
+                &name(i),
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&workload(i)),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("workload {}: {e}", name(i)))
         }
     })
     .await;
+    wait_members(clients, OPERATOR_NS, n, &ZURICH, &[], || {
+        common::workloads_ready_on(&workloads, n, &ZURICH)
+    })
+    .await;
+    let op_place = t.elapsed().as_secs_f64();
+    let s1 = sample(dir, &op).await;
+    report("place", n, &ZURICH, &s0, &s1);
+    println!(
+        "scale: place: operator peak resident memory {:.1} MiB",
+        peak_rss_mib(op.pid)
+    );
+
+    tokio::time::sleep(Duration::from_secs(10)).await; // let in-flight work settle
+    // what the benchmark's own readiness checks cost the fleet (every POLL, in every phase of
+    // both runs): work that grows with a phase's length, not with the work done in it
+    let p0 = fleet_cpu(dir);
+    let t = Instant::now();
+    const POLLS: u32 = 10;
+    for _ in 0..POLLS {
+        for c in ZURICH {
+            member_state(&clients[c], OPERATOR_NS)
+                .await
+                .expect("member state");
+        }
+    }
+    let poll_cpu: f64 = fleet_cpu(dir).values().sum::<f64>() - p0.values().sum::<f64>();
+    println!(
+        "scale: one readiness check of two members with {n} workloads: {:.2} s, fleet CPU {:.2} s ({:.2} cores at one every {} s)",
+        t.elapsed().as_secs_f64() / f64::from(POLLS),
+        poll_cpu / f64::from(POLLS),
+        poll_cpu / f64::from(POLLS) / POLL.as_secs_f64(),
+        POLL.as_secs()
+    );
+    let i0 = sample(dir, &op).await;
+    let i1 = match idle {
+        None => i0,
+        Some(idle) => {
+            tokio::time::sleep(idle).await;
+            let i1 = sample(dir, &op).await;
+            let idle_writes: usize = CLUSTERS
+                .iter()
+                .map(|c| i1.writes[*c].stored - i0.writes[*c].stored)
+                .sum();
+            let idle_asked: usize = CLUSTERS
+                .iter()
+                .map(|c| i1.writes[*c].asked - i0.writes[*c].asked)
+                .sum();
+            // what the CPU went to: reconciles (the periodic resync among them) and the probes
+            let idle_reconciles: Vec<String> = i1
+                .reconciles
+                .keys()
+                .map(|c| format!("{c} {:.0}", since(&i0.reconciles, &i1.reconciles, c)))
+                .collect();
+            println!(
+                "scale: idle {} s with {n} workloads placed: {idle_writes} operator writes stored ({idle_asked} reviews and dry runs; on mgmt: {}); reconciles {}; CPU {:.2} s ({:.2}% of a core); fleet CPU {}",
+                idle.as_secs(),
+                mgmt_writes(&i0, &i1, 1.0),
+                idle_reconciles.join(", "),
+                i1.cpu_seconds - i0.cpu_seconds,
+                100.0 * (i1.cpu_seconds - i0.cpu_seconds) / idle.as_secs_f64(),
+                fleet_cpu_line(&i0.fleet_cpu, &i1.fleet_cpu)
+            );
+            i1
+        }
+    };
+
+    let t = Instant::now();
+    policy(&policies, "RU", "moscow").await;
+    wait_members(clients, OPERATOR_NS, n, &MOSCOW, &ZURICH, || {
+        common::workloads_ready_on(&workloads, n, &MOSCOW)
+    })
+    .await;
+    let op_relocate = t.elapsed().as_secs_f64();
+    let s2 = sample(dir, &op).await;
+    report("relocate", n, &["zrh-1", "zrh-2", "msk-1"], &i1, &s2);
+
+    let t = Instant::now();
+    in_parallel((0..n).collect(), |i| {
+        let api = workloads.clone();
+        async move {
+            match api.delete(&name(i), &DeleteParams::default()).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(e) => Err(format!("delete {}: {e}", name(i))),
+            }
+        }
+    })
+    .await;
+    wait_members(clients, OPERATOR_NS, n, &[], &MOSCOW, || async {
+        let left = workloads
+            .list_metadata(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} workloads not yet finalized"))
+        }
+    })
+    .await;
+    let op_delete = t.elapsed().as_secs_f64();
+    let s3 = sample(dir, &op).await;
+    report("delete", n, &MOSCOW, &s2, &s3);
+
+    let peak = peak_rss_mib(op.pid);
+    let cpu = s3.cpu_seconds;
+    op.stop().await;
+    OperatorRun {
+        secs: [op_place, op_relocate, op_delete],
+        samples: [(s0, s1), (i1, s2.clone()), (s2, s3)],
+        peak,
+        cpu,
+    }
 }
 
 async fn policy(api: &Api<ResidencyPolicy>, country: &str, region: &str) {
@@ -854,6 +1059,17 @@ struct Phase {
     reference: [(usize, f64); 2],
 }
 
+/// The median of `values` (the mean of the middle two of an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 impl Phase {
     /// The bound: the mean of its run before the operator's and after it (a linear drift of the
     /// machine's or the fleet's speed over the benchmark cancels out).
@@ -868,6 +1084,41 @@ impl Phase {
         let [(wb, cb), (wo, co)] = self.reference;
         let same = wb > 0 && wb.abs_diff(wo) as f64 <= 0.05 * wb as f64;
         (same && cb > 0.0).then(|| co / cb)
+    }
+
+    /// Prints the phase of operator run `run` against the bound; returns its ratio and, when
+    /// the members' speed is comparable, its ratio at the bound's speed.
+    fn print(&self, run: usize) -> (f64, Option<f64>) {
+        let bound = self.bound();
+        let ratio = self.operator / bound;
+        println!(
+            "scale: run {}: {}: operator {:.1} s, bound {bound:.1} s (before {:.1}, after {:.1}), ratio {ratio:.2} (target <= {}){}; against the bound plus the management floor ({:.1} s): {:.2}",
+            run + 1,
+            self.name,
+            self.operator,
+            self.bounds[0],
+            self.bounds[1],
+            self.limit,
+            if ratio <= self.limit { "" } else { " OVER" },
+            bound + self.floor,
+            self.operator / (bound + self.floor)
+        );
+        let [(wb, cb), (wo, co)] = self.reference;
+        let slower = self.slower();
+        println!(
+            "scale: run {}: {}: the members' controllers, schedulers and kwok wrote {wb} times for the bound (mean of its runs) and {wo} for the operator, in {cb:.1} and {co:.1} CPU-s: {}",
+            run + 1,
+            self.name,
+            match slower {
+                Some(slower) => format!(
+                    "the same work, so the members' CPU ran {slower:.2} times as slow in the operator's run; at the bound's speed the ratio is {:.2} (target <= {})",
+                    ratio / slower,
+                    self.limit
+                ),
+                None => "not the same work (some of it comes after a phase ends and counts in the next): no speed to compare".into(),
+            }
+        );
+        (ratio, slower.map(|s| ratio / s))
     }
 }
 
@@ -917,163 +1168,32 @@ async fn main() {
         fleet_cpu_line(&f0, &fleet_cpu(&dir))
     );
 
-    // the operator
-    // as deployed: members probed every 10 s (the default), not every 2 s as in the tests
-    // and allowed to relocate every workload at once, as the bound does (the default, 32,
-    // bounds what one policy edit sets in motion)
-    let slots = n.to_string();
-    let op = operator::start_with(
-        &fleet,
-        &["--probe-interval", "10", "--max-relocations", &slots],
-    )
-    .await;
-    apply_path(&mgmt, "examples/seed/10-clusters.yaml").await;
-    common::clusters_verified(&mgmt, &["zrh-1", "zrh-2", "msk-1"]).await;
-    operator::ensure_namespace(&mgmt, OPERATOR_NS).await;
-    let policies: Api<ResidencyPolicy> = Api::all(mgmt.clone());
-    let workloads: Api<ResidentWorkload> = Api::namespaced(mgmt.clone(), OPERATOR_NS);
-    policy(&policies, "CH", "zurich").await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-
-    let s0 = sample(&dir, op).await;
-    let t = Instant::now();
-    in_parallel((0..n).collect(), |i| {
-        let api = workloads.clone();
-        async move {
-            api.patch(
-                &name(i),
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&workload(i)),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("workload {}: {e}", name(i)))
-        }
-    })
-    .await;
-    wait_members(&clients, OPERATOR_NS, n, &ZURICH, &[], || {
-        common::workloads_ready_on(&workloads, n, &ZURICH)
-    })
-    .await;
-    let op_place = t.elapsed().as_secs_f64();
-    let s1 = sample(&dir, op).await;
-    report("place", n, &ZURICH, &s0, &s1);
-    println!(
-        "scale: place: operator peak resident memory {:.1} MiB",
-        peak_rss_mib(op.pid)
-    );
-
-    tokio::time::sleep(Duration::from_secs(10)).await; // let in-flight work settle
-    // what the benchmark's own readiness checks cost the fleet (every POLL, in every phase of
-    // both runs): work that grows with a phase's length, not with the work done in it
-    let p0 = fleet_cpu(&dir);
-    let t = Instant::now();
-    const POLLS: u32 = 10;
-    for _ in 0..POLLS {
-        for c in ZURICH {
-            member_state(&clients[c], OPERATOR_NS)
-                .await
-                .expect("member state");
-        }
+    // the operator, and the bound again after each of its runs
+    operator::member_secrets(&fleet, &mgmt).await;
+    let rounds = env_number("BENCH_ROUNDS", 1).max(1) as usize;
+    let mut bounds = vec![before];
+    let mut runs = Vec::new();
+    for run in 0..rounds {
+        let idle = (run == 0).then_some(idle);
+        runs.push(operator_run(&fleet, &mgmt, &clients, &dir, n, idle, run).await);
+        let when = format!("after the operator's run {}", run + 1);
+        bounds.push(bound_run(&clients, &dir, n, &when).await);
     }
-    let poll_cpu: f64 = fleet_cpu(&dir).values().sum::<f64>() - p0.values().sum::<f64>();
-    println!(
-        "scale: one readiness check of two members with {n} workloads: {:.2} s, fleet CPU {:.2} s ({:.2} cores at one every {} s)",
-        t.elapsed().as_secs_f64() / f64::from(POLLS),
-        poll_cpu / f64::from(POLLS),
-        poll_cpu / f64::from(POLLS) / POLL.as_secs_f64(),
-        POLL.as_secs()
-    );
-    let i0 = sample(&dir, op).await;
-    tokio::time::sleep(idle).await;
-    let i1 = sample(&dir, op).await;
-    let idle_writes: usize = CLUSTERS
-        .iter()
-        .map(|c| i1.writes[*c].stored - i0.writes[*c].stored)
-        .sum();
-    let idle_asked: usize = CLUSTERS
-        .iter()
-        .map(|c| i1.writes[*c].asked - i0.writes[*c].asked)
-        .sum();
-    // what the CPU went to: reconciles (the periodic resync among them) and the probes
-    let idle_reconciles: Vec<String> = i1
-        .reconciles
-        .keys()
-        .map(|c| format!("{c} {:.0}", since(&i0.reconciles, &i1.reconciles, c)))
-        .collect();
-    println!(
-        "scale: idle {} s with {n} workloads placed: {idle_writes} operator writes stored ({idle_asked} reviews and dry runs; on mgmt: {}); reconciles {}; CPU {:.2} s ({:.2}% of a core); fleet CPU {}",
-        idle.as_secs(),
-        mgmt_writes(&i0, &i1, 1.0),
-        idle_reconciles.join(", "),
-        i1.cpu_seconds - i0.cpu_seconds,
-        100.0 * (i1.cpu_seconds - i0.cpu_seconds) / idle.as_secs_f64(),
-        fleet_cpu_line(&i0.fleet_cpu, &i1.fleet_cpu)
-    );
-
-    let t = Instant::now();
-    policy(&policies, "RU", "moscow").await;
-    wait_members(&clients, OPERATOR_NS, n, &MOSCOW, &ZURICH, || {
-        common::workloads_ready_on(&workloads, n, &MOSCOW)
-    })
-    .await;
-    let op_relocate = t.elapsed().as_secs_f64();
-    let s2 = sample(&dir, op).await;
-    report("relocate", n, &["zrh-1", "zrh-2", "msk-1"], &i1, &s2);
-
-    let t = Instant::now();
-    in_parallel((0..n).collect(), |i| {
-        let api = workloads.clone();
-        async move {
-            match api.delete(&name(i), &DeleteParams::default()).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                Err(e) => Err(format!("delete {}: {e}", name(i))),
-            }
-        }
-    })
-    .await;
-    wait_members(&clients, OPERATOR_NS, n, &[], &MOSCOW, || async {
-        let left = workloads
-            .list_metadata(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?
-            .items
-            .len();
-        if left == 0 {
-            Ok(())
-        } else {
-            Err(format!("{left} workloads not yet finalized"))
-        }
-    })
-    .await;
-    let op_delete = t.elapsed().as_secs_f64();
-    let s3 = sample(&dir, op).await;
-    report("delete", n, &MOSCOW, &s2, &s3);
-
-    let peak = peak_rss_mib(op.pid);
-    stop(op).await;
-    let after = bound_run(&clients, &dir, n, "after the operator").await;
-
-    let operator_runs = [
-        (op_place, &s0, &s1),
-        (op_relocate, &i1, &s2),
-        (op_delete, &s2, &s3),
-    ];
-    let phases: Vec<Phase> = ["place", "relocate", "delete"]
-        .into_iter()
-        .zip([1.1, 1.3, 1.1])
-        .zip([floor_place, floor_relocate, floor_delete])
-        .zip(operator_runs)
-        .enumerate()
-        .map(|(i, (((name, limit), floor), (secs, s, e)))| {
+    let policies: Api<ResidencyPolicy> = Api::all(mgmt.clone());
+    let limits = [1.1, 1.3, 1.1];
+    let floors = [floor_place, floor_relocate, floor_delete];
+    let mut by_phase: [Vec<(f64, Option<f64>)>; 3] = Default::default();
+    for (run, op) in runs.iter().enumerate() {
+        let (before, after) = (&bounds[run], &bounds[run + 1]);
+        for (i, name) in ["place", "relocate", "delete"].into_iter().enumerate() {
             let ((wb, cb), (wa, ca)) = (before.reference[i], after.reference[i]);
-            Phase {
+            let (s, e) = &op.samples[i];
+            let p = Phase {
                 name,
                 bounds: [before.secs[i], after.secs[i]],
-                floor,
-                operator: secs,
-                limit,
+                floor: floors[i],
+                operator: op.secs[i],
+                limit: limits[i],
                 reference: [
                     ((wb + wa) / 2, (cb + ca) / 2.0),
                     (
@@ -1081,41 +1201,38 @@ async fn main() {
                         reference_cpu(&s.fleet_cpu, &e.fleet_cpu),
                     ),
                 ],
-            }
-        })
-        .collect();
-    for p in &phases {
-        let bound = p.bound();
-        let ratio = p.operator / bound;
+            };
+            by_phase[i].push(p.print(run));
+        }
         println!(
-            "scale: {}: operator {:.1} s, bound {bound:.1} s (before {:.1}, after {:.1}), ratio {ratio:.2} (target <= {}){}; against the bound plus the management floor ({:.1} s): {:.2}",
-            p.name,
-            p.operator,
-            p.bounds[0],
-            p.bounds[1],
-            p.limit,
-            if ratio <= p.limit { "" } else { " OVER" },
-            bound + p.floor,
-            p.operator / (bound + p.floor)
-        );
-        let [(wb, cb), (wo, co)] = p.reference;
-        println!(
-            "scale: {}: the members' controllers, schedulers and kwok wrote {wb} times for the bound (mean of its runs) and {wo} for the operator, in {cb:.1} and {co:.1} CPU-s: {}",
-            p.name,
-            match p.slower() {
-                Some(slower) => format!(
-                    "the same work, so the members' CPU ran {slower:.2} times as slow in the operator's run; at the bound's speed the ratio is {:.2} (target <= {})",
-                    ratio / slower,
-                    p.limit
-                ),
-                None => "not the same work (some of it comes after a phase ends and counts in the next): no speed to compare".into(),
-            }
+            "scale: run {}: operator peak resident memory {:.1} MiB (target <= 100); CPU {:.1} s in all",
+            run + 1,
+            op.peak,
+            op.cpu
         );
     }
-    println!(
-        "scale: operator peak resident memory {peak:.1} MiB (target <= 100); CPU {:.1} s in all",
-        s3.cpu_seconds
-    );
+    if rounds > 1 {
+        for (i, name) in ["place", "relocate", "delete"].into_iter().enumerate() {
+            let ratios: Vec<f64> = by_phase[i].iter().map(|(r, _)| *r).collect();
+            let at_speed: Vec<f64> = by_phase[i].iter().filter_map(|(_, s)| *s).collect();
+            let mid = median(&ratios);
+            println!(
+                "scale: {name}: median ratio of {rounds} runs {mid:.2} (target <= {}){} (runs: {}); at the bound's speed {}",
+                limits[i],
+                if mid <= limits[i] { "" } else { " OVER" },
+                ratios
+                    .iter()
+                    .map(|r| format!("{r:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if at_speed.is_empty() {
+                    "not comparable".to_string()
+                } else {
+                    format!("{:.2}", self::median(&at_speed))
+                }
+            );
+        }
+    }
     let _ = policies
         .delete("bench-scale", &DeleteParams::default())
         .await;

@@ -717,30 +717,14 @@ impl Running {
             &["--probe-interval", "10", "--max-relocations", &slots],
         );
         let http = format!("http://127.0.0.1:{port}");
-        let url = format!("{http}/readyz");
-        common::eventually("operator /readyz", Duration::from_secs(60), || async {
-            match tokio::process::Command::new("curl")
-                .args(["-fsS", &url])
-                .output()
-                .await
-            {
-                Ok(o) if o.status.success() => Ok(()),
-                _ => Err("not ready".to_string()),
-            }
-        })
-        .await;
+        operator::wait_ready(&http).await;
         println!("operator running (run {}); log: {}", run + 1, log.display());
         let pid = child.id().unwrap_or_default();
         Running { child, pid, http }
     }
 
     async fn metrics(&self) -> String {
-        let o = tokio::process::Command::new("curl")
-            .args(["-fsS", &format!("{}/metrics", self.http)])
-            .output()
-            .await
-            .expect("curl");
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        operator::get(&self.http, "/metrics").await
     }
 
     /// Stops it (SIGTERM) and waits until it has exited.

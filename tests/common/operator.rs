@@ -179,18 +179,7 @@ pub async fn start_with(fleet: &Fleet, extra: &[&str]) -> &'static Operator {
             args.extend(extra);
             let (child, port, log) = spawn(fleet, &name, &args);
             let http = format!("http://127.0.0.1:{port}");
-            let url = format!("{http}/readyz");
-            eventually("operator /readyz", Duration::from_secs(60), || async {
-                match tokio::process::Command::new("curl")
-                    .args(["-fsS", &url])
-                    .output()
-                    .await
-                {
-                    Ok(o) if o.status.success() => Ok(()),
-                    _ => Err("not ready".to_string()),
-                }
-            })
-            .await;
+            wait_ready(&http).await;
             eprintln!("operator running; log: {}", log.display());
             let pid = child.id().unwrap_or_default();
             Operator {
@@ -203,14 +192,35 @@ pub async fn start_with(fleet: &Fleet, extra: &[&str]) -> &'static Operator {
         .await
 }
 
-/// GET on the operator's HTTP endpoint.
-pub async fn http_get(op: &Operator, path: &str) -> String {
+/// Waits until the operator serving HTTP at `http` answers `/readyz`.
+pub async fn wait_ready(http: &str) {
+    let url = format!("{http}/readyz");
+    eventually("operator /readyz", Duration::from_secs(60), || async {
+        match tokio::process::Command::new("curl")
+            .args(["-fsS", &url])
+            .output()
+            .await
+        {
+            Ok(o) if o.status.success() => Ok(()),
+            _ => Err("not ready".to_string()),
+        }
+    })
+    .await;
+}
+
+/// GET `path` on the operator serving HTTP at `http`.
+pub async fn get(http: &str, path: &str) -> String {
     let o = tokio::process::Command::new("curl")
-        .args(["-fsS", &format!("{}{path}", op.http)])
+        .args(["-fsS", &format!("{http}{path}")])
         .output()
         .await
         .expect("curl");
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// GET on the operator's HTTP endpoint.
+pub async fn http_get(op: &Operator, path: &str) -> String {
+    get(&op.http, path).await
 }
 
 /// Deletes an object of a typed API and waits until it is gone (finalizers done).

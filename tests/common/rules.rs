@@ -132,6 +132,72 @@ async fn restore_fleet() {
             .expect("uncordon");
     }
     super::clusters_verified(&mgmt, &SEED_MEMBERS).await;
+    remove_leftovers(&fleet, &mgmt).await;
+}
+
+/// What a failed test left behind (it failed before its own cleanup): every ResidentWorkload
+/// (deleted, so the operator removes its copies), every ResidencyPolicy, and on each member every
+/// namespace but the system ones (copies the test abandoned, objects it made there itself).
+/// Left alone, they would be in every later test's report, admission policies and inventory.
+/// Runs under the test's write lock, so no other test of the binary is in flight; binaries run
+/// one after another.
+async fn remove_leftovers(fleet: &Fleet, mgmt: &Client) {
+    let workloads: Api<ResidentWorkload> = Api::all(mgmt.clone());
+    let left = workloads
+        .list(&ListParams::default())
+        .await
+        .expect("workloads");
+    for rw in &left {
+        let api = Api::<ResidentWorkload>::namespaced(mgmt.clone(), &rw.namespace().unwrap());
+        let _ = api.delete(&rw.name_any(), &DeleteParams::default()).await;
+    }
+    let gone = tokio::time::timeout(T, async {
+        while !workloads
+            .list(&ListParams::default())
+            .await
+            .expect("workloads")
+            .items
+            .is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    if gone.is_err() {
+        eprintln!(
+            "restoring the fleet: some ResidentWorkloads were still being deleted after {T:?}"
+        );
+    }
+    let policies: Api<ResidencyPolicy> = Api::all(mgmt.clone());
+    for p in policies
+        .list(&ListParams::default())
+        .await
+        .expect("policies")
+    {
+        let _ = policies
+            .delete(&p.name_any(), &DeleteParams::default())
+            .await;
+    }
+    for member in &fleet.members {
+        let namespaces: Api<Namespace> = Api::all(fleet.client(&member.context).await);
+        for ns in namespaces
+            .list(&ListParams::default())
+            .await
+            .expect("namespaces")
+        {
+            let name = ns.name_any();
+            let system = name == "default"
+                || name.starts_with("kube-")
+                || name == residency_operator::access::MEMBER_NAMESPACE;
+            if !system {
+                let _ = namespaces.delete(&name, &DeleteParams::default()).await;
+            }
+        }
+    }
+    eprintln!(
+        "restoring the fleet: removed {} ResidentWorkloads and every ResidencyPolicy and member namespace a test left",
+        left.items.len()
+    );
 }
 
 pub async fn namespace(client: &Client, ns: &str) {

@@ -59,7 +59,15 @@ start() {
   [[ -n "$cpus" ]] && pin=(taskset -c "$cpus")
   # setsid: the component must not receive the terminal's signals; we stop it by pid.
   setsid "${pin[@]}" "$@" >"$(logfile "$id")" 2>&1 < /dev/null &
-  echo $! >"$(pidfile "$id")"
+  local pid=$! i=0
+  echo "$pid" >"$(pidfile "$id")"
+  # Until the child has exec'd, its command line is this shell's, and is_running would call it
+  # dead ("exited during start-up" with an empty log, seen on a loaded machine): wait for the
+  # exec, or for the child's end (a zombie's command line is empty).
+  # (procfs files have size 0: read the line itself)
+  until is_running "$id" || [[ -z "$( (tr -d '\0' <"/proc/$pid/cmdline") 2>/dev/null)" ]] || ((i++ >= 200)); do
+    sleep 0.05
+  done
 }
 
 # fail_component ID WHAT : report a component that did not come up, with its log file

@@ -57,7 +57,8 @@ pub async fn set_region(member: &Client, node: &str, region: &str) {
 /// Puts the shared fleet back as the tests expect it when a test that changed it fails: a
 /// relabelled node, a stopped API server, a member identity's removed binding, a cordoned,
 /// deleted or added MemberCluster would otherwise stay so and fail every test after it, in
-/// this binary and the next ones. A test that changes the fleet holds one for its whole run
+/// this binary and the next ones; so would the workloads, policies and member copies the test
+/// had not cleaned up yet (see `remove_leftovers`). A test that changes the fleet holds one for its whole run
 /// (`let _restore = RestoreOnFailure;` right after taking its lock, so it is dropped before the
 /// lock). When the test passes it does nothing: the test restores what it changed itself and
 /// checks what follows.

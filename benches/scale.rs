@@ -324,8 +324,8 @@ fn by_first_label(metrics: &str, name: &str) -> BTreeMap<String, f64> {
     out
 }
 
-async fn sample(dir: &str, op: &Running) -> Sample {
-    let metrics = op.metrics().await;
+async fn sample(dir: &str, op: &operator::Operator) -> Sample {
+    let metrics = op.get("/metrics").await;
     let audits: Vec<(String, (Writes, usize))> = CLUSTERS
         .iter()
         .map(|c| (c.to_string(), audit(dir, c, OPERATOR_NS)))
@@ -415,14 +415,8 @@ fn mgmt_writes(before: &Sample, after: &Sample, per: f64) -> String {
 
 /// Creates namespace `ns`, first waiting for one a previous run deleted to be gone.
 async fn ensure_namespace(client: &Client, ns: &str) {
-    let api: Api<Namespace> = Api::all(client.clone());
     common::namespace_not_terminating(client, ns, PHASE_TIMEOUT).await;
-    let body: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
-    match api.create(&PostParams::default(), &body).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => panic!("namespace {ns}: {e}"),
-    }
+    operator::ensure_namespace(client, ns).await;
 }
 
 /// Raises every kwok node's pod capacity to `pods` (kwok keeps a node's declared capacity).
@@ -676,11 +670,7 @@ async fn bound_run(
     println!(
         "scale: bound {when} (plain client, {IN_FLIGHT} in flight): place {place:.1} s, relocate {relocate:.1} s, delete {delete:.1} s"
     );
-    for (phase, (a, b)) in
-        ["place", "relocate", "delete"]
-            .iter()
-            .zip([(&c0, &c1), (&c1, &c2), (&c2, &c3)])
-    {
+    for (phase, (a, b)) in PHASES.iter().zip([(&c0, &c1), (&c1, &c2), (&c2, &c3)]) {
         println!(
             "scale: bound {when}: {phase}: fleet CPU {}",
             fleet_cpu_line(a, b)
@@ -696,44 +686,18 @@ async fn bound_run(
     }
 }
 
-/// An operator process the benchmark started (a new one for each run of its phases).
-struct Running {
-    child: tokio::process::Child,
-    pid: u32,
-    /// Where it serves /metrics.
-    http: String,
-}
-
-impl Running {
-    /// Starts the operator as deployed: members probed every 10 s (the default), not every 2 s
-    /// as in the tests, and allowed to relocate every workload at once, as the bound does (the
-    /// default, 32, bounds what one policy edit sets in motion).
-    async fn start(fleet: &Fleet, n: usize, run: usize) -> Running {
-        let slots = n.to_string();
-        let name = format!("operator-scale-{}-{run}", std::process::id());
-        let (child, port, log) = operator::spawn(
-            fleet,
-            &name,
-            &["--probe-interval", "10", "--max-relocations", &slots],
-        );
-        let http = format!("http://127.0.0.1:{port}");
-        operator::wait_ready(&http).await;
-        println!("operator running (run {}); log: {}", run + 1, log.display());
-        let pid = child.id().unwrap_or_default();
-        Running { child, pid, http }
-    }
-
-    async fn metrics(&self) -> String {
-        operator::get(&self.http, "/metrics").await
-    }
-
-    /// Stops it (SIGTERM) and waits until it has exited.
-    async fn stop(mut self) {
-        let _ = std::process::Command::new("kill")
-            .arg(self.pid.to_string())
-            .status();
-        let _ = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
-    }
+/// Starts an operator as deployed, a new process for each run (`run`): members probed every
+/// 10 s (the default), not every 2 s as in the tests, and allowed to relocate every workload at
+/// once, as the bound does (the default, 32, bounds what one policy edit sets in motion).
+async fn start_operator(fleet: &Fleet, n: usize, run: usize) -> operator::Operator {
+    let slots = n.to_string();
+    let name = format!("operator-scale-{}-{run}", std::process::id());
+    operator::Operator::launch(
+        fleet,
+        &name,
+        &["--probe-interval", "10", "--max-relocations", &slots],
+    )
+    .await
 }
 
 /// One run of the operator's three phases: their seconds, each phase's samples at its start
@@ -756,7 +720,7 @@ async fn operator_run(
     idle: Option<Duration>,
     run: usize,
 ) -> OperatorRun {
-    let op = Running::start(fleet, n, run).await;
+    let op = start_operator(fleet, n, run).await;
     apply_path(mgmt, "examples/seed/10-clusters.yaml").await;
     common::clusters_verified(mgmt, &["zrh-1", "zrh-2", "msk-1"]).await;
     operator::ensure_namespace(mgmt, OPERATOR_NS).await;
@@ -1031,6 +995,9 @@ fn pin_to_management_cpus() -> Option<String> {
     Some(cpus)
 }
 
+/// The three phases, in the order they run.
+const PHASES: [&str; 3] = ["place", "relocate", "delete"];
+
 struct Phase {
     name: &'static str,
     /// The bound's seconds before the operator's run and after it.
@@ -1169,7 +1136,7 @@ async fn main() {
     let mut by_phase: [Vec<(f64, Option<f64>)>; 3] = Default::default();
     for (run, op) in runs.iter().enumerate() {
         let (before, after) = (&bounds[run], &bounds[run + 1]);
-        for (i, name) in ["place", "relocate", "delete"].into_iter().enumerate() {
+        for (i, name) in PHASES.into_iter().enumerate() {
             let ((wb, cb), (wa, ca)) = (before.reference[i], after.reference[i]);
             let (s, e) = &op.samples[i];
             let p = Phase {
@@ -1196,7 +1163,7 @@ async fn main() {
         );
     }
     if rounds > 1 {
-        for (i, name) in ["place", "relocate", "delete"].into_iter().enumerate() {
+        for (i, name) in PHASES.into_iter().enumerate() {
             let ratios: Vec<f64> = by_phase[i].iter().map(|(r, _)| *r).collect();
             let at_speed: Vec<f64> = by_phase[i].iter().filter_map(|(_, s)| *s).collect();
             let mid = median(&ratios);

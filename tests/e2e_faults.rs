@@ -109,7 +109,7 @@ async fn a_node_label_flap_on_an_allowed_member_removes_nothing() {
     .await;
     eprintln!("CopyHeld: {}", held.1);
     let op = common::operator::start(&common::Fleet::from_env()).await;
-    let metrics = common::operator::http_get(op, "/metrics").await;
+    let metrics = op.get("/metrics").await;
     assert!(
         metrics
             .lines()

@@ -503,7 +503,7 @@ async fn token_secrets(member: &Client) -> Vec<String> {
 /// The operator's failed reconciles, all controllers (from /metrics).
 async fn reconcile_errors() -> u64 {
     let op = common::operator::start(&Fleet::from_env()).await;
-    let text = common::operator::http_get(op, "/metrics").await;
+    let text = op.get("/metrics").await;
     text.lines()
         .filter(|l| l.starts_with("residency_reconcile_errors_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

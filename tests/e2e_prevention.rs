@@ -420,7 +420,7 @@ async fn a_deleted_or_edited_admission_policy_is_put_back() {
     let vaps = admission_objects::<ValidatingAdmissionPolicy>(&msk1);
     let bindings = admission_objects::<ValidatingAdmissionPolicyBinding>(&msk1);
     let restored_count = || async {
-        let m = common::operator::http_get(op, "/metrics").await;
+        let m = op.get("/metrics").await;
         m.lines()
             .find(|l| {
                 l.starts_with("residency_admission_policies_restored_total{cluster=\"msk-1\"}")

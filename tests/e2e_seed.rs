@@ -446,7 +446,7 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
     eprintln!("report and members agree on {pairs} (country, cluster) pairs after the relocation");
 
     // 9. metrics are served
-    let metrics = operator::http_get(op, "/metrics").await;
+    let metrics = op.get("/metrics").await;
     assert!(
         metrics.contains("residency_member_writes_total"),
         "{metrics}"
@@ -460,7 +460,7 @@ async fn seed_scenario_relocates_apac_data_to_zurich_make_before_break() {
             .and_then(|v| v.trim().parse().ok())
     };
     let metrics = eventually("the inventory gauges", T, || async {
-        let m = operator::http_get(op, "/metrics").await;
+        let m = op.get("/metrics").await;
         // both members' gauges come from their own probes: wait for both
         match (
             gauge(&m, "residency_copies_forbidden", "msk-1"),

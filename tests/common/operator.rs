@@ -18,16 +18,58 @@ use super::{Fleet, eventually};
 pub const OPERATOR_NS: &str = "residency-system";
 const MANAGER: &str = "residency-tests";
 
-/// The operator process of this test binary. It exits when the test process exits (its
-/// standard input closes).
+/// An operator process started by [`Operator::launch`]: the test binary's one ([`start`]), or a
+/// benchmark's. It exits when the test process exits (its standard input closes), or at
+/// [`Operator::stop`].
 pub struct Operator {
-    _child: Child,
+    child: Child,
     /// Its process id.
     pub pid: u32,
     /// Where it serves /metrics.
     pub http: String,
     /// Its log file.
     pub log: std::path::PathBuf,
+}
+
+impl Operator {
+    /// Starts an operator process ([`spawn`]) and waits until it answers `/readyz`.
+    pub async fn launch(fleet: &Fleet, name: &str, extra: &[&str]) -> Operator {
+        let (child, port, log) = spawn(fleet, name, extra);
+        let http = format!("http://127.0.0.1:{port}");
+        let url = format!("{http}/readyz");
+        eventually("operator /readyz", Duration::from_secs(60), || async {
+            match Command::new("curl").args(["-fsS", &url]).output().await {
+                Ok(o) if o.status.success() => Ok(()),
+                _ => Err("not ready".to_string()),
+            }
+        })
+        .await;
+        eprintln!("operator running; log: {}", log.display());
+        let pid = child.id().unwrap_or_default();
+        Operator {
+            child,
+            pid,
+            http,
+            log,
+        }
+    }
+
+    /// GET `path` on its HTTP endpoint.
+    pub async fn get(&self, path: &str) -> String {
+        let o = Command::new("curl")
+            .args(["-fsS", &format!("{}{path}", self.http)])
+            .output()
+            .await
+            .expect("curl");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Stops it as at the end of a test binary (its standard input closes:
+    /// `--exit-on-stdin-close`) and waits until it has exited.
+    pub async fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let _ = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
+    }
 }
 
 static OPERATOR: OnceCell<Operator> = OnceCell::const_new();
@@ -177,50 +219,9 @@ pub async fn start_with(fleet: &Fleet, extra: &[&str]) -> &'static Operator {
             // data moves run their mover Pods from the image the tests load (common::mover)
             let mut args = vec!["--mover-image", super::mover::IMAGE];
             args.extend(extra);
-            let (child, port, log) = spawn(fleet, &name, &args);
-            let http = format!("http://127.0.0.1:{port}");
-            wait_ready(&http).await;
-            eprintln!("operator running; log: {}", log.display());
-            let pid = child.id().unwrap_or_default();
-            Operator {
-                _child: child,
-                pid,
-                http,
-                log,
-            }
+            Operator::launch(fleet, &name, &args).await
         })
         .await
-}
-
-/// Waits until the operator serving HTTP at `http` answers `/readyz`.
-pub async fn wait_ready(http: &str) {
-    let url = format!("{http}/readyz");
-    eventually("operator /readyz", Duration::from_secs(60), || async {
-        match tokio::process::Command::new("curl")
-            .args(["-fsS", &url])
-            .output()
-            .await
-        {
-            Ok(o) if o.status.success() => Ok(()),
-            _ => Err("not ready".to_string()),
-        }
-    })
-    .await;
-}
-
-/// GET `path` on the operator serving HTTP at `http`.
-pub async fn get(http: &str, path: &str) -> String {
-    let o = tokio::process::Command::new("curl")
-        .args(["-fsS", &format!("{http}{path}")])
-        .output()
-        .await
-        .expect("curl");
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// GET on the operator's HTTP endpoint.
-pub async fn http_get(op: &Operator, path: &str) -> String {
-    get(&op.http, path).await
 }
 
 /// Deletes an object of a typed API and waits until it is gone (finalizers done).

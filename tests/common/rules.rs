@@ -58,9 +58,9 @@ pub async fn set_region(member: &Client, node: &str, region: &str) {
 /// relabelled node, a stopped API server, a member identity's removed binding, a cordoned,
 /// deleted or added MemberCluster would otherwise stay so and fail every test after it, in
 /// this binary and the next ones; so would the workloads, policies and member copies the test
-/// had not cleaned up yet (see `remove_leftovers`). A test that changes the fleet holds one for its whole run
-/// (`let _restore = RestoreOnFailure;` right after taking its lock, so it is dropped before the
-/// lock). When the test passes it does nothing: the test restores what it changed itself and
+/// had not cleaned up yet (see `remove_leftovers`). A test that changes the fleet holds one for
+/// its whole run (`let _restore = RestoreOnFailure;` right after taking its lock, so it is
+/// dropped before the lock). When the test passes it does nothing: the test restores what it changed itself and
 /// checks what follows.
 pub struct RestoreOnFailure;
 
@@ -152,33 +152,17 @@ async fn remove_leftovers(fleet: &Fleet, mgmt: &Client) {
         let api = Api::<ResidentWorkload>::namespaced(mgmt.clone(), &rw.namespace().unwrap());
         let _ = api.delete(&rw.name_any(), &DeleteParams::default()).await;
     }
-    let gone = tokio::time::timeout(T, async {
-        while !workloads
-            .list(&ListParams::default())
-            .await
-            .expect("workloads")
-            .items
-            .is_empty()
-        {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually("the left ResidentWorkloads deleted", T, || async {
+        match workloads.list(&ListParams::default()).await {
+            Ok(l) if l.items.is_empty() => Ok(()),
+            Ok(l) => Err(format!("{} left", l.items.len())),
+            Err(e) => Err(e.to_string()),
         }
     })
     .await;
-    if gone.is_err() {
-        eprintln!(
-            "restoring the fleet: some ResidentWorkloads were still being deleted after {T:?}"
-        );
-    }
-    let policies: Api<ResidencyPolicy> = Api::all(mgmt.clone());
-    for p in policies
-        .list(&ListParams::default())
-        .await
-        .expect("policies")
-    {
-        let _ = policies
-            .delete(&p.name_any(), &DeleteParams::default())
-            .await;
-    }
+    let _ = Api::<ResidencyPolicy>::all(mgmt.clone())
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await;
     for member in &fleet.members {
         let namespaces: Api<Namespace> = Api::all(fleet.client(&member.context).await);
         for ns in namespaces

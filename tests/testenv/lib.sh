@@ -63,8 +63,8 @@ start() {
   echo "$pid" >"$(pidfile "$id")"
   # Until the child has exec'd, its command line is this shell's, and is_running would call it
   # dead ("exited during start-up" with an empty log, seen on a loaded machine): wait for the
-  # exec, or for the child's end (a zombie's command line is empty).
-  # (procfs files have size 0: read the line itself)
+  # exec, or for the child's end (a zombie's command line is empty; procfs sizes are always 0,
+  # so the line itself is read).
   until is_running "$id" || [[ -z "$( (tr -d '\0' <"/proc/$pid/cmdline") 2>/dev/null)" ]] || ((i++ >= 200)); do
     sleep 0.05
   done
